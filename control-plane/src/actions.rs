@@ -1,0 +1,236 @@
+//! The action table: built-in actions plus those declared in configuration,
+//! each with a mode, an optional required permission and an optional JSON
+//! Schema for the payload (compiled once at start).
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde_json::{Value, json};
+
+use streamer_proto::{
+    client::{ClientError, ErrorCode},
+    ids,
+};
+
+use crate::config::{ActionConfig, ActionMode};
+
+/// The built-in handlers a sync action can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// Returns the payload.
+    Echo,
+    /// Reports that the service is up.
+    Health,
+    /// Answers with a `pong` frame.
+    Ping,
+    /// Returns the caller's connection id, user, tenant, permissions and
+    /// connect time.
+    Whoami,
+}
+
+impl Builtin {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "echo" => Self::Echo,
+            "health" => Self::Health,
+            "ping" => Self::Ping,
+            "whoami" => Self::Whoami,
+            _ => return None,
+        })
+    }
+}
+
+/// One action clients may call.
+pub struct Action {
+    /// The name clients send.
+    pub name: String,
+    /// The built-in that answers it.
+    pub handler: Builtin,
+    /// The permission the token must grant, if any.
+    pub permission: Option<String>,
+    schema: Option<jsonschema::Validator>,
+}
+
+impl std::fmt::Debug for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Action")
+            .field("name", &self.name)
+            .field("handler", &self.handler)
+            .field("permission", &self.permission)
+            .field("schema", &self.schema.is_some())
+            .finish()
+    }
+}
+
+/// Most schema violations reported back in one error.
+const MAX_REPORTED_VIOLATIONS: usize = 10;
+
+impl Action {
+    /// Checks `payload` against the action's schema.
+    pub fn validate(&self, payload: &Value) -> Result<(), ClientError> {
+        let Some(schema) = &self.schema else {
+            return Ok(());
+        };
+        let violations: Vec<Value> = schema
+            .iter_errors(payload)
+            .take(MAX_REPORTED_VIOLATIONS)
+            .map(|e| json!({ "path": e.instance_path().as_str(), "message": e.masked().to_string() }))
+            .collect();
+        if violations.is_empty() {
+            return Ok(());
+        }
+        Err(ClientError {
+            details: Some(json!({ "violations": violations })),
+            ..ClientError::validation("payload does not match the action's schema")
+        })
+    }
+}
+
+/// Why the action table could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionsError {
+    #[error("action {0:?}: invalid name")]
+    Name(String),
+    #[error("action {0:?} is declared twice")]
+    Duplicate(String),
+    #[error("action {name:?}: unknown handler {handler:?} (use echo, health, ping or whoami)")]
+    Handler { name: String, handler: String },
+    #[error("action {name:?}: invalid JSON Schema: {message}")]
+    Schema { name: String, message: String },
+    #[error(
+        "action {0:?}: async actions need the request queue, which this build does not have yet"
+    )]
+    AsyncUnsupported(String),
+}
+
+/// The action table.
+#[derive(Debug)]
+pub struct Actions {
+    by_name: HashMap<String, Arc<Action>>,
+}
+
+impl Actions {
+    /// The built-ins, overridden or extended by `declared`.
+    pub fn new(declared: &[ActionConfig]) -> Result<Self, ActionsError> {
+        let mut by_name: HashMap<String, Arc<Action>> = ["echo", "health", "ping", "whoami"]
+            .into_iter()
+            .filter_map(|name| {
+                let handler = Builtin::parse(name)?;
+                Some((
+                    name.to_owned(),
+                    Arc::new(Action {
+                        name: name.to_owned(),
+                        handler,
+                        permission: None,
+                        schema: None,
+                    }),
+                ))
+            })
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for config in declared {
+            let name = config.name.clone();
+            if !ids::valid_action(&name) {
+                return Err(ActionsError::Name(name));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(ActionsError::Duplicate(name));
+            }
+            if config.mode == ActionMode::Async {
+                return Err(ActionsError::AsyncUnsupported(name));
+            }
+            let handler_name = config.handler.clone().unwrap_or_else(|| name.clone());
+            let handler = Builtin::parse(&handler_name).ok_or_else(|| ActionsError::Handler {
+                name: name.clone(),
+                handler: handler_name,
+            })?;
+            let schema =
+                match &config.schema {
+                    None => None,
+                    Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
+                        ActionsError::Schema {
+                            name: name.clone(),
+                            message: e.to_string(),
+                        }
+                    })?),
+                };
+            by_name.insert(
+                name.clone(),
+                Arc::new(Action {
+                    name,
+                    handler,
+                    permission: config.permission.clone(),
+                    schema,
+                }),
+            );
+        }
+        Ok(Self { by_name })
+    }
+
+    /// Looks an action up; `INVALID_ACTION` when it does not exist.
+    pub fn get(&self, name: &str) -> Result<&Arc<Action>, ClientError> {
+        self.by_name.get(name).ok_or_else(|| {
+            ClientError::new(ErrorCode::InvalidAction, format!("unknown action {name:?}"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declared(name: &str, handler: Option<&str>, schema: Option<Value>) -> ActionConfig {
+        ActionConfig {
+            name: name.into(),
+            mode: ActionMode::Sync,
+            handler: handler.map(str::to_owned),
+            permission: Some("admin".into()),
+            schema,
+        }
+    }
+
+    #[test]
+    fn builtins_and_declared_actions() {
+        let actions = Actions::new(&[declared(
+            "admin.echo",
+            Some("echo"),
+            Some(json!({"type":"object","required":["text"],"properties":{"text":{"type":"string"}}})),
+        )])
+        .expect("table");
+        assert_eq!(actions.get("echo").expect("builtin").handler, Builtin::Echo);
+        let admin = actions.get("admin.echo").expect("declared");
+        assert_eq!(admin.permission.as_deref(), Some("admin"));
+        admin.validate(&json!({"text":"hi"})).expect("valid");
+        let err = admin.validate(&json!({"text": 5})).expect_err("invalid");
+        assert_eq!(err.code, ErrorCode::ValidationError);
+        assert_eq!(
+            err.details.expect("details")["violations"][0]["path"],
+            "/text"
+        );
+        assert_eq!(
+            actions.get("nope").expect_err("unknown").code,
+            ErrorCode::InvalidAction
+        );
+    }
+
+    #[test]
+    fn bad_declarations_are_refused() {
+        assert!(matches!(
+            Actions::new(&[declared("x", Some("shell"), None)]),
+            Err(ActionsError::Handler { .. })
+        ));
+        assert!(matches!(
+            Actions::new(&[declared("x", Some("echo"), Some(json!({"type": 12})))]),
+            Err(ActionsError::Schema { .. })
+        ));
+        assert!(matches!(
+            Actions::new(&[declared("a b", Some("echo"), None)]),
+            Err(ActionsError::Name(_))
+        ));
+        let mut async_action = declared("report", None, None);
+        async_action.mode = ActionMode::Async;
+        assert!(matches!(
+            Actions::new(&[async_action]),
+            Err(ActionsError::AsyncUnsupported(_))
+        ));
+    }
+}

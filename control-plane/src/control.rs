@@ -1,0 +1,361 @@
+//! The control plane's domain logic: connect, disconnect and route a client
+//! frame. Plain Rust; the gRPC layer only decodes, calls and maps errors.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use base64::Engine;
+use serde_json::{Value, json};
+use streamer_proto::{
+    client::{self, ClientError, Envelope, ErrorCode},
+    ids,
+};
+
+use crate::{
+    actions::{Actions, Builtin},
+    config::LimitsConfig,
+    jwt::{self, JwtVerifier, grants},
+    ratelimit::RateLimits,
+    registry::{Connection, Registry, RegistryError},
+};
+
+/// Longest User-Agent kept in the registry.
+const MAX_USER_AGENT: usize = 256;
+/// What a client is told to wait when its tenant is at its connection quota.
+const QUOTA_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// A `$connect` as the edge reports it.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectInput {
+    /// The gateway's connection id.
+    pub connection_id: String,
+    /// The Management API endpoint for the connection.
+    pub endpoint: String,
+    /// Query string parameters.
+    pub query: HashMap<String, String>,
+    /// Headers, names lowercased.
+    pub headers: HashMap<String, String>,
+    /// Client source IP.
+    pub source_ip: String,
+    /// Client User-Agent.
+    pub user_agent: String,
+}
+
+/// The answer to a `$connect`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectDecision {
+    /// HTTP status: 200 accepted, otherwise the rejection status.
+    pub status: u16,
+    /// JSON body of a rejection.
+    pub body: String,
+    /// Extra headers of a rejection.
+    pub headers: HashMap<String, String>,
+}
+
+impl ConnectDecision {
+    /// Whether the connection was accepted.
+    pub fn accepted(&self) -> bool {
+        self.status == 200
+    }
+
+    fn accept() -> Self {
+        Self {
+            status: 200,
+            body: String::new(),
+            headers: HashMap::new(),
+        }
+    }
+
+    fn reject(status: u16, error: &ClientError) -> Self {
+        let mut headers = HashMap::new();
+        if let Some(wait) = error.retry_after {
+            headers.insert("retry-after".to_owned(), wait.as_secs().max(1).to_string());
+        }
+        Self {
+            status,
+            body: json!({ "error": error.to_json() }).to_string(),
+            headers,
+        }
+    }
+}
+
+/// The connect / route logic with everything it needs.
+pub struct ControlPlane {
+    registry: Arc<dyn Registry>,
+    verifier: JwtVerifier,
+    limits: RateLimits,
+    limits_config: LimitsConfig,
+    actions: Actions,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane").finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn unavailable() -> ClientError {
+    ClientError::new(
+        ErrorCode::ServiceUnavailable,
+        "service temporarily unavailable, retry later",
+    )
+}
+
+impl ControlPlane {
+    /// Assembles the control plane.
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        verifier: JwtVerifier,
+        limits_config: LimitsConfig,
+        actions: Actions,
+    ) -> Self {
+        Self {
+            registry,
+            verifier,
+            limits: RateLimits::new(&limits_config),
+            limits_config,
+            actions,
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.registry
+    }
+
+    /// The rate limiters (for periodic housekeeping).
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.limits
+    }
+
+    /// `$connect`: connect rate limit per IP, token verification, tenant
+    /// quota, conditional registration.
+    pub async fn connect(&self, input: ConnectInput) -> ConnectDecision {
+        if !ids::valid_connection_id(&input.connection_id) || input.endpoint.is_empty() {
+            tracing::warn!(connection_id = %input.connection_id, "connect event without a usable connection id or endpoint");
+            return ConnectDecision::reject(400, &ClientError::validation("bad connect request"));
+        }
+        if let Err(wait) = self.limits.check_connect(&input.source_ip) {
+            tracing::info!(source_ip = %input.source_ip, "connect rate limited");
+            return ConnectDecision::reject(429, &ClientError::rate_limited(wait));
+        }
+        let Some(token) = jwt::token_from_request(&input.query, &input.headers) else {
+            tracing::info!(connection_id = %input.connection_id, reason = "no token", "connect refused");
+            return ConnectDecision::reject(
+                401,
+                &ClientError::new(ErrorCode::Unauthorized, "missing or invalid token"),
+            );
+        };
+        let identity = match self.verifier.verify(token) {
+            Ok(identity) => identity,
+            Err(reason) => {
+                tracing::info!(connection_id = %input.connection_id, %reason, "connect refused");
+                return ConnectDecision::reject(
+                    401,
+                    &ClientError::new(ErrorCode::Unauthorized, "missing or invalid token"),
+                );
+            }
+        };
+        let now = now_ms();
+        let user_agent: String = truncate(&input.user_agent, MAX_USER_AGENT).to_owned();
+        let connection = Connection {
+            connection_id: input.connection_id.as_str().into(),
+            tenant_id: identity.tenant_id.as_str().into(),
+            user_id: identity.user_id.as_str().into(),
+            endpoint: input.endpoint.as_str().into(),
+            permissions: identity
+                .permissions
+                .iter()
+                .map(|p| Arc::<str>::from(p.as_str()))
+                .collect(),
+            source_ip: input.source_ip.as_str().into(),
+            user_agent: user_agent.into(),
+            connected_at_ms: now,
+            last_seen_ms: now,
+        };
+        match self
+            .registry
+            .insert(connection, self.limits_config.max_connections_per_tenant)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(
+                    connection_id = %input.connection_id,
+                    tenant_id = %identity.tenant_id,
+                    user_id = %identity.user_id,
+                    "connected"
+                );
+                ConnectDecision::accept()
+            }
+            Err(RegistryError::AlreadyExists) => {
+                // A redelivered $connect: accept it again only for the same identity.
+                match self.registry.get(&input.connection_id).await {
+                    Ok(Some(existing))
+                        if *existing.tenant_id == *identity.tenant_id
+                            && *existing.user_id == *identity.user_id =>
+                    {
+                        ConnectDecision::accept()
+                    }
+                    Ok(_) => ConnectDecision::reject(
+                        403,
+                        &ClientError::new(ErrorCode::Forbidden, "connection refused"),
+                    ),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "registry read failed during connect");
+                        ConnectDecision::reject(503, &unavailable())
+                    }
+                }
+            }
+            Err(RegistryError::QuotaExceeded { limit }) => {
+                tracing::info!(tenant_id = %identity.tenant_id, limit, "tenant connection quota reached");
+                ConnectDecision::reject(
+                    429,
+                    &ClientError {
+                        message: "tenant connection limit reached".into(),
+                        ..ClientError::rate_limited(QUOTA_RETRY_AFTER)
+                    },
+                )
+            }
+            Err(RegistryError::Unavailable(detail)) => {
+                tracing::warn!(error = %detail, "registry unavailable during connect");
+                ConnectDecision::reject(503, &unavailable())
+            }
+        }
+    }
+
+    /// `$disconnect`: forget the connection; `true` when it was registered.
+    pub async fn disconnect(&self, connection_id: &str) -> Result<bool, RegistryError> {
+        let removed = self.registry.remove(connection_id).await?;
+        if let Some(connection) = &removed {
+            let duration_ms = now_ms() - connection.connected_at_ms;
+            tracing::info!(connection_id, tenant_id = %connection.tenant_id, duration_ms, "disconnected");
+        }
+        Ok(removed.is_some())
+    }
+
+    /// One client frame. Returns the reply frame, if any. Every failure is an
+    /// `error` frame carrying the request id when the client gave one.
+    pub async fn route(&self, connection_id: &str, body: &str, is_base64: bool) -> Option<String> {
+        let connection = match self.registry.get(connection_id).await {
+            Ok(Some(connection)) => connection,
+            Ok(None) => {
+                let error = ClientError::new(
+                    ErrorCode::Unauthorized,
+                    "connection is not registered; reconnect",
+                );
+                return Some(client::error_frame(
+                    client::peek_request_id(body).as_deref(),
+                    &error,
+                ));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, connection_id, "registry unavailable during route");
+                return Some(client::error_frame(
+                    client::peek_request_id(body).as_deref(),
+                    &unavailable(),
+                ));
+            }
+        };
+        if let Err(wait) = self.limits.check_message(&connection.connection_id) {
+            tracing::debug!(connection_id, "message rate limited");
+            return Some(client::error_frame(
+                client::peek_request_id(body).as_deref(),
+                &ClientError::rate_limited(wait),
+            ));
+        }
+        let decoded;
+        let text = if is_base64 {
+            match base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+            {
+                Some(text) => {
+                    decoded = text;
+                    decoded.as_str()
+                }
+                None => {
+                    return Some(client::error_frame(
+                        None,
+                        &ClientError::validation("message must be UTF-8 JSON text"),
+                    ));
+                }
+            }
+        } else {
+            body
+        };
+        if text.len() > self.limits_config.max_message_bytes {
+            let error = ClientError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "message exceeds {} bytes",
+                    self.limits_config.max_message_bytes
+                ),
+            );
+            return Some(client::error_frame(
+                client::peek_request_id(text).as_deref(),
+                &error,
+            ));
+        }
+        let envelope = match client::parse_envelope(text) {
+            Ok(envelope) => envelope,
+            Err((request_id, error)) => {
+                return Some(client::error_frame(request_id.as_deref(), &error));
+            }
+        };
+        match self.run_action(&connection, &envelope) {
+            Ok(reply) => Some(reply),
+            Err(error) => Some(client::error_frame(Some(&envelope.request_id), &error)),
+        }
+    }
+
+    fn run_action(
+        &self,
+        connection: &Connection,
+        envelope: &Envelope,
+    ) -> Result<String, ClientError> {
+        let action = self.actions.get(&envelope.action)?;
+        if let Some(permission) = &action.permission
+            && !grants(&connection.permissions, permission)
+        {
+            return Err(ClientError::new(
+                ErrorCode::Forbidden,
+                format!("action {:?} needs permission {permission:?}", action.name),
+            ));
+        }
+        action.validate(&envelope.payload)?;
+        let id = envelope.request_id.as_str();
+        Ok(match action.handler {
+            Builtin::Echo => client::response_frame(id, &envelope.payload),
+            Builtin::Health => client::response_frame(
+                id,
+                &json!({ "status": "ok", "timestamp": client::timestamp_now() }),
+            ),
+            Builtin::Ping => client::pong_frame(id),
+            Builtin::Whoami => client::response_frame(
+                id,
+                &json!({
+                    "connection_id": &*connection.connection_id,
+                    "user_id": &*connection.user_id,
+                    "tenant_id": &*connection.tenant_id,
+                    "permissions": connection.permissions.iter().map(|p| Value::from(&**p)).collect::<Vec<_>>(),
+                    "connected_at": client::timestamp_ms(connection.connected_at_ms),
+                }),
+            ),
+        })
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

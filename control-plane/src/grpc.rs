@@ -1,0 +1,379 @@
+//! The tonic service implementations: decode, call the domain, map errors.
+
+use std::{collections::HashSet, sync::Arc};
+
+use streamer_proto::{
+    client, ids,
+    v1::{
+        self, broadcast_service_server::BroadcastService,
+        connection_service_server::ConnectionService, edge_service_server::EdgeService,
+    },
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    broadcast::{Broadcaster, DeliveryReport, Target},
+    control::{ConnectInput, ControlPlane},
+    error::ApiError,
+    grpc_auth::Caller,
+    pagetoken::PageTokens,
+    registry::{Connection, Scope},
+};
+
+/// Default and largest page sizes of list RPCs.
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: usize = 1000;
+
+/// The edge protocol.
+#[derive(Debug, Clone)]
+pub struct EdgeApi {
+    control: Arc<ControlPlane>,
+}
+
+impl EdgeApi {
+    /// Serves the edge protocol with `control`.
+    pub fn new(control: Arc<ControlPlane>) -> Self {
+        Self { control }
+    }
+}
+
+#[tonic::async_trait]
+impl EdgeService for EdgeApi {
+    async fn connect(
+        &self,
+        request: Request<v1::ConnectRequest>,
+    ) -> Result<Response<v1::ConnectResponse>, Status> {
+        let r = request.into_inner();
+        let decision = self
+            .control
+            .connect(ConnectInput {
+                connection_id: r.connection_id,
+                endpoint: r.endpoint,
+                query: r.query,
+                headers: r.headers,
+                source_ip: r.source_ip,
+                user_agent: r.user_agent,
+            })
+            .await;
+        Ok(Response::new(v1::ConnectResponse {
+            accepted: decision.accepted(),
+            status_code: u32::from(decision.status),
+            body: decision.body,
+            headers: decision.headers,
+        }))
+    }
+
+    async fn disconnect(
+        &self,
+        request: Request<v1::DisconnectRequest>,
+    ) -> Result<Response<v1::DisconnectResponse>, Status> {
+        let r = request.into_inner();
+        let removed = self
+            .control
+            .disconnect(&r.connection_id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(v1::DisconnectResponse { removed }))
+    }
+
+    async fn route(
+        &self,
+        request: Request<v1::RouteRequest>,
+    ) -> Result<Response<v1::RouteResponse>, Status> {
+        let r = request.into_inner();
+        let reply = self
+            .control
+            .route(&r.connection_id, &r.body, r.is_base64_encoded)
+            .await;
+        Ok(Response::new(v1::RouteResponse { reply }))
+    }
+}
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn to_proto(c: &Connection) -> v1::Connection {
+    v1::Connection {
+        connection_id: c.connection_id.to_string(),
+        tenant_id: c.tenant_id.to_string(),
+        user_id: c.user_id.to_string(),
+        endpoint: c.endpoint.to_string(),
+        connected_at: Some(timestamp(c.connected_at_ms)),
+        last_seen: Some(timestamp(c.last_seen_ms)),
+        permissions: c.permissions.iter().map(|p| p.to_string()).collect(),
+        source_ip: c.source_ip.to_string(),
+        user_agent: c.user_agent.to_string(),
+    }
+}
+
+fn scope(tenant_id: &str, user_id: &str) -> Result<Scope, ApiError> {
+    if !ids::valid_tenant_id(tenant_id) {
+        return Err(ApiError::InvalidArgument(
+            "tenant_id is required: [A-Za-z0-9._:-], 1 to 128 chars".into(),
+        ));
+    }
+    if user_id.is_empty() {
+        return Ok(Scope::Tenant(tenant_id.to_owned()));
+    }
+    if !ids::valid_user_id(user_id) {
+        return Err(ApiError::InvalidArgument("invalid user_id".into()));
+    }
+    Ok(Scope::User {
+        tenant_id: tenant_id.to_owned(),
+        user_id: user_id.to_owned(),
+    })
+}
+
+fn scope_key(scope: &Scope) -> String {
+    match scope {
+        Scope::Tenant(t) => format!("tenant\0{t}"),
+        Scope::User { tenant_id, user_id } => format!("user\0{tenant_id}\0{user_id}"),
+    }
+}
+
+/// Connection queries.
+#[derive(Debug, Clone)]
+pub struct ConnectionApi {
+    control: Arc<ControlPlane>,
+    broadcaster: Arc<Broadcaster>,
+    page_tokens: PageTokens,
+}
+
+impl ConnectionApi {
+    /// Serves connection queries.
+    pub fn new(
+        control: Arc<ControlPlane>,
+        broadcaster: Arc<Broadcaster>,
+        page_tokens: PageTokens,
+    ) -> Self {
+        Self {
+            control,
+            broadcaster,
+            page_tokens,
+        }
+    }
+
+    /// A connection the caller may see, or NOT_FOUND (a bound caller cannot
+    /// learn whether another tenant's connection exists).
+    async fn visible(&self, caller: &Caller, connection_id: &str) -> Result<Connection, ApiError> {
+        if !ids::valid_connection_id(connection_id) {
+            return Err(ApiError::InvalidArgument("invalid connection_id".into()));
+        }
+        match self.control.registry().get(connection_id).await? {
+            Some(c) if caller.tenant_filter().is_none_or(|t| *c.tenant_id == *t) => Ok(c),
+            _ => Err(ApiError::NotFound("connection")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ConnectionService for ConnectionApi {
+    async fn get_connection(
+        &self,
+        request: Request<v1::GetConnectionRequest>,
+    ) -> Result<Response<v1::GetConnectionResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let connection = self
+            .visible(caller, &request.get_ref().connection_id)
+            .await?;
+        Ok(Response::new(v1::GetConnectionResponse {
+            connection: Some(to_proto(&connection)),
+        }))
+    }
+
+    async fn list_connections(
+        &self,
+        request: Request<v1::ListConnectionsRequest>,
+    ) -> Result<Response<v1::ListConnectionsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.get_ref();
+        let scope = scope(&r.tenant_id, &r.user_id)?;
+        caller.check_tenant(scope.tenant_id())?;
+        let page_size = match usize::try_from(r.page_size) {
+            Ok(0) => DEFAULT_PAGE_SIZE,
+            Ok(n) => n.min(MAX_PAGE_SIZE),
+            Err(_) => {
+                return Err(
+                    ApiError::InvalidArgument("page_size must not be negative".into()).into(),
+                );
+            }
+        };
+        let key = scope_key(&scope);
+        let after = match r.page_token.as_str() {
+            "" => None,
+            token => Some(
+                self.page_tokens
+                    .decode(&key, token)
+                    .map_err(ApiError::from)?,
+            ),
+        };
+        let page = self
+            .control
+            .registry()
+            .list(&scope, after.as_deref(), page_size)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(v1::ListConnectionsResponse {
+            connections: page.items.iter().map(to_proto).collect(),
+            next_page_token: page
+                .next_after
+                .map(|after| self.page_tokens.encode(&key, &after))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn count_connections(
+        &self,
+        request: Request<v1::CountConnectionsRequest>,
+    ) -> Result<Response<v1::CountConnectionsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.get_ref();
+        let scope = scope(&r.tenant_id, &r.user_id)?;
+        caller.check_tenant(scope.tenant_id())?;
+        let count = self
+            .control
+            .registry()
+            .count(&scope)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(v1::CountConnectionsResponse { count }))
+    }
+
+    async fn disconnect_connection(
+        &self,
+        request: Request<v1::DisconnectConnectionRequest>,
+    ) -> Result<Response<v1::DisconnectConnectionResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let connection = self
+            .visible(caller, &request.get_ref().connection_id)
+            .await?;
+        let closed = self
+            .broadcaster
+            .api()
+            .delete(&connection.endpoint, &connection.connection_id)
+            .await
+            .map_err(|err| {
+                ApiError::Unavailable(format!("gateway did not close the connection: {err}"))
+            })?;
+        self.control
+            .registry()
+            .remove(&connection.connection_id)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(connection_id = %connection.connection_id, closed, "disconnected by the server api");
+        Ok(Response::new(v1::DisconnectConnectionResponse { closed }))
+    }
+}
+
+/// Broadcast.
+#[derive(Debug, Clone)]
+pub struct BroadcastApi {
+    broadcaster: Arc<Broadcaster>,
+}
+
+impl BroadcastApi {
+    /// Serves broadcast.
+    pub fn new(broadcaster: Arc<Broadcaster>) -> Self {
+        Self { broadcaster }
+    }
+}
+
+/// A protobuf `Value` as JSON.
+pub fn value_to_json(value: prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => b.into(),
+        Some(Kind::NumberValue(n)) => {
+            if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
+                serde_json::Value::from(n as i64)
+            } else {
+                serde_json::Number::from_f64(n)
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number)
+            }
+        }
+        Some(Kind::StringValue(s)) => s.into(),
+        Some(Kind::ListValue(list)) => list.values.into_iter().map(value_to_json).collect(),
+        Some(Kind::StructValue(s)) => serde_json::Value::Object(
+            s.fields
+                .into_iter()
+                .map(|(k, v)| (k, value_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn report(r: DeliveryReport) -> v1::DeliveryReport {
+    v1::DeliveryReport {
+        targeted: r.targeted,
+        delivered: r.delivered,
+        gone: r.gone,
+        throttled: r.throttled,
+        too_large: r.too_large,
+        failed: r.failed,
+    }
+}
+
+#[tonic::async_trait]
+impl BroadcastService for BroadcastApi {
+    async fn send(
+        &self,
+        request: Request<v1::SendRequest>,
+    ) -> Result<Response<v1::SendResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let r = request.into_inner();
+        let target = match r.target {
+            Some(v1::send_request::Target::ConnectionId(id)) => {
+                if !ids::valid_connection_id(&id) {
+                    return Err(ApiError::InvalidArgument("invalid connection_id".into()).into());
+                }
+                Target::Connection(id)
+            }
+            Some(v1::send_request::Target::User(user)) => {
+                Target::Scope(scope(&user.tenant_id, &user.user_id)?)
+            }
+            Some(v1::send_request::Target::TenantId(tenant)) => Target::Scope(scope(&tenant, "")?),
+            None => return Err(ApiError::InvalidArgument("a target is required".into()).into()),
+        };
+        if let Target::Scope(scope) = &target {
+            if matches!(scope, Scope::User { user_id, .. } if user_id.is_empty()) {
+                return Err(ApiError::InvalidArgument("user target needs user_id".into()).into());
+            }
+            caller.check_tenant(scope.tenant_id())?;
+        }
+        let data = match r.payload {
+            Some(v1::send_request::Payload::Data(value)) => value_to_json(value),
+            Some(v1::send_request::Payload::DataJson(text)) => serde_json::from_str(&text)
+                .map_err(|_| ApiError::InvalidArgument("data_json is not valid JSON".into()))?,
+            None => {
+                return Err(
+                    ApiError::InvalidArgument("data or data_json is required".into()).into(),
+                );
+            }
+        };
+        let topic = (!r.topic.is_empty()).then_some(r.topic.as_str());
+        let frame = client::message_frame(&data, topic);
+        let exclude: HashSet<String> = r.exclude_connection_ids.into_iter().collect();
+        let targets = self
+            .broadcaster
+            .resolve(&target, &exclude, caller.tenant_filter())
+            .await?;
+        let result = self.broadcaster.deliver(targets, &frame).await;
+        tracing::info!(
+            targeted = result.targeted,
+            delivered = result.delivered,
+            gone = result.gone,
+            throttled = result.throttled,
+            too_large = result.too_large,
+            failed = result.failed,
+            "broadcast"
+        );
+        Ok(Response::new(v1::SendResponse {
+            report: Some(report(result)),
+        }))
+    }
+}

@@ -1,0 +1,71 @@
+//! `streamer-control-plane`: `serve` runs the control plane for production;
+//! `dev` runs it with the embedded store and the local API Gateway emulator.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use streamer_control_plane::{config::Config, server::App, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "streamer-control-plane",
+    version,
+    about = "The Streamer control plane"
+)]
+struct Cli {
+    /// TOML config file (default: $STREAMER_CONFIG, if set).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gRPC API (production: AWS credentials from the environment).
+    Serve,
+    /// Run the control plane with the embedded store plus the local API
+    /// Gateway emulator, on loopback.
+    Dev,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_process_env(cli.config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("streamer-control-plane: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("streamer-control-plane: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dev => streamer_control_plane::dev::run(config).await,
+            Command::Serve => serve(config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("streamer-control-plane: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let app = App::build(&config, None, sdk)?;
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
+    streamer_control_plane::server::raise_open_file_limit();
+    app.serve(listener, streamer_control_plane::server::shutdown_signal())
+        .await
+}

@@ -1,0 +1,202 @@
+//! The embedded registry: sharded concurrent maps with tenant and user
+//! indexes. Nothing to install; one process only.
+//!
+//! Memory per idle connection stays small because everything that repeats
+//! across connections (tenant, endpoint, permission sets, user agents) is
+//! interned and shared, and the indexes hold the same `Arc<str>` id as the
+//! main map.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    ops::Bound,
+    sync::Arc,
+};
+
+use async_trait::async_trait;
+use dashmap::{DashMap, DashSet};
+
+use super::{Connection, Page, Registry, RegistryError, Scope};
+
+/// Distinct strings kept by an interner before it stops interning (new
+/// strings then get their own allocation), so hostile input cannot grow it
+/// without bound.
+const INTERN_LIMIT: usize = 100_000;
+
+#[derive(Default)]
+struct Interner {
+    strings: DashSet<Arc<str>>,
+    permission_sets: DashMap<Box<str>, Arc<[Arc<str>]>>,
+}
+
+impl Interner {
+    fn string(&self, s: &str) -> Arc<str> {
+        if let Some(found) = self.strings.get(s) {
+            return found.clone();
+        }
+        let arc: Arc<str> = Arc::from(s);
+        if self.strings.len() < INTERN_LIMIT {
+            self.strings.insert(arc.clone());
+        }
+        arc
+    }
+
+    fn permissions(&self, permissions: &[Arc<str>]) -> Arc<[Arc<str>]> {
+        let key: String = permissions
+            .iter()
+            .map(|p| &**p)
+            .collect::<Vec<_>>()
+            .join("\u{1f}");
+        if let Some(found) = self.permission_sets.get(key.as_str()) {
+            return found.clone();
+        }
+        let set: Arc<[Arc<str>]> = permissions.iter().map(|p| self.string(p)).collect();
+        if self.permission_sets.len() < INTERN_LIMIT {
+            self.permission_sets
+                .insert(key.into_boxed_str(), set.clone());
+        }
+        set
+    }
+}
+
+#[derive(Default)]
+struct TenantIndex {
+    all: BTreeSet<Arc<str>>,
+    users: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
+}
+
+/// The embedded, in-process registry.
+#[derive(Default)]
+pub struct MemoryRegistry {
+    connections: DashMap<Arc<str>, Connection>,
+    tenants: DashMap<Arc<str>, TenantIndex>,
+    interner: Interner,
+}
+
+impl std::fmt::Debug for MemoryRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryRegistry")
+            .field("connections", &self.connections.len())
+            .finish()
+    }
+}
+
+impl MemoryRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn ids_in(&self, scope: &Scope, after: Option<&str>, limit: usize) -> Vec<Arc<str>> {
+        let Some(index) = self.tenants.get(scope.tenant_id()) else {
+            return Vec::new();
+        };
+        let set = match scope {
+            Scope::Tenant(_) => Some(&index.all),
+            Scope::User { user_id, .. } => index.users.get(user_id.as_str()),
+        };
+        let Some(set) = set else {
+            return Vec::new();
+        };
+        let lower = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        set.range::<str, _>((lower, Bound::Unbounded))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    async fn insert(
+        &self,
+        connection: Connection,
+        max_per_tenant: u64,
+    ) -> Result<(), RegistryError> {
+        let connection = Connection {
+            tenant_id: self.interner.string(&connection.tenant_id),
+            endpoint: self.interner.string(&connection.endpoint),
+            user_agent: self.interner.string(&connection.user_agent),
+            permissions: self.interner.permissions(&connection.permissions),
+            ..connection
+        };
+        // Lock order: tenant index, then connection map (remove takes them one
+        // at a time, so there is no cycle).
+        let mut index = self
+            .tenants
+            .entry(connection.tenant_id.clone())
+            .or_default();
+        if max_per_tenant > 0 && index.all.len() as u64 >= max_per_tenant {
+            return Err(RegistryError::QuotaExceeded {
+                limit: max_per_tenant,
+            });
+        }
+        let id = connection.connection_id.clone();
+        match self.connections.entry(id.clone()) {
+            dashmap::Entry::Occupied(_) => return Err(RegistryError::AlreadyExists),
+            dashmap::Entry::Vacant(slot) => {
+                let user = connection.user_id.clone();
+                slot.insert(connection);
+                index.all.insert(id.clone());
+                let user = match index.users.get_key_value(&*user) {
+                    Some((shared, _)) => shared.clone(),
+                    None => user,
+                };
+                index.users.entry(user).or_default().insert(id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get(&self, connection_id: &str) -> Result<Option<Connection>, RegistryError> {
+        Ok(self.connections.get(connection_id).map(|c| c.clone()))
+    }
+
+    async fn remove(&self, connection_id: &str) -> Result<Option<Connection>, RegistryError> {
+        let Some((_, connection)) = self.connections.remove(connection_id) else {
+            return Ok(None);
+        };
+        if let Some(mut index) = self.tenants.get_mut(&connection.tenant_id) {
+            index.all.remove(connection_id);
+            if let Some(set) = index.users.get_mut(&*connection.user_id) {
+                set.remove(connection_id);
+                if set.is_empty() {
+                    index.users.remove(&*connection.user_id);
+                }
+            }
+        }
+        self.tenants
+            .remove_if(&connection.tenant_id, |_, index| index.all.is_empty());
+        Ok(Some(connection))
+    }
+
+    async fn list(
+        &self,
+        scope: &Scope,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, RegistryError> {
+        let limit = limit.max(1);
+        let ids = self.ids_in(scope, after, limit);
+        let next_after = (ids.len() == limit).then(|| ids[limit - 1].to_string());
+        let items = ids
+            .iter()
+            .filter_map(|id| self.connections.get(id).map(|c| c.clone()))
+            .collect();
+        Ok(Page { items, next_after })
+    }
+
+    async fn count(&self, scope: &Scope) -> Result<u64, RegistryError> {
+        let Some(index) = self.tenants.get(scope.tenant_id()) else {
+            return Ok(0);
+        };
+        Ok(match scope {
+            Scope::Tenant(_) => index.all.len(),
+            Scope::User { user_id, .. } => {
+                index.users.get(user_id.as_str()).map_or(0, BTreeSet::len)
+            }
+        } as u64)
+    }
+}

@@ -1,0 +1,130 @@
+//! The connection registry: who is connected, for which tenant and user, and
+//! where the gateway can reach them.
+//!
+//! The trait is the contract every backend keeps; the embedded backend
+//! ([`memory::MemoryRegistry`]) is the default.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub mod conformance;
+pub mod memory;
+
+/// A registered connection. Strings are shared (`Arc<str>`) so that copies
+/// handed to callers, and the registry's own indexes, cost a pointer each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// The API Gateway connection id.
+    pub connection_id: Arc<str>,
+    /// The tenant from the verified token.
+    pub tenant_id: Arc<str>,
+    /// The user (`sub`) from the verified token.
+    pub user_id: Arc<str>,
+    /// The Management API endpoint that reaches this connection.
+    pub endpoint: Arc<str>,
+    /// Permissions granted by the token.
+    pub permissions: Arc<[Arc<str>]>,
+    /// Source IP as the gateway saw it (empty when unknown).
+    pub source_ip: Arc<str>,
+    /// User-Agent as the gateway saw it (truncated).
+    pub user_agent: Arc<str>,
+    /// Accept time, milliseconds since the epoch.
+    pub connected_at_ms: i64,
+    /// Last activity, milliseconds since the epoch.
+    pub last_seen_ms: i64,
+}
+
+/// Which connections a query covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Every connection of a tenant.
+    Tenant(String),
+    /// Every connection of one user within a tenant.
+    User {
+        /// The tenant.
+        tenant_id: String,
+        /// The user.
+        user_id: String,
+    },
+}
+
+impl Scope {
+    /// The tenant the scope lies in.
+    pub fn tenant_id(&self) -> &str {
+        match self {
+            Scope::Tenant(tenant_id) | Scope::User { tenant_id, .. } => tenant_id,
+        }
+    }
+}
+
+/// One page of a listing, ordered by connection id.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// The connections on this page.
+    pub items: Vec<Connection>,
+    /// The last connection id of this page when more may follow.
+    pub next_after: Option<String>,
+}
+
+/// Registry failures. `Unavailable` is retryable; the others are answers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("connection already registered")]
+    AlreadyExists,
+    #[error("tenant connection quota of {limit} reached")]
+    QuotaExceeded { limit: u64 },
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The connection registry contract.
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Registers a new connection. Fails with `AlreadyExists` when the id is
+    /// taken (a redelivered `$connect` never registers twice) and with
+    /// `QuotaExceeded` when the tenant already holds `max_per_tenant`
+    /// connections (0 = no quota); the check and the insert are atomic.
+    async fn insert(
+        &self,
+        connection: Connection,
+        max_per_tenant: u64,
+    ) -> Result<(), RegistryError>;
+
+    /// Looks a connection up by id.
+    async fn get(&self, connection_id: &str) -> Result<Option<Connection>, RegistryError>;
+
+    /// Removes a connection and returns what was removed; `None` when it was
+    /// already gone (removal is idempotent).
+    async fn remove(&self, connection_id: &str) -> Result<Option<Connection>, RegistryError>;
+
+    /// Lists up to `limit` connections of `scope` with ids after `after`.
+    async fn list(
+        &self,
+        scope: &Scope,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, RegistryError>;
+
+    /// Counts the connections of `scope`.
+    async fn count(&self, scope: &Scope) -> Result<u64, RegistryError>;
+}
+
+/// Every connection of `scope`, paging through the registry (for broadcast
+/// target resolution: one pass over the index, no read per recipient).
+pub async fn collect_all(
+    registry: &dyn Registry,
+    scope: &Scope,
+) -> Result<Vec<Connection>, RegistryError> {
+    const PAGE: usize = 1000;
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = registry.list(scope, after.as_deref(), PAGE).await?;
+        all.extend(page.items);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
