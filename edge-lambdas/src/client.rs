@@ -1,0 +1,83 @@
+//! The gRPC channel from the edge to the control plane: built once (at cold
+//! start in a Lambda), connected lazily, with short timeouts so that a
+//! control plane that is down gives a fast, clean error instead of a hang.
+
+use std::time::Duration;
+
+use streamer_proto::v1::edge_service_client::EdgeServiceClient;
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
+
+/// Timeout for establishing the connection to the control plane.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Timeout of one edge call (well under API Gateway's 29 s integration limit).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the edge client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid control plane url {url:?}")]
+    Url { url: String },
+    #[error("the edge token is not valid header text")]
+    Token,
+    #[error("{0} is not set")]
+    MissingEnv(&'static str),
+}
+
+/// Adds `authorization: Bearer <edge token>` to every call.
+#[derive(Clone)]
+pub struct BearerToken(MetadataValue<tonic::metadata::Ascii>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
+}
+
+impl BearerToken {
+    /// The metadata value for `token`.
+    pub fn new(token: &str) -> Result<Self, ClientError> {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Token)?;
+        Ok(Self(value))
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// The edge protocol client.
+pub type EdgeClient = EdgeServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// A lazily connected channel to `url` with the edge timeouts.
+pub fn channel(url: &str) -> Result<Channel, ClientError> {
+    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|_| ClientError::Url {
+        url: url.to_owned(),
+    })?;
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// An edge client for the control plane at `url`, authenticated with `token`.
+pub fn edge_client(url: &str, token: &str) -> Result<EdgeClient, ClientError> {
+    Ok(EdgeServiceClient::with_interceptor(
+        channel(url)?,
+        BearerToken::new(token)?,
+    ))
+}

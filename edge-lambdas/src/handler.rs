@@ -1,0 +1,227 @@
+//! The route handlers: one API Gateway WebSocket event in, one gRPC call to
+//! the control plane, one Lambda proxy response out. The same code runs in
+//! the Lambdas and in the local emulator.
+
+use std::collections::HashMap;
+
+use aws_lambda_events::{
+    apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest},
+    encodings::Body,
+};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use streamer_proto::{
+    client::{self as frames, ClientError as FrameError, ErrorCode},
+    v1,
+};
+
+use crate::client::EdgeClient;
+
+/// The three WebSocket routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `$connect`
+    Connect,
+    /// `$disconnect`
+    Disconnect,
+    /// `$default` (every client message)
+    Default,
+}
+
+impl Route {
+    /// The route an event belongs to, from `eventType` (or `routeKey`).
+    pub fn of(event: &ApiGatewayWebsocketProxyRequest) -> Option<Self> {
+        let ctx = &event.request_context;
+        match (ctx.event_type.as_deref(), ctx.route_key.as_deref()) {
+            (Some("CONNECT"), _) | (_, Some("$connect")) => Some(Route::Connect),
+            (Some("DISCONNECT"), _) | (_, Some("$disconnect")) => Some(Route::Disconnect),
+            (Some("MESSAGE"), _) | (_, Some(_)) => Some(Route::Default),
+            _ => None,
+        }
+    }
+}
+
+/// Handles events with one control-plane client.
+#[derive(Debug, Clone)]
+pub struct EdgeHandler {
+    client: EdgeClient,
+    management_endpoint: Option<String>,
+}
+
+fn response(status: u16, body: Option<String>, headers: HeaderMap) -> ApiGatewayProxyResponse {
+    let mut response = ApiGatewayProxyResponse::default();
+    response.status_code = i64::from(status);
+    response.headers = headers;
+    response.body = body.map(Body::Text);
+    response
+}
+
+fn json_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers
+}
+
+fn unavailable() -> FrameError {
+    FrameError::new(
+        ErrorCode::ServiceUnavailable,
+        "service temporarily unavailable, retry later",
+    )
+}
+
+impl EdgeHandler {
+    /// A handler calling the control plane through `client`.
+    /// `management_endpoint` overrides the endpoint derived from the event
+    /// (`https://{domainName}/{stage}`), e.g. for custom domains or the
+    /// local emulator.
+    pub fn new(client: EdgeClient, management_endpoint: Option<String>) -> Self {
+        Self {
+            client,
+            management_endpoint,
+        }
+    }
+
+    /// Handles one event of any route.
+    pub async fn handle(&self, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+        match Route::of(&event) {
+            Some(Route::Connect) => self.connect(event).await,
+            Some(Route::Disconnect) => self.disconnect(event).await,
+            Some(Route::Default) => self.message(event).await,
+            None => {
+                tracing::error!("event without eventType or routeKey");
+                response(400, None, HeaderMap::new())
+            }
+        }
+    }
+
+    fn endpoint(&self, event: &ApiGatewayWebsocketProxyRequest) -> String {
+        if let Some(endpoint) = &self.management_endpoint {
+            return endpoint.clone();
+        }
+        let ctx = &event.request_context;
+        format!(
+            "https://{}/{}",
+            ctx.domain_name.as_deref().unwrap_or_default(),
+            ctx.stage.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// `$connect`: accept (200) or return the control plane's rejection; 503
+    /// when the control plane cannot be reached.
+    pub async fn connect(&self, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+        let headers: HashMap<String, String> = event
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect();
+        let query: HashMap<String, String> = event
+            .query_string_parameters
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let ctx = &event.request_context;
+        let user_agent = ctx
+            .identity
+            .user_agent
+            .clone()
+            .or_else(|| headers.get("user-agent").cloned())
+            .unwrap_or_default();
+        let request = v1::ConnectRequest {
+            connection_id: ctx.connection_id.clone().unwrap_or_default(),
+            endpoint: self.endpoint(&event),
+            query,
+            headers,
+            source_ip: ctx.identity.source_ip.clone().unwrap_or_default(),
+            user_agent,
+            api_request_id: ctx.request_id.clone().unwrap_or_default(),
+        };
+        match self.client.clone().connect(request).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                if reply.accepted {
+                    return response(200, None, HeaderMap::new());
+                }
+                let mut headers = json_headers();
+                for (name, value) in &reply.headers {
+                    if let (Ok(name), Ok(value)) = (
+                        HeaderName::try_from(name.as_str()),
+                        HeaderValue::try_from(value.as_str()),
+                    ) {
+                        headers.insert(name, value);
+                    }
+                }
+                let status = u16::try_from(reply.status_code)
+                    .ok()
+                    .filter(|s| (400..600).contains(s))
+                    .unwrap_or(403);
+                response(status, Some(reply.body), headers)
+            }
+            Err(status) => {
+                tracing::error!(code = ?status.code(), message = status.message(), "control plane connect call failed");
+                response(
+                    503,
+                    Some(serde_json::json!({ "error": unavailable().to_json() }).to_string()),
+                    json_headers(),
+                )
+            }
+        }
+    }
+
+    /// `$disconnect`: best effort; API Gateway ignores the answer.
+    pub async fn disconnect(
+        &self,
+        event: ApiGatewayWebsocketProxyRequest,
+    ) -> ApiGatewayProxyResponse {
+        let ctx = &event.request_context;
+        let request = v1::DisconnectRequest {
+            connection_id: ctx.connection_id.clone().unwrap_or_default(),
+            status_code: ctx
+                .disconnect_status_code
+                .and_then(|c| i32::try_from(c).ok())
+                .unwrap_or_default(),
+            reason: ctx.disconnect_reason.clone().unwrap_or_default(),
+            api_request_id: ctx.request_id.clone().unwrap_or_default(),
+        };
+        match self.client.clone().disconnect(request).await {
+            Ok(_) => response(200, None, HeaderMap::new()),
+            Err(status) => {
+                tracing::error!(code = ?status.code(), message = status.message(), "control plane disconnect call failed");
+                response(503, None, HeaderMap::new())
+            }
+        }
+    }
+
+    /// `$default`: the reply frame, if any, is the route response body. When
+    /// the control plane cannot be reached the client still gets an answer:
+    /// a `SERVICE_UNAVAILABLE` error frame.
+    pub async fn message(&self, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+        let ctx = &event.request_context;
+        let body = event.body.clone().unwrap_or_default();
+        let request = v1::RouteRequest {
+            connection_id: ctx.connection_id.clone().unwrap_or_default(),
+            body,
+            is_base64_encoded: event.is_base64_encoded,
+            api_request_id: ctx.request_id.clone().unwrap_or_default(),
+        };
+        match self.client.clone().route(request).await {
+            Ok(reply) => response(200, reply.into_inner().reply, HeaderMap::new()),
+            Err(status) => {
+                tracing::error!(code = ?status.code(), message = status.message(), "control plane route call failed");
+                let request_id = if event.is_base64_encoded {
+                    None
+                } else {
+                    event.body.as_deref().and_then(frames::peek_request_id)
+                };
+                response(
+                    200,
+                    Some(frames::error_frame(request_id.as_deref(), &unavailable())),
+                    HeaderMap::new(),
+                )
+            }
+        }
+    }
+}
