@@ -62,12 +62,17 @@ pub type EdgeClient = EdgeServiceClient<InterceptedService<Channel, BearerToken>
 
 /// A lazily connected channel to `url` with the edge timeouts.
 pub fn channel(url: &str) -> Result<Channel, ClientError> {
+    channel_with_timeout(url, CALL_TIMEOUT)
+}
+
+/// A lazily connected channel to `url` whose calls give up after `call_timeout`.
+pub fn channel_with_timeout(url: &str, call_timeout: Duration) -> Result<Channel, ClientError> {
     let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|_| ClientError::Url {
         url: url.to_owned(),
     })?;
     Ok(endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT.min(call_timeout))
+        .timeout(call_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true)
@@ -76,8 +81,17 @@ pub fn channel(url: &str) -> Result<Channel, ClientError> {
 
 /// An edge client for the control plane at `url`, authenticated with `token`.
 pub fn edge_client(url: &str, token: &str) -> Result<EdgeClient, ClientError> {
+    edge_client_with_timeout(url, token, CALL_TIMEOUT)
+}
+
+/// Like [`edge_client`], with another call timeout.
+pub fn edge_client_with_timeout(
+    url: &str,
+    token: &str,
+    call_timeout: Duration,
+) -> Result<EdgeClient, ClientError> {
     Ok(EdgeServiceClient::with_interceptor(
-        channel(url)?,
+        channel_with_timeout(url, call_timeout)?,
         BearerToken::new(token)?,
     ))
 }
