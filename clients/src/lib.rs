@@ -1,1 +1,298 @@
-//! placeholder
+//! `streamer-client`: a typed Rust client for the Streamer server API, for
+//! internal services that broadcast to WebSocket clients and query who is
+//! connected.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), streamer_client::Error> {
+//! use streamer_client::Client;
+//!
+//! let client = Client::connect("http://127.0.0.1:50051").await?.with_token("my-service-token")?;
+//! let report = client.send().to_tenant("acme").topic("news").json(&serde_json::json!({"hello": "world"})).await?;
+//! println!("delivered to {} of {}", report.delivered, report.targeted);
+//! let online = client.count_connections("acme", None).await?;
+//! # let _ = online;
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+use futures_util::{Stream, stream};
+use serde::Serialize;
+use streamer_proto::{
+    auth::BearerToken,
+    v1::{
+        self, broadcast_service_client::BroadcastServiceClient,
+        connection_service_client::ConnectionServiceClient,
+    },
+};
+use tonic::{
+    Request, Status,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+
+pub use streamer_proto::v1::{Connection, DeliveryReport};
+
+/// Everything a call can fail with; server errors keep their gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The address is not a URI.
+    #[error("invalid address {0:?}")]
+    Address(String),
+    /// The control plane could not be reached.
+    #[error("cannot reach the control plane: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    /// The token cannot be sent as metadata.
+    #[error("the token is not valid header text")]
+    Token,
+    /// The server answered with an error.
+    #[error("{code:?}: {message}")]
+    Status {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The server's message.
+        message: String,
+    },
+    /// The payload could not be serialised as JSON.
+    #[error("payload is not serialisable as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// The gRPC code of a server error.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Error::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<Status> for Error {
+    fn from(status: Status) -> Self {
+        Error::Status {
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+/// Adds the bearer token, when there is one.
+#[derive(Debug, Clone, Default)]
+pub struct Auth(Option<BearerToken>);
+
+impl Interceptor for Auth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        match &mut self.0 {
+            Some(token) => token.call(request),
+            None => Ok(request),
+        }
+    }
+}
+
+type Authed = InterceptedService<Channel, Auth>;
+
+/// A connection to the control plane's server API. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    connections: ConnectionServiceClient<Authed>,
+    broadcast: BroadcastServiceClient<Authed>,
+    channel: Channel,
+}
+
+impl Client {
+    /// Connects to `addr` (`http://host:port`, or `host:port`).
+    pub async fn connect(addr: &str) -> Result<Self, Error> {
+        let uri = if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Endpoint::from_shared(uri).map_err(|_| Error::Address(addr.to_owned()))?;
+        let channel = endpoint.connect().await.map_err(Error::Connect)?;
+        Ok(Self::from_channel(channel, Auth::default()))
+    }
+
+    fn from_channel(channel: Channel, auth: Auth) -> Self {
+        Self {
+            connections: ConnectionServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            broadcast: BroadcastServiceClient::with_interceptor(channel.clone(), auth),
+            channel,
+        }
+    }
+
+    /// The same connection, authenticating every call with `token`.
+    pub fn with_token(self, token: &str) -> Result<Self, Error> {
+        let auth = Auth(Some(BearerToken::new(token).map_err(|_| Error::Token)?));
+        Ok(Self::from_channel(self.channel, auth))
+    }
+
+    /// Starts a broadcast; pick a target, then send with [`Send::json`].
+    pub fn send(&self) -> Send<'_> {
+        Send {
+            client: self,
+            request: v1::SendRequest::default(),
+        }
+    }
+
+    /// One connection by id.
+    pub async fn connection(&self, connection_id: &str) -> Result<Connection, Error> {
+        let request = v1::GetConnectionRequest {
+            connection_id: connection_id.to_owned(),
+        };
+        let response = self
+            .connections
+            .clone()
+            .get_connection(request)
+            .await?
+            .into_inner();
+        response.connection.ok_or_else(|| Error::Status {
+            code: tonic::Code::Internal,
+            message: "server sent no connection".into(),
+        })
+    }
+
+    /// How many connections a tenant (or one of its users) has.
+    pub async fn count_connections(
+        &self,
+        tenant_id: &str,
+        user_id: Option<&str>,
+    ) -> Result<u64, Error> {
+        let request = v1::CountConnectionsRequest {
+            tenant_id: tenant_id.to_owned(),
+            user_id: user_id.unwrap_or_default().to_owned(),
+        };
+        Ok(self
+            .connections
+            .clone()
+            .count_connections(request)
+            .await?
+            .into_inner()
+            .count)
+    }
+
+    /// Every connection of a tenant (or one of its users), fetched page by
+    /// page as the stream is consumed.
+    pub fn list_connections(
+        &self,
+        tenant_id: &str,
+        user_id: Option<&str>,
+    ) -> impl Stream<Item = Result<Connection, Error>> + use<> {
+        struct State {
+            client: ConnectionServiceClient<Authed>,
+            request: v1::ListConnectionsRequest,
+            buffer: std::vec::IntoIter<Connection>,
+            done: bool,
+        }
+        let state = State {
+            client: self.connections.clone(),
+            request: v1::ListConnectionsRequest {
+                tenant_id: tenant_id.to_owned(),
+                user_id: user_id.unwrap_or_default().to_owned(),
+                page_size: 500,
+                page_token: String::new(),
+            },
+            buffer: Vec::new().into_iter(),
+            done: false,
+        };
+        stream::try_unfold(state, |mut state| async move {
+            loop {
+                if let Some(connection) = state.buffer.next() {
+                    return Ok(Some((connection, state)));
+                }
+                if state.done {
+                    return Ok(None);
+                }
+                let page = state
+                    .client
+                    .list_connections(state.request.clone())
+                    .await?
+                    .into_inner();
+                state.done = page.next_page_token.is_empty();
+                state.request.page_token = page.next_page_token;
+                state.buffer = page.connections.into_iter();
+            }
+        })
+    }
+
+    /// Closes a connection at the gateway and forgets it; `false` when the
+    /// gateway had already dropped it.
+    pub async fn disconnect(&self, connection_id: &str) -> Result<bool, Error> {
+        let request = v1::DisconnectConnectionRequest {
+            connection_id: connection_id.to_owned(),
+        };
+        Ok(self
+            .connections
+            .clone()
+            .disconnect_connection(request)
+            .await?
+            .into_inner()
+            .closed)
+    }
+}
+
+/// A broadcast being built.
+#[derive(Debug)]
+pub struct Send<'a> {
+    client: &'a Client,
+    request: v1::SendRequest,
+}
+
+impl Send<'_> {
+    /// Every connection of `tenant_id`.
+    pub fn to_tenant(mut self, tenant_id: &str) -> Self {
+        self.request.target = Some(v1::send_request::Target::TenantId(tenant_id.to_owned()));
+        self
+    }
+
+    /// Every connection of one user of a tenant.
+    pub fn to_user(mut self, tenant_id: &str, user_id: &str) -> Self {
+        self.request.target = Some(v1::send_request::Target::User(v1::UserTarget {
+            tenant_id: tenant_id.to_owned(),
+            user_id: user_id.to_owned(),
+        }));
+        self
+    }
+
+    /// One connection.
+    pub fn to_connection(mut self, connection_id: &str) -> Self {
+        self.request.target = Some(v1::send_request::Target::ConnectionId(
+            connection_id.to_owned(),
+        ));
+        self
+    }
+
+    /// A topic for the frame.
+    pub fn topic(mut self, topic: &str) -> Self {
+        self.request.topic = topic.to_owned();
+        self
+    }
+
+    /// Connections that must not receive the message.
+    pub fn exclude<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        connection_ids: I,
+    ) -> Self {
+        self.request
+            .exclude_connection_ids
+            .extend(connection_ids.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sends `data` (serialised as JSON) and returns the delivery report.
+    pub async fn json<T: Serialize + ?Sized>(self, data: &T) -> Result<DeliveryReport, Error> {
+        let mut request = self.request;
+        request.payload = Some(v1::send_request::Payload::DataJson(serde_json::to_string(
+            data,
+        )?));
+        let response = self
+            .client
+            .broadcast
+            .clone()
+            .send(request)
+            .await?
+            .into_inner();
+        Ok(response.report.unwrap_or_default())
+    }
+}

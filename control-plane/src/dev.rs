@@ -46,8 +46,36 @@ pub struct Ready {
     pub stage: String,
 }
 
-/// Runs `dev` until SIGINT or SIGTERM.
-pub async fn run(mut config: Config) -> anyhow::Result<()> {
+/// A running control plane plus gateway emulator.
+#[derive(Debug)]
+pub struct DevStack {
+    /// Where everything listens.
+    pub ready: Ready,
+    /// The admin gRPC token (configured or generated).
+    pub admin_token: String,
+    /// Whether `admin_token` was generated for this session.
+    pub admin_token_generated: bool,
+    /// A client token for user `dev-user` of tenant `dev`, when the key was
+    /// generated for this session.
+    pub sample_token: Option<String>,
+    stop: watch::Sender<bool>,
+    grpc_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    gateway_task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl DevStack {
+    /// Closes every WebSocket (1001), lets their `$disconnect` events reach
+    /// the control plane, then stops the gRPC server after in-flight calls.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.gateway_task.await?.context("gateway failed")?;
+        self.grpc_task.await?.context("grpc server failed")?;
+        Ok(())
+    }
+}
+
+/// Starts the control plane and the emulator on the configured addresses.
+pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
     let mut sample_token = None;
     let jwt = match &config.jwt {
         Some(jwt) => jwt.clone(),
@@ -71,7 +99,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    let admin_generated = config.tokens.admin.is_none();
+    let admin_token_generated = config.tokens.admin.is_none();
     let edge_token = config.tokens.edge.get_or_insert_with(random_token).clone();
     let admin_token = config.tokens.admin.get_or_insert_with(random_token).clone();
 
@@ -101,32 +129,40 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         },
     );
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let grpc_task = tokio::spawn(app.serve(grpc_listener, stopped(stop_rx.clone())));
     let gateway_task = tokio::spawn(gateway.serve(gateway_listener, stopped(stop_rx)));
+    Ok(DevStack {
+        ready: Ready {
+            grpc: grpc_addr,
+            gateway: gateway_addr,
+            stage,
+        },
+        admin_token,
+        admin_token_generated,
+        sample_token,
+        stop,
+        grpc_task,
+        gateway_task,
+    })
+}
 
-    let ready = Ready {
-        grpc: grpc_addr,
-        gateway: gateway_addr,
-        stage: stage.clone(),
-    };
+/// Runs `dev` until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let stack = start(config).await?;
     print_banner(
-        &ready,
-        sample_token.as_deref(),
-        admin_generated.then_some(admin_token.as_str()),
+        &stack.ready,
+        stack.sample_token.as_deref(),
+        stack
+            .admin_token_generated
+            .then_some(stack.admin_token.as_str()),
     );
-
     crate::server::shutdown_signal().await;
     tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    // The gateway closes its sockets first; their $disconnect events still
-    // reach the gRPC server, which drains in-flight calls before stopping.
-    gateway_task.await?.context("gateway failed")?;
-    grpc_task.await?.context("grpc server failed")?;
-    Ok(())
+    stack.stop().await
 }
 
 fn print_banner(ready: &Ready, sample_token: Option<&str>, admin_token: Option<&str>) {

@@ -81,11 +81,9 @@ impl RateLimits {
 }
 
 fn check(limiter: &Keyed<Arc<str>>, key: &Arc<str>) -> Result<(), Duration> {
-    limiter.check_key(key).map_err(|not_until| {
-        let now = TokioClock.now();
-        let wait = not_until.earliest_possible().duration_since(now);
-        Duration::from(wait)
-    })
+    limiter
+        .check_key(key)
+        .map_err(|not_until| not_until.wait_time_from(TokioClock.now()))
 }
 
 #[cfg(test)]

@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
+pub use streamer_proto::auth::BearerToken;
 use streamer_proto::v1::edge_service_client::EdgeServiceClient;
 use tonic::{
-    Request, Status,
-    metadata::MetadataValue,
     service::interceptor::InterceptedService,
     transport::{Channel, Endpoint},
 };
@@ -26,35 +25,6 @@ pub enum ClientError {
     Token,
     #[error("{0} is not set")]
     MissingEnv(&'static str),
-}
-
-/// Adds `authorization: Bearer <edge token>` to every call.
-#[derive(Clone)]
-pub struct BearerToken(MetadataValue<tonic::metadata::Ascii>);
-
-impl std::fmt::Debug for BearerToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BearerToken(..)")
-    }
-}
-
-impl BearerToken {
-    /// The metadata value for `token`.
-    pub fn new(token: &str) -> Result<Self, ClientError> {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| ClientError::Token)?;
-        Ok(Self(value))
-    }
-}
-
-impl tonic::service::Interceptor for BearerToken {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
 }
 
 /// The edge protocol client.
@@ -92,6 +62,6 @@ pub fn edge_client_with_timeout(
 ) -> Result<EdgeClient, ClientError> {
     Ok(EdgeServiceClient::with_interceptor(
         channel_with_timeout(url, call_timeout)?,
-        BearerToken::new(token)?,
+        BearerToken::new(token).map_err(|_| ClientError::Token)?,
     ))
 }

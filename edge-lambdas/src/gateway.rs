@@ -509,15 +509,15 @@ fn signed(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256 "))
 }
 
-fn check_request(gateway: &Gateway, stage: &str, headers: &HeaderMap) -> Result<(), Response> {
-    if stage != gateway.inner.options.stage || !signed(headers) {
-        return Err(aws_error(
+/// The rejection for a call to the wrong stage or without a signature.
+fn refuse(gateway: &Gateway, stage: &str, headers: &HeaderMap) -> Option<Response> {
+    (stage != gateway.inner.options.stage || !signed(headers)).then(|| {
+        aws_error(
             StatusCode::FORBIDDEN,
             "ForbiddenException",
             Some("Forbidden"),
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 fn gone() -> Response {
@@ -530,7 +530,7 @@ async fn post_to_connection(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = check_request(&gateway, &stage, &headers) {
+    if let Some(response) = refuse(&gateway, &stage, &headers) {
         return response;
     }
     if body.len() > gateway.inner.options.max_message_bytes {
@@ -559,7 +559,7 @@ async fn get_connection(
     Path((stage, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = check_request(&gateway, &stage, &headers) {
+    if let Some(response) = refuse(&gateway, &stage, &headers) {
         return response;
     }
     let Some(conn) = gateway.inner.conns.get(&id).map(|c| c.clone()) else {
@@ -588,7 +588,7 @@ async fn delete_connection(
     Path((stage, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = check_request(&gateway, &stage, &headers) {
+    if let Some(response) = refuse(&gateway, &stage, &headers) {
         return response;
     }
     let Some(conn) = gateway.inner.conns.get(&id).map(|c| c.clone()) else {

@@ -13,5 +13,6 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/streamer_descriptor.bin"));
 
+pub mod auth;
 pub mod client;
 pub mod ids;

@@ -14,7 +14,7 @@ use serde_json::Value;
 use streamer_control_plane::jwt::{
     Claims, RsaKeyPair, generate_rsa_key_pair, mint_rs256, now_secs,
 };
-use streamer_edge::client::BearerToken;
+use streamer_proto::auth::BearerToken;
 use streamer_proto::v1::{
     broadcast_service_client::BroadcastServiceClient,
     connection_service_client::ConnectionServiceClient, edge_service_client::EdgeServiceClient,
