@@ -1,19 +1,59 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project. This is the README's test
 # command and exactly what CI runs (.ci/run). It installs what the tests need
-# under .build/ and fails loudly when something is missing.
+# (pinned, into .build/venv), starts a DynamoDB-compatible server (moto) on a
+# free loopback port for the DynamoDB tests, and stops it afterwards. A
+# missing tool is a loud failure, never a skipped test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
 
 step() { printf '\n==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-command -v cargo >/dev/null || { echo "error: cargo is not installed (https://rustup.rs)" >&2; exit 1; }
+command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
+command -v python3 >/dev/null || die "python3 is needed for the test tools (moto, cfn-lint, grpcurl)"
+
+step "test tools (.build/venv)"
+venv=$root/.build/venv
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv" || die "cannot create a virtual environment (install python3-venv)"
+fi
+stamp=$venv/.requirements.sha
+want=$(sha256sum scripts/requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements.txt \
+        || die "cannot install the pinned test tools from scripts/requirements.txt"
+    echo "$want" > "$stamp"
+fi
+for tool in moto_server cfn-lint grpcurl; do
+    [ -x "$venv/bin/$tool" ] || die "$tool is missing from $venv/bin"
+done
+export PATH="$venv/bin:$PATH"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "DynamoDB-compatible server (moto)"
+port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+log=$root/.build/moto.log
+"$venv/bin/moto_server" -H 127.0.0.1 -p "$port" > "$log" 2>&1 &
+moto_pid=$!
+trap 'kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+    if "$venv/bin/python" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" 2>/dev/null; then
+        break
+    fi
+    kill -0 "$moto_pid" 2>/dev/null || { cat "$log" >&2; die "moto_server exited; see its log above"; }
+    sleep 0.2
+done
+"$venv/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" \
+    || { cat "$log" >&2; die "moto_server did not answer on 127.0.0.1:$port"; }
+echo "moto listening on 127.0.0.1:$port (log: $log)"
+export STREAMER_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$port"
 
 step "cargo test"
 cargo test --workspace --locked

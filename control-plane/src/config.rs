@@ -53,6 +53,50 @@ pub struct Config {
     /// Key that signs list page tokens; random per process when unset. Set it
     /// when several replicas serve the same clients.
     pub page_token_secret: Option<String>,
+    /// Where state lives.
+    pub store: StoreConfig,
+    /// Stale-connection cleanup.
+    pub reconcile: ReconcileConfig,
+}
+
+/// Which registry backend, and its tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// In-process maps (the default: nothing to install; one replica).
+    Memory,
+    /// DynamoDB (production; several replicas share it).
+    DynamoDb,
+}
+
+/// State storage settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The backend (`STREAMER_STORE`).
+    pub kind: StoreKind,
+    /// Connections table (`STREAMER_CONNECTIONS_TABLE`).
+    pub connections_table: String,
+    /// Rate-limit table, used when `shared_rate_limits` is on
+    /// (`STREAMER_RATE_LIMITS_TABLE`).
+    pub rate_limits_table: String,
+    /// Share the per-connection message limit across replicas through
+    /// DynamoDB (`STREAMER_SHARED_RATE_LIMITS`).
+    pub shared_rate_limits: bool,
+    /// Row expiry: a connection row lives this long after its last refresh,
+    /// and never longer than this after connect (`STREAMER_CONNECTION_TTL_SECS`).
+    pub connection_ttl: Duration,
+    /// Refresh `last_seen` at most this often per connection
+    /// (`STREAMER_TOUCH_INTERVAL_SECS`).
+    pub touch_interval: Duration,
+}
+
+/// The periodic job that removes rows of connections the gateway forgot.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// How often it runs; zero turns it off (`STREAMER_RECONCILE_INTERVAL_SECS`).
+    pub interval: Duration,
+    /// Rows idle longer than this are checked with the gateway
+    /// (`STREAMER_RECONCILE_IDLE_SECS`).
+    pub idle_threshold: Duration,
 }
 
 /// The local gateway emulator's address and API Gateway's limits.
@@ -193,6 +237,28 @@ struct FileConfig {
     delivery: FileDelivery,
     #[serde(default)]
     actions: Vec<ActionConfig>,
+    #[serde(default)]
+    store: FileStore,
+    #[serde(default)]
+    reconcile: FileReconcile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStore {
+    kind: Option<String>,
+    connections_table: Option<String>,
+    rate_limits_table: Option<String>,
+    shared_rate_limits: Option<bool>,
+    connection_ttl_secs: Option<u64>,
+    touch_interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileReconcile {
+    interval_secs: Option<u64>,
+    idle_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -432,7 +498,68 @@ impl Config {
             }
         };
 
+        let store = StoreConfig {
+            kind: match env.string("STREAMER_STORE").or(file.store.kind).as_deref() {
+                None | Some("memory") | Some("embedded") => StoreKind::Memory,
+                Some("dynamodb") => StoreKind::DynamoDb,
+                Some(other) => {
+                    return Err(invalid(
+                        "STREAMER_STORE",
+                        format!("{other:?}: use memory or dynamodb"),
+                    ));
+                }
+            },
+            connections_table: env
+                .string("STREAMER_CONNECTIONS_TABLE")
+                .or(file.store.connections_table)
+                .unwrap_or_else(|| "streamer-connections".to_owned()),
+            rate_limits_table: env
+                .string("STREAMER_RATE_LIMITS_TABLE")
+                .or(file.store.rate_limits_table)
+                .unwrap_or_else(|| "streamer-rate-limits".to_owned()),
+            shared_rate_limits: env
+                .parse("STREAMER_SHARED_RATE_LIMITS")?
+                .or(file.store.shared_rate_limits)
+                .unwrap_or(false),
+            connection_ttl: Duration::from_secs(
+                env.parse("STREAMER_CONNECTION_TTL_SECS")?
+                    .or(file.store.connection_ttl_secs)
+                    .unwrap_or(7500),
+            ),
+            touch_interval: Duration::from_secs(
+                env.parse("STREAMER_TOUCH_INTERVAL_SECS")?
+                    .or(file.store.touch_interval_secs)
+                    .unwrap_or(60),
+            ),
+        };
+        if store.shared_rate_limits && store.kind != StoreKind::DynamoDb {
+            return Err(invalid(
+                "STREAMER_SHARED_RATE_LIMITS",
+                "shared rate limits need STREAMER_STORE=dynamodb",
+            ));
+        }
+        if store.connection_ttl < Duration::from_secs(60) {
+            return Err(invalid(
+                "STREAMER_CONNECTION_TTL_SECS",
+                "must be at least 60",
+            ));
+        }
+        let reconcile = ReconcileConfig {
+            interval: Duration::from_secs(
+                env.parse("STREAMER_RECONCILE_INTERVAL_SECS")?
+                    .or(file.reconcile.interval_secs)
+                    .unwrap_or(300),
+            ),
+            idle_threshold: Duration::from_secs(
+                env.parse("STREAMER_RECONCILE_IDLE_SECS")?
+                    .or(file.reconcile.idle_secs)
+                    .unwrap_or(900),
+            ),
+        };
+
         Ok(Config {
+            store,
+            reconcile,
             grpc_addr,
             gateway,
             jwt,

@@ -15,7 +15,8 @@ use crate::{
     config::LimitsConfig,
     jwt::{self, JwtVerifier, grants},
     ratelimit::RateLimits,
-    registry::{Connection, Registry, RegistryError},
+    registry::{Connection, Registry, RegistryError, now_ms},
+    shared_limit::{SharedCheck, SharedMessageLimiter},
 };
 
 /// Longest User-Agent kept in the registry.
@@ -85,16 +86,14 @@ pub struct ControlPlane {
     limits: RateLimits,
     limits_config: LimitsConfig,
     actions: Actions,
+    shared_limiter: Option<Arc<SharedMessageLimiter>>,
+    touch_interval_ms: i64,
 }
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlPlane").finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 fn unavailable() -> ClientError {
@@ -111,6 +110,8 @@ impl ControlPlane {
         verifier: JwtVerifier,
         limits_config: LimitsConfig,
         actions: Actions,
+        shared_limiter: Option<Arc<SharedMessageLimiter>>,
+        touch_interval: Duration,
     ) -> Self {
         Self {
             registry,
@@ -118,7 +119,41 @@ impl ControlPlane {
             limits: RateLimits::new(&limits_config),
             limits_config,
             actions,
+            shared_limiter,
+            touch_interval_ms: i64::try_from(touch_interval.as_millis()).unwrap_or(i64::MAX),
         }
+    }
+
+    /// The per-connection message limit: shared through DynamoDB when
+    /// configured (falling back to this replica's limiter if the store
+    /// cannot answer), else this replica's.
+    async fn check_message(&self, connection_id: &Arc<str>) -> Result<(), Duration> {
+        if let Some(shared) = &self.shared_limiter {
+            match shared.check(connection_id).await {
+                Ok(SharedCheck::Allowed) => return Ok(()),
+                Ok(SharedCheck::Limited(wait)) => return Err(wait),
+                Err(err) => {
+                    tracing::warn!(error = %err, "shared rate limit unavailable; using the local limit")
+                }
+            }
+        }
+        self.limits.check_message(connection_id)
+    }
+
+    /// Refreshes `last_seen` at most once per touch interval, off the reply
+    /// path.
+    fn touch_if_due(&self, connection: &Connection) {
+        let now = now_ms();
+        if now - connection.last_seen_ms < self.touch_interval_ms {
+            return;
+        }
+        let registry = self.registry.clone();
+        let id = connection.connection_id.clone();
+        tokio::spawn(async move {
+            if let Err(err) = registry.touch(&id, now).await {
+                tracing::warn!(connection_id = %id, error = %err, "cannot refresh last_seen");
+            }
+        });
     }
 
     /// The registry.
@@ -175,6 +210,7 @@ impl ControlPlane {
             user_agent: user_agent.into(),
             connected_at_ms: now,
             last_seen_ms: now,
+            expires_at_ms: 0,
         };
         match self
             .registry
@@ -259,7 +295,8 @@ impl ControlPlane {
                 ));
             }
         };
-        if let Err(wait) = self.limits.check_message(&connection.connection_id) {
+        self.touch_if_due(&connection);
+        if let Err(wait) = self.check_message(&connection.connection_id).await {
             tracing::debug!(connection_id, "message rate limited");
             return Some(client::error_frame(
                 client::peek_request_id(body).as_deref(),

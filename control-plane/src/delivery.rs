@@ -141,6 +141,28 @@ impl ManagementApi {
         }
     }
 
+    /// Asks the gateway whether it still has a connection: `Ok(true)` when it
+    /// does, `Ok(false)` on 410.
+    pub async fn is_connected(
+        &self,
+        endpoint: &Arc<str>,
+        connection_id: &str,
+    ) -> Result<bool, ManagementError> {
+        match self
+            .client(endpoint)
+            .get_connection()
+            .connection_id(connection_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(err) if status(&err) == Some(410) || err.code() == Some("GoneException") => {
+                Ok(false)
+            }
+            Err(err) => Err(ManagementError(describe(&err))),
+        }
+    }
+
     /// Exponential backoff with full jitter for the `attempt`-th retry.
     fn backoff(&self, attempt: u32) -> Duration {
         let ceiling = self

@@ -103,7 +103,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
     let edge_token = config.tokens.edge.get_or_insert_with(random_token).clone();
     let admin_token = config.tokens.admin.get_or_insert_with(random_token).clone();
 
-    let app = App::build(&config, Some(&jwt), local_sdk_config().await)?;
+    let app = App::build(&config, Some(&jwt), local_sdk_config().await).await?;
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_addr))?;

@@ -5,7 +5,7 @@ use std::{collections::HashSet, sync::Arc};
 use streamer_proto::{
     client, ids,
     v1::{
-        self, broadcast_service_server::BroadcastService,
+        self, admin_service_server::AdminService, broadcast_service_server::BroadcastService,
         connection_service_server::ConnectionService, edge_service_server::EdgeService,
     },
 };
@@ -17,6 +17,7 @@ use crate::{
     error::ApiError,
     grpc_auth::Caller,
     pagetoken::PageTokens,
+    reconcile::{ReconcileReport, Reconciler},
     registry::{Connection, Scope},
 };
 
@@ -374,6 +375,64 @@ impl BroadcastService for BroadcastApi {
         );
         Ok(Response::new(v1::SendResponse {
             report: Some(report(result)),
+        }))
+    }
+}
+
+/// Operator-only maintenance.
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    reconciler: Arc<Reconciler>,
+    interval: std::time::Duration,
+    idle_threshold: std::time::Duration,
+}
+
+impl AdminApi {
+    /// Serves the admin API.
+    pub fn new(
+        reconciler: Arc<Reconciler>,
+        interval: std::time::Duration,
+        idle_threshold: std::time::Duration,
+    ) -> Self {
+        Self {
+            reconciler,
+            interval,
+            idle_threshold,
+        }
+    }
+}
+
+fn reconcile_report(r: ReconcileReport) -> v1::ReconcileReport {
+    v1::ReconcileReport {
+        checked: r.checked,
+        removed: r.removed,
+        alive: r.alive,
+        errors: r.errors,
+        started_at: Some(timestamp(r.started_at_ms)),
+        duration_ms: r.duration_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn run_reconcile(
+        &self,
+        _request: Request<v1::RunReconcileRequest>,
+    ) -> Result<Response<v1::RunReconcileResponse>, Status> {
+        let report = self.reconciler.run_once().await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::RunReconcileResponse {
+            report: Some(reconcile_report(report)),
+        }))
+    }
+
+    async fn get_reconcile_status(
+        &self,
+        _request: Request<v1::GetReconcileStatusRequest>,
+    ) -> Result<Response<v1::GetReconcileStatusResponse>, Status> {
+        Ok(Response::new(v1::GetReconcileStatusResponse {
+            last_run: self.reconciler.last().await.map(reconcile_report),
+            interval_secs: self.interval.as_secs(),
+            idle_threshold_secs: self.idle_threshold.as_secs(),
         }))
     }
 }

@@ -67,6 +67,8 @@ pub enum Audience {
     Edge,
     /// The server API (admin and service tokens).
     Server,
+    /// Operator-only APIs (admin token).
+    Admin,
     /// Any valid token (reflection).
     Any,
 }
@@ -128,6 +130,7 @@ impl TokenTable {
             Audience::Any => true,
             Audience::Edge => matches!(caller, Caller::Edge),
             Audience::Server => matches!(caller, Caller::Admin | Caller::Service { .. }),
+            Audience::Admin => matches!(caller, Caller::Admin),
         };
         if !allowed {
             return Err(Status::permission_denied(

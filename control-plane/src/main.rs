@@ -27,6 +27,18 @@ enum Command {
     /// Run the control plane with the embedded store plus the local API
     /// Gateway emulator, on loopback.
     Dev,
+    /// Manage the DynamoDB tables (for local use and tests; production
+    /// tables come from deploy/).
+    Tables {
+        #[command(subcommand)]
+        command: TablesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TablesCommand {
+    /// Create the configured tables with their indexes and TTL (idempotent).
+    Create,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +62,15 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Dev => streamer_control_plane::dev::run(config).await,
             Command::Serve => serve(config).await,
+            Command::Tables {
+                command: TablesCommand::Create,
+            } => {
+                let tables = streamer_control_plane::store::create_tables(&config).await?;
+                for table in tables {
+                    println!("table {table} is ready");
+                }
+                Ok(())
+            }
         }
     });
     match result {
@@ -63,7 +84,7 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let app = App::build(&config, None, sdk)?;
+    let app = App::build(&config, None, sdk).await?;
     let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
     streamer_control_plane::server::raise_open_file_limit();
     app.serve(listener, streamer_control_plane::server::shutdown_signal())

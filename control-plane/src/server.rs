@@ -5,7 +5,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use streamer_proto::v1::{
-    broadcast_service_server::BroadcastServiceServer,
+    admin_service_server::AdminServiceServer, broadcast_service_server::BroadcastServiceServer,
     connection_service_server::ConnectionServiceServer, edge_service_server::EdgeServiceServer,
 };
 use tokio::net::TcpListener;
@@ -15,14 +15,14 @@ use tonic::service::interceptor::InterceptedService;
 use crate::{
     actions::{Actions, ActionsError},
     broadcast::Broadcaster,
-    config::{Config, JwtConfig},
+    config::{Config, JwtConfig, ReconcileConfig},
     control::ControlPlane,
     delivery::ManagementApi,
-    grpc::{BroadcastApi, ConnectionApi, EdgeApi},
+    grpc::{AdminApi, BroadcastApi, ConnectionApi, EdgeApi},
     grpc_auth::{Audience, TokenTable, interceptor},
     jwt::{JwtVerifier, KeyError},
     pagetoken::PageTokens,
-    registry::{Registry, memory::MemoryRegistry},
+    reconcile::Reconciler,
 };
 
 /// Why the control plane could not be assembled.
@@ -49,14 +49,17 @@ pub enum BuildError {
 pub struct App {
     control: Arc<ControlPlane>,
     broadcaster: Arc<Broadcaster>,
+    reconciler: Arc<Reconciler>,
+    reconcile: ReconcileConfig,
     tokens: Arc<TokenTable>,
     page_tokens: PageTokens,
 }
 
 impl App {
-    /// Builds the control plane on the embedded registry. `jwt` overrides the
-    /// configured key (used by `dev` for its ephemeral key).
-    pub fn build(
+    /// Builds the control plane on the configured store. `jwt` overrides
+    /// the configured key (used by `dev` for its ephemeral key); `sdk` is
+    /// the AWS configuration for the Management API.
+    pub async fn build(
         config: &Config,
         jwt: Option<&JwtConfig>,
         sdk: aws_config::SdkConfig,
@@ -70,16 +73,25 @@ impl App {
         {
             return Err(BuildError::NoTokens);
         }
-        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+        let stores = crate::store::open(config).await;
+        let registry = stores.registry;
         let api = Arc::new(ManagementApi::new(sdk, config.delivery.clone()));
         let control = Arc::new(ControlPlane::new(
             registry.clone(),
             verifier,
             config.limits.clone(),
             actions,
+            stores.shared_limiter,
+            config.store.touch_interval,
         ));
         Ok(Self {
             control,
+            reconciler: Arc::new(Reconciler::new(
+                registry.clone(),
+                api.clone(),
+                config.reconcile.idle_threshold,
+            )),
+            reconcile: config.reconcile.clone(),
             broadcaster: Arc::new(Broadcaster::new(registry, api)),
             tokens: Arc::new(TokenTable::new(&config.tokens)),
             page_tokens: PageTokens::new(config.page_token_secret.as_deref()),
@@ -107,6 +119,9 @@ impl App {
         health_reporter
             .set_serving::<BroadcastServiceServer<BroadcastApi>>()
             .await;
+        health_reporter
+            .set_serving::<AdminServiceServer<AdminApi>>()
+            .await;
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(streamer_proto::FILE_DESCRIPTOR_SET)
@@ -127,7 +142,28 @@ impl App {
             self.page_tokens.clone(),
         ));
         let broadcast = BroadcastServiceServer::new(BroadcastApi::new(self.broadcaster.clone()));
+        let admin = AdminServiceServer::new(AdminApi::new(
+            self.reconciler.clone(),
+            self.reconcile.interval,
+            self.reconcile.idle_threshold,
+        ));
         let tokens = &self.tokens;
+
+        let reconcile = (!self.reconcile.interval.is_zero()).then(|| {
+            let reconciler = self.reconciler.clone();
+            let interval = self.reconcile.interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(err) = reconciler.run_once().await {
+                        tracing::warn!(error = %err, "reconcile run failed");
+                    }
+                }
+            })
+        });
 
         let housekeeping = tokio::spawn({
             let control = self.control.clone();
@@ -163,9 +199,16 @@ impl App {
                 broadcast,
                 interceptor(tokens.clone(), Audience::Server),
             ))
+            .add_service(InterceptedService::new(
+                admin,
+                interceptor(tokens.clone(), Audience::Admin),
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         housekeeping.abort();
+        if let Some(reconcile) = reconcile {
+            reconcile.abort();
+        }
         result?;
         tracing::info!("grpc server stopped");
         Ok(())

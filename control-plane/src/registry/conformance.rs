@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{Connection, Registry, RegistryError, Scope, collect_all};
+use super::{Connection, Registry, RegistryError, Scope, collect_all, now_ms};
 
 /// A connection with the given identity and otherwise typical fields.
 pub fn sample(connection_id: &str, tenant_id: &str, user_id: &str) -> Connection {
@@ -16,8 +16,9 @@ pub fn sample(connection_id: &str, tenant_id: &str, user_id: &str) -> Connection
         permissions: vec![Arc::<str>::from("echo"), Arc::<str>::from("reports:*")].into(),
         source_ip: "203.0.113.7".into(),
         user_agent: "conformance/1.0".into(),
-        connected_at_ms: 1_700_000_000_000,
-        last_seen_ms: 1_700_000_000_000,
+        connected_at_ms: now_ms(),
+        last_seen_ms: now_ms(),
+        expires_at_ms: 0,
     }
 }
 
@@ -29,6 +30,122 @@ pub async fn run_all(registry: &dyn Registry, prefix: &str) {
     quota_is_enforced(registry, prefix).await;
     pagination_visits_everything_once(registry, prefix).await;
     tenants_are_isolated(registry, prefix).await;
+    expired_rows_are_invisible(registry, prefix).await;
+    touch_refreshes_and_never_resurrects(registry, prefix).await;
+    idle_rows_are_found_for_reconcile(registry, prefix).await;
+}
+
+const MINUTE_MS: i64 = 60_000;
+
+/// A row past its expiry (its `$disconnect` was lost and the TTL has not
+/// deleted it yet) is not looked up, listed or counted, but is still a
+/// reconcile candidate and can be removed.
+pub async fn expired_rows_are_invisible(registry: &dyn Registry, prefix: &str) {
+    let tenant = format!("{prefix}t-ttl");
+    let mut old = sample(&format!("{prefix}old"), &tenant, "u");
+    old.connected_at_ms = now_ms() - 3 * 60 * MINUTE_MS;
+    old.last_seen_ms = old.connected_at_ms;
+    registry.insert(old.clone(), 0).await.expect("insert");
+    registry
+        .insert(sample(&format!("{prefix}new"), &tenant, "u"), 0)
+        .await
+        .expect("insert");
+    assert_eq!(registry.get(&old.connection_id).await.expect("get"), None);
+    let scope = Scope::Tenant(tenant.clone());
+    assert_eq!(registry.count(&scope).await.expect("count"), 1);
+    let listed = collect_all(registry, &scope).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(&*listed[0].connection_id, format!("{prefix}new").as_str());
+    let idle = registry
+        .idle(now_ms() - MINUTE_MS, usize::MAX)
+        .await
+        .expect("idle");
+    let stale = idle
+        .iter()
+        .find(|c| c.connection_id == old.connection_id)
+        .expect("expired row is a candidate");
+    assert!(stale.expired(now_ms()));
+    assert!(
+        registry
+            .remove(&old.connection_id)
+            .await
+            .expect("remove")
+            .is_some()
+    );
+    registry
+        .remove(&format!("{prefix}new"))
+        .await
+        .expect("cleanup");
+}
+
+/// `touch` moves `last_seen` forward and cannot bring a removed row back.
+pub async fn touch_refreshes_and_never_resurrects(registry: &dyn Registry, prefix: &str) {
+    let tenant = format!("{prefix}t-touch");
+    let mut conn = sample(&format!("{prefix}touch"), &tenant, "u");
+    conn.last_seen_ms = now_ms() - 10 * MINUTE_MS;
+    registry.insert(conn.clone(), 0).await.expect("insert");
+    let before = registry
+        .get(&conn.connection_id)
+        .await
+        .expect("get")
+        .expect("present");
+    let now = now_ms();
+    assert!(
+        registry
+            .touch(&conn.connection_id, now)
+            .await
+            .expect("touch")
+    );
+    let after = registry
+        .get(&conn.connection_id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(after.last_seen_ms, now);
+    assert!(after.expires_at_ms >= before.expires_at_ms);
+    registry.remove(&conn.connection_id).await.expect("remove");
+    assert!(
+        !registry
+            .touch(&conn.connection_id, now_ms())
+            .await
+            .expect("touch gone")
+    );
+    assert_eq!(registry.get(&conn.connection_id).await.expect("get"), None);
+    assert_eq!(
+        registry.count(&Scope::Tenant(tenant)).await.expect("count"),
+        0
+    );
+}
+
+/// Rows idle past a threshold are listed for the reconcile job; fresh ones
+/// are not.
+pub async fn idle_rows_are_found_for_reconcile(registry: &dyn Registry, prefix: &str) {
+    let tenant = format!("{prefix}t-idle");
+    let mut quiet = sample(&format!("{prefix}quiet"), &tenant, "u");
+    quiet.last_seen_ms = now_ms() - 20 * MINUTE_MS;
+    registry.insert(quiet.clone(), 0).await.expect("insert");
+    registry
+        .insert(sample(&format!("{prefix}busy"), &tenant, "u"), 0)
+        .await
+        .expect("insert");
+    let idle = registry
+        .idle(now_ms() - 15 * MINUTE_MS, usize::MAX)
+        .await
+        .expect("idle");
+    let ours: Vec<_> = idle
+        .iter()
+        .filter(|c| *c.tenant_id == *tenant)
+        .map(|c| c.connection_id.to_string())
+        .collect();
+    assert_eq!(ours, vec![format!("{prefix}quiet")]);
+    registry
+        .remove(&format!("{prefix}quiet"))
+        .await
+        .expect("cleanup");
+    registry
+        .remove(&format!("{prefix}busy"))
+        .await
+        .expect("cleanup");
 }
 
 /// A row reads back as written and removal is idempotent.
@@ -41,6 +158,16 @@ pub async fn insert_get_remove(registry: &dyn Registry, prefix: &str) {
         .await
         .expect("get")
         .expect("present");
+    // The registry sets the expiry from its TTL policy (DynamoDB keeps it
+    // in whole seconds).
+    assert!(
+        got.expires_at_ms > now_ms(),
+        "a fresh row expires in the future"
+    );
+    let conn = Connection {
+        expires_at_ms: got.expires_at_ms,
+        ..conn
+    };
     assert_eq!(got, conn);
     assert_eq!(
         registry

@@ -15,7 +15,7 @@ use std::{
 use async_trait::async_trait;
 use dashmap::{DashMap, DashSet};
 
-use super::{Connection, Page, Registry, RegistryError, Scope};
+use super::{Connection, Page, Registry, RegistryError, Scope, Ttl, now_ms};
 
 /// Distinct strings kept by an interner before it stops interning (new
 /// strings then get their own allocation), so hostile input cannot grow it
@@ -70,6 +70,7 @@ pub struct MemoryRegistry {
     connections: DashMap<Arc<str>, Connection>,
     tenants: DashMap<Arc<str>, TenantIndex>,
     interner: Interner,
+    ttl: Ttl,
 }
 
 impl std::fmt::Debug for MemoryRegistry {
@@ -81,9 +82,24 @@ impl std::fmt::Debug for MemoryRegistry {
 }
 
 impl MemoryRegistry {
-    /// An empty registry.
+    /// An empty registry with the default expiry policy.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty registry with the given expiry policy.
+    pub fn with_ttl(ttl: Ttl) -> Self {
+        Self {
+            ttl,
+            ..Self::default()
+        }
+    }
+
+    fn live(&self, id: &str, now: i64) -> Option<Connection> {
+        self.connections
+            .get(id)
+            .map(|c| c.clone())
+            .filter(|c| !c.expired(now))
     }
 
     fn ids_in(&self, scope: &Scope, after: Option<&str>, limit: usize) -> Vec<Arc<str>> {
@@ -120,6 +136,9 @@ impl Registry for MemoryRegistry {
             endpoint: self.interner.string(&connection.endpoint),
             user_agent: self.interner.string(&connection.user_agent),
             permissions: self.interner.permissions(&connection.permissions),
+            expires_at_ms: self
+                .ttl
+                .expires_at_ms(connection.connected_at_ms, connection.last_seen_ms),
             ..connection
         };
         // Lock order: tenant index, then connection map (remove takes them one
@@ -151,7 +170,7 @@ impl Registry for MemoryRegistry {
     }
 
     async fn get(&self, connection_id: &str) -> Result<Option<Connection>, RegistryError> {
-        Ok(self.connections.get(connection_id).map(|c| c.clone()))
+        Ok(self.live(connection_id, now_ms()))
     }
 
     async fn remove(&self, connection_id: &str) -> Result<Option<Connection>, RegistryError> {
@@ -179,24 +198,59 @@ impl Registry for MemoryRegistry {
         limit: usize,
     ) -> Result<Page, RegistryError> {
         let limit = limit.max(1);
-        let ids = self.ids_in(scope, after, limit);
-        let next_after = (ids.len() == limit).then(|| ids[limit - 1].to_string());
-        let items = ids
-            .iter()
-            .filter_map(|id| self.connections.get(id).map(|c| c.clone()))
-            .collect();
-        Ok(Page { items, next_after })
+        let now = now_ms();
+        let mut items = Vec::with_capacity(limit.min(1024));
+        let mut after = after.map(str::to_owned);
+        // Expired rows are skipped, so a page may take more than one pass.
+        loop {
+            let want = limit - items.len();
+            let ids = self.ids_in(scope, after.as_deref(), want);
+            let exhausted = ids.len() < want;
+            after = ids.last().map(|id| id.to_string());
+            items.extend(ids.iter().filter_map(|id| self.live(id, now)));
+            if exhausted {
+                return Ok(Page {
+                    items,
+                    next_after: None,
+                });
+            }
+            if items.len() == limit {
+                return Ok(Page {
+                    items,
+                    next_after: after,
+                });
+            }
+        }
     }
 
     async fn count(&self, scope: &Scope) -> Result<u64, RegistryError> {
-        let Some(index) = self.tenants.get(scope.tenant_id()) else {
-            return Ok(0);
+        let now = now_ms();
+        let ids = self.ids_in(scope, None, usize::MAX);
+        Ok(ids.iter().filter(|id| self.live(id, now).is_some()).count() as u64)
+    }
+
+    async fn touch(&self, connection_id: &str, now_ms: i64) -> Result<bool, RegistryError> {
+        let Some(mut row) = self.connections.get_mut(connection_id) else {
+            return Ok(false);
         };
-        Ok(match scope {
-            Scope::Tenant(_) => index.all.len(),
-            Scope::User { user_id, .. } => {
-                index.users.get(user_id.as_str()).map_or(0, BTreeSet::len)
-            }
-        } as u64)
+        row.last_seen_ms = row.last_seen_ms.max(now_ms);
+        row.expires_at_ms = self
+            .ttl
+            .expires_at_ms(row.connected_at_ms, row.last_seen_ms);
+        Ok(true)
+    }
+
+    async fn idle(
+        &self,
+        last_seen_before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Connection>, RegistryError> {
+        Ok(self
+            .connections
+            .iter()
+            .filter(|c| c.last_seen_ms < last_seen_before_ms)
+            .take(limit)
+            .map(|c| c.clone())
+            .collect())
     }
 }

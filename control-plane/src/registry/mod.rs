@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub mod conformance;
+pub mod dynamo;
 pub mod memory;
 
 /// A registered connection. Strings are shared (`Arc<str>`) so that copies
@@ -33,6 +34,53 @@ pub struct Connection {
     pub connected_at_ms: i64,
     /// Last activity, milliseconds since the epoch.
     pub last_seen_ms: i64,
+    /// When the row stops counting as connected, milliseconds since the
+    /// epoch; set by the registry from its [`Ttl`] policy.
+    pub expires_at_ms: i64,
+}
+
+impl Connection {
+    /// Whether the row has expired at `now_ms`.
+    pub fn expired(&self, now_ms: i64) -> bool {
+        self.expires_at_ms <= now_ms
+    }
+}
+
+/// How long a row lives without being refreshed. API Gateway closes idle
+/// connections after 10 minutes and every connection after 2 hours, so a row
+/// older than that belongs to a connection whose `$disconnect` was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl {
+    /// A row expires this long after its last refresh...
+    pub idle: std::time::Duration,
+    /// ...and never later than this long after the connection was accepted.
+    pub max_age: std::time::Duration,
+}
+
+impl Default for Ttl {
+    fn default() -> Self {
+        // API Gateway's 2 h maximum plus a margin for clock skew.
+        let two_hours = std::time::Duration::from_secs(2 * 3600 + 300);
+        Self {
+            idle: two_hours,
+            max_age: two_hours,
+        }
+    }
+}
+
+impl Ttl {
+    /// The expiry of a row with these timestamps.
+    pub fn expires_at_ms(&self, connected_at_ms: i64, last_seen_ms: i64) -> i64 {
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        last_seen_ms
+            .saturating_add(ms(self.idle))
+            .min(connected_at_ms.saturating_add(ms(self.max_age)))
+    }
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// Which connections a query covers.
@@ -99,6 +147,7 @@ pub trait Registry: Send + Sync + 'static {
     async fn remove(&self, connection_id: &str) -> Result<Option<Connection>, RegistryError>;
 
     /// Lists up to `limit` connections of `scope` with ids after `after`.
+    /// Expired rows are never listed, looked up or counted.
     async fn list(
         &self,
         scope: &Scope,
@@ -108,6 +157,19 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Counts the connections of `scope`.
     async fn count(&self, scope: &Scope) -> Result<u64, RegistryError>;
+
+    /// Records activity: sets `last_seen` and extends the expiry. Never
+    /// recreates a removed row; `Ok(false)` when the row is gone.
+    async fn touch(&self, connection_id: &str, now_ms: i64) -> Result<bool, RegistryError>;
+
+    /// Up to `limit` rows (of any tenant, expired ones included) last seen
+    /// before `last_seen_before_ms`: the candidates the reconcile job checks
+    /// with the gateway.
+    async fn idle(
+        &self,
+        last_seen_before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Connection>, RegistryError>;
 }
 
 /// Every connection of `scope`, paging through the registry (for broadcast

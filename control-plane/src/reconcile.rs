@@ -1,0 +1,150 @@
+//! Stale-connection cleanup. `$disconnect` is best-effort in AWS, so rows
+//! whose connection is gone linger. Every `interval`, rows idle longer than
+//! the threshold are checked with the gateway (`GetConnection`): a 410 or an
+//! expired row removes the row (and frees its tenant quota); a live one is
+//! refreshed so it is not checked again until it idles once more.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::{StreamExt, stream};
+use tokio::sync::Mutex;
+
+use crate::{
+    delivery::ManagementApi,
+    registry::{Registry, RegistryError, now_ms},
+};
+
+/// Most rows checked in one run (the rest wait for the next run).
+const MAX_PER_RUN: usize = 10_000;
+/// `GetConnection` calls in flight during a run.
+const CONCURRENCY: usize = 16;
+
+/// What one run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Idle rows examined.
+    pub checked: u32,
+    /// Rows removed because the gateway no longer had the connection or the
+    /// row had expired.
+    pub removed: u32,
+    /// Rows whose connection is alive (refreshed).
+    pub alive: u32,
+    /// Rows that could not be checked (gateway or store errors).
+    pub errors: u32,
+    /// When the run started, ms since the epoch.
+    pub started_at_ms: i64,
+    /// How long it took.
+    pub duration_ms: u64,
+}
+
+/// Runs reconcile passes and remembers the last one.
+pub struct Reconciler {
+    registry: Arc<dyn Registry>,
+    api: Arc<ManagementApi>,
+    idle_threshold: Duration,
+    last: Mutex<Option<ReconcileReport>>,
+    running: Mutex<()>,
+}
+
+impl std::fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("idle_threshold", &self.idle_threshold)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Verdict {
+    Removed,
+    Alive,
+    Error,
+}
+
+impl Reconciler {
+    /// A reconciler checking rows idle longer than `idle_threshold`.
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        api: Arc<ManagementApi>,
+        idle_threshold: Duration,
+    ) -> Self {
+        Self {
+            registry,
+            api,
+            idle_threshold,
+            last: Mutex::new(None),
+            running: Mutex::new(()),
+        }
+    }
+
+    /// The last run's report, if any run happened.
+    pub async fn last(&self) -> Option<ReconcileReport> {
+        *self.last.lock().await
+    }
+
+    /// Runs one pass now (one at a time: a second caller waits for the first).
+    pub async fn run_once(&self) -> Result<ReconcileReport, RegistryError> {
+        let _one_at_a_time = self.running.lock().await;
+        let started = std::time::Instant::now();
+        let now = now_ms();
+        let threshold = i64::try_from(self.idle_threshold.as_millis()).unwrap_or(i64::MAX);
+        let candidates = self
+            .registry
+            .idle(now.saturating_sub(threshold), MAX_PER_RUN)
+            .await?;
+        let mut report = ReconcileReport {
+            started_at_ms: now,
+            ..Default::default()
+        };
+        let mut verdicts = stream::iter(candidates)
+            .map(|row| async move {
+                let gone = if row.expired(now) {
+                    Ok(true)
+                } else {
+                    self.api.is_connected(&row.endpoint, &row.connection_id).await.map(|alive| !alive)
+                };
+                match gone {
+                    Ok(true) => match self.registry.remove(&row.connection_id).await {
+                        Ok(_) => {
+                            tracing::info!(connection_id = %row.connection_id, tenant_id = %row.tenant_id, "reconcile removed a stale connection");
+                            Verdict::Removed
+                        }
+                        Err(err) => {
+                            tracing::warn!(connection_id = %row.connection_id, error = %err, "reconcile could not remove a row");
+                            Verdict::Error
+                        }
+                    },
+                    Ok(false) => match self.registry.touch(&row.connection_id, now_ms()).await {
+                        Ok(_) => Verdict::Alive,
+                        Err(err) => {
+                            tracing::warn!(connection_id = %row.connection_id, error = %err, "reconcile could not refresh a row");
+                            Verdict::Error
+                        }
+                    },
+                    Err(err) => {
+                        tracing::warn!(connection_id = %row.connection_id, error = %err, "reconcile could not ask the gateway");
+                        Verdict::Error
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENCY);
+        while let Some(verdict) = verdicts.next().await {
+            report.checked += 1;
+            match verdict {
+                Verdict::Removed => report.removed += 1,
+                Verdict::Alive => report.alive += 1,
+                Verdict::Error => report.errors += 1,
+            }
+        }
+        report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(
+            checked = report.checked,
+            removed = report.removed,
+            alive = report.alive,
+            errors = report.errors,
+            duration_ms = report.duration_ms,
+            "reconcile run finished"
+        );
+        *self.last.lock().await = Some(report);
+        Ok(report)
+    }
+}
