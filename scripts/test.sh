@@ -37,6 +37,9 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cfn-lint deploy/template.yaml"
+cfn-lint deploy/template.yaml
+
 step "DynamoDB-compatible server (moto)"
 port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 log=$root/.build/moto.log
