@@ -59,4 +59,7 @@ echo "moto listening on 127.0.0.1:$port (log: $log)"
 export STREAMER_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$port"
 
 step "cargo test"
+# Every binary first: the benchmark's smoke test runs the control plane and
+# gateway binaries that sit beside it.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked

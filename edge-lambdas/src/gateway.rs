@@ -158,6 +158,7 @@ impl Gateway {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/{stage}", get(upgrade))
+            .route("/{stage}/@local/broadcast", post(local_broadcast))
             .route(
                 "/{stage}/@connections/{id}",
                 post(post_to_connection)
@@ -600,4 +601,40 @@ async fn delete_connection(
         .await;
     conn.closing.notify_one();
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// Emulator-only extension, not part of API Gateway: writes the body straight
+/// to every open socket. It is the WebSocket floor the benchmark compares
+/// broadcast against; it answers the number of sockets written to.
+async fn local_broadcast(
+    State(gateway): State<Gateway>,
+    Path(stage): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(response) = refuse(&gateway, &stage, &headers) {
+        return response;
+    }
+    let text: Utf8Bytes = match std::str::from_utf8(&body) {
+        Ok(text) => text.into(),
+        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+    };
+    let open: Vec<Arc<Conn>> = gateway
+        .inner
+        .conns
+        .iter()
+        .map(|c| c.value().clone())
+        .collect();
+    let mut written = 0u64;
+    for conn in open {
+        if conn
+            .tx
+            .send(Outbound::Frame(Message::Text(text.clone())))
+            .await
+            .is_ok()
+        {
+            written += 1;
+        }
+    }
+    (StatusCode::OK, written.to_string()).into_response()
 }

@@ -1,0 +1,44 @@
+//! The benchmark runs end to end on a tiny setting and reports sane counts
+//! (its timings are not checked: speed is for the benchmark, not for tests).
+
+#[test]
+fn tiny_run_reports_every_delivery() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_streamer-bench"))
+        .args([
+            "--connections",
+            "20",
+            "--broadcast-sizes",
+            "20",
+            "--repeats",
+            "2",
+            "--echo-connections",
+            "2",
+            "--duration",
+            "1",
+            "--json",
+        ])
+        .output()
+        .expect("run streamer-bench");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json report");
+    assert_eq!(report["connect"]["connections"], 20);
+    assert!(
+        report["echo"]["requests_per_sec"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0)
+    );
+    let broadcast = &report["broadcast"][0];
+    assert_eq!(broadcast["recipients"], 20);
+    for key in ["streamer", "baseline_http", "baseline_websocket"] {
+        assert_eq!(broadcast[key]["delivered_min"], 20, "{key}");
+    }
+    assert!(
+        report["memory"][0]["bytes_per_connection"]
+            .as_f64()
+            .is_some()
+    );
+}
