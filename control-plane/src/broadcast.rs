@@ -9,6 +9,7 @@ use futures_util::{StreamExt, stream};
 use crate::{
     delivery::{ManagementApi, Outcome},
     error::ApiError,
+    metrics::{OutcomeLabel, metrics},
     registry::{Connection, Registry, Scope, collect_all},
 };
 
@@ -84,7 +85,13 @@ impl Broadcaster {
         Ok(targets)
     }
 
-    /// Sends `frame` to every target and reports the outcome.
+    /// Sends `frame` to every target and reports the outcome: one span per
+    /// broadcast carrying the counts, never one per recipient.
+    #[tracing::instrument(
+        name = "control.broadcast.fan_out",
+        skip_all,
+        fields(targeted = targets.len(), delivered, gone, throttled, too_large, failed)
+    )]
     pub async fn deliver(&self, targets: Vec<Connection>, frame: &str) -> DeliveryReport {
         let mut report = DeliveryReport {
             targeted: u32::try_from(targets.len()).unwrap_or(u32::MAX),
@@ -115,6 +122,23 @@ impl Broadcaster {
             }
         }
         drop(outcomes);
+        let span = tracing::Span::current();
+        let m = metrics();
+        m.broadcasts.inc();
+        for (outcome, count) in [
+            ("delivered", report.delivered),
+            ("gone", report.gone),
+            ("throttled", report.throttled),
+            ("too_large", report.too_large),
+            ("failed", report.failed),
+        ] {
+            span.record(outcome, count);
+            if count > 0 {
+                m.broadcast_recipients
+                    .get_or_create(&OutcomeLabel { outcome })
+                    .inc_by(u64::from(count));
+            }
+        }
         for connection_id in gone {
             match self.registry.remove(&connection_id).await {
                 Ok(_) => {

@@ -35,6 +35,8 @@ fn invalid(name: &str, message: impl Into<String>) -> ConfigError {
 pub struct Config {
     /// Where the gRPC server listens (`STREAMER_GRPC_ADDR`).
     pub grpc_addr: SocketAddr,
+    /// Where `/metrics` is served, if anywhere (`STREAMER_METRICS_ADDR`).
+    pub metrics_addr: Option<SocketAddr>,
     /// The local API Gateway emulator (used by `dev` only).
     pub gateway: GatewayConfig,
     /// Client token verification; `None` means "not configured" (only `dev`
@@ -223,6 +225,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     grpc_addr: Option<String>,
+    metrics_addr: Option<String>,
     log_format: Option<String>,
     page_token_secret: Option<String>,
     #[serde(default)]
@@ -557,7 +560,13 @@ impl Config {
             ),
         };
 
+        let metrics_addr = match env.string("STREAMER_METRICS_ADDR").or(file.metrics_addr) {
+            Some(raw) => Some(socket_addr("STREAMER_METRICS_ADDR", &raw)?),
+            None => None,
+        };
+
         Ok(Config {
+            metrics_addr,
             store,
             reconcile,
             grpc_addr,

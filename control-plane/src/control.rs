@@ -13,11 +13,57 @@ use streamer_proto::{
 use crate::{
     actions::{Actions, Builtin},
     config::LimitsConfig,
-    jwt::{self, JwtVerifier, grants},
+    jwt::{self, AuthError, JwtVerifier, grants},
+    metrics::{LimitLabel, MessageLabels, OutcomeLabel, ReasonLabel, metrics},
     ratelimit::RateLimits,
     registry::{Connection, Registry, RegistryError, now_ms},
     shared_limit::{SharedCheck, SharedMessageLimiter},
 };
+
+/// Message metric label for frames refused before their action was known.
+const INVALID_ACTION_LABEL: &str = "_invalid";
+/// Message metric label for actions that are not declared.
+const UNKNOWN_ACTION_LABEL: &str = "_unknown";
+
+/// A routed frame: the reply and how to count it.
+struct Routed {
+    reply: String,
+    action: String,
+    outcome: &'static str,
+}
+
+/// The metric label of a token refusal.
+fn auth_reason(reason: AuthError) -> &'static str {
+    match reason {
+        AuthError::Missing => "missing",
+        AuthError::TooLarge => "too_large",
+        AuthError::Expired => "expired",
+        AuthError::NotYetValid => "not_yet_valid",
+        AuthError::BadSignature => "bad_signature",
+        AuthError::Algorithm => "algorithm",
+        AuthError::IssuerOrAudience => "issuer_or_audience",
+        AuthError::Claims => "claims",
+        AuthError::Malformed => "malformed",
+    }
+}
+
+/// The metric label of an error code.
+fn outcome_of(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::ValidationError => "validation_error",
+        ErrorCode::InvalidAction => "invalid_action",
+        ErrorCode::NotFound => "not_found",
+        ErrorCode::Unauthorized => "unauthorized",
+        ErrorCode::Forbidden => "forbidden",
+        ErrorCode::RateLimited => "rate_limited",
+        ErrorCode::DuplicateRequest => "duplicate_request",
+        ErrorCode::PayloadTooLarge => "payload_too_large",
+        ErrorCode::InternalError => "internal_error",
+        ErrorCode::Timeout => "timeout",
+        ErrorCode::ServiceUnavailable => "service_unavailable",
+        ErrorCode::ProcessingFailed => "processing_failed",
+    }
+}
 
 /// Longest User-Agent kept in the registry.
 const MAX_USER_AGENT: usize = 256;
@@ -50,6 +96,8 @@ pub struct ConnectDecision {
     pub body: String,
     /// Extra headers of a rejection.
     pub headers: HashMap<String, String>,
+    /// What happened, for the connects metric.
+    pub outcome: &'static str,
 }
 
 impl ConnectDecision {
@@ -58,20 +106,22 @@ impl ConnectDecision {
         self.status == 200
     }
 
-    fn accept() -> Self {
+    fn accept(outcome: &'static str) -> Self {
         Self {
+            outcome,
             status: 200,
             body: String::new(),
             headers: HashMap::new(),
         }
     }
 
-    fn reject(status: u16, error: &ClientError) -> Self {
+    fn reject(outcome: &'static str, status: u16, error: &ClientError) -> Self {
         let mut headers = HashMap::new();
         if let Some(wait) = error.retry_after {
             headers.insert("retry-after".to_owned(), wait.as_secs().max(1).to_string());
         }
         Self {
+            outcome,
             status,
             body: json!({ "error": error.to_json() }).to_string(),
             headers,
@@ -169,17 +219,41 @@ impl ControlPlane {
     /// `$connect`: connect rate limit per IP, token verification, tenant
     /// quota, conditional registration.
     pub async fn connect(&self, input: ConnectInput) -> ConnectDecision {
+        let decision = self.decide_connect(input).await;
+        metrics()
+            .connects
+            .get_or_create(&OutcomeLabel {
+                outcome: decision.outcome,
+            })
+            .inc();
+        decision
+    }
+
+    async fn decide_connect(&self, input: ConnectInput) -> ConnectDecision {
         if !ids::valid_connection_id(&input.connection_id) || input.endpoint.is_empty() {
             tracing::warn!(connection_id = %input.connection_id, "connect event without a usable connection id or endpoint");
-            return ConnectDecision::reject(400, &ClientError::validation("bad connect request"));
+            return ConnectDecision::reject(
+                "invalid",
+                400,
+                &ClientError::validation("bad connect request"),
+            );
         }
         if let Err(wait) = self.limits.check_connect(&input.source_ip) {
             tracing::info!(source_ip = %input.source_ip, "connect rate limited");
-            return ConnectDecision::reject(429, &ClientError::rate_limited(wait));
+            metrics()
+                .rate_limited
+                .get_or_create(&LimitLabel { limit: "connect" })
+                .inc();
+            return ConnectDecision::reject("rate_limited", 429, &ClientError::rate_limited(wait));
         }
         let Some(token) = jwt::token_from_request(&input.query, &input.headers) else {
             tracing::info!(connection_id = %input.connection_id, reason = "no token", "connect refused");
+            metrics()
+                .auth_failures
+                .get_or_create(&ReasonLabel { reason: "missing" })
+                .inc();
             return ConnectDecision::reject(
+                "unauthorized",
                 401,
                 &ClientError::new(ErrorCode::Unauthorized, "missing or invalid token"),
             );
@@ -188,7 +262,14 @@ impl ControlPlane {
             Ok(identity) => identity,
             Err(reason) => {
                 tracing::info!(connection_id = %input.connection_id, %reason, "connect refused");
+                metrics()
+                    .auth_failures
+                    .get_or_create(&ReasonLabel {
+                        reason: auth_reason(reason),
+                    })
+                    .inc();
                 return ConnectDecision::reject(
+                    "unauthorized",
                     401,
                     &ClientError::new(ErrorCode::Unauthorized, "missing or invalid token"),
                 );
@@ -224,7 +305,7 @@ impl ControlPlane {
                     user_id = %identity.user_id,
                     "connected"
                 );
-                ConnectDecision::accept()
+                ConnectDecision::accept("accepted")
             }
             Err(RegistryError::AlreadyExists) => {
                 // A redelivered $connect: accept it again only for the same identity.
@@ -233,21 +314,29 @@ impl ControlPlane {
                         if *existing.tenant_id == *identity.tenant_id
                             && *existing.user_id == *identity.user_id =>
                     {
-                        ConnectDecision::accept()
+                        ConnectDecision::accept("redelivered")
                     }
                     Ok(_) => ConnectDecision::reject(
+                        "forbidden",
                         403,
                         &ClientError::new(ErrorCode::Forbidden, "connection refused"),
                     ),
                     Err(err) => {
                         tracing::warn!(error = %err, "registry read failed during connect");
-                        ConnectDecision::reject(503, &unavailable())
+                        ConnectDecision::reject("unavailable", 503, &unavailable())
                     }
                 }
             }
             Err(RegistryError::QuotaExceeded { limit }) => {
                 tracing::info!(tenant_id = %identity.tenant_id, limit, "tenant connection quota reached");
+                metrics()
+                    .rate_limited
+                    .get_or_create(&LimitLabel {
+                        limit: "tenant_quota",
+                    })
+                    .inc();
                 ConnectDecision::reject(
+                    "quota_exceeded",
                     429,
                     &ClientError {
                         message: "tenant connection limit reached".into(),
@@ -257,7 +346,7 @@ impl ControlPlane {
             }
             Err(RegistryError::Unavailable(detail)) => {
                 tracing::warn!(error = %detail, "registry unavailable during connect");
-                ConnectDecision::reject(503, &unavailable())
+                ConnectDecision::reject("unavailable", 503, &unavailable())
             }
         }
     }
@@ -268,6 +357,7 @@ impl ControlPlane {
         if let Some(connection) = &removed {
             let duration_ms = now_ms() - connection.connected_at_ms;
             tracing::info!(connection_id, tenant_id = %connection.tenant_id, duration_ms, "disconnected");
+            metrics().disconnects.inc();
         }
         Ok(removed.is_some())
     }
@@ -275,6 +365,23 @@ impl ControlPlane {
     /// One client frame. Returns the reply frame, if any. Every failure is an
     /// `error` frame carrying the request id when the client gave one.
     pub async fn route(&self, connection_id: &str, body: &str, is_base64: bool) -> Option<String> {
+        let routed = self.route_inner(connection_id, body, is_base64).await;
+        metrics()
+            .messages
+            .get_or_create(&MessageLabels {
+                action: routed.action,
+                outcome: routed.outcome,
+            })
+            .inc();
+        Some(routed.reply)
+    }
+
+    async fn route_inner(&self, connection_id: &str, body: &str, is_base64: bool) -> Routed {
+        let fail = |id: Option<String>, error: ClientError, action: &str| Routed {
+            reply: client::error_frame(id.as_deref(), &error),
+            action: action.to_owned(),
+            outcome: outcome_of(error.code),
+        };
         let connection = match self.registry.get(connection_id).await {
             Ok(Some(connection)) => connection,
             Ok(None) => {
@@ -282,26 +389,30 @@ impl ControlPlane {
                     ErrorCode::Unauthorized,
                     "connection is not registered; reconnect",
                 );
-                return Some(client::error_frame(
-                    client::peek_request_id(body).as_deref(),
-                    &error,
-                ));
+                return fail(client::peek_request_id(body), error, INVALID_ACTION_LABEL);
             }
             Err(err) => {
                 tracing::warn!(error = %err, connection_id, "registry unavailable during route");
-                return Some(client::error_frame(
-                    client::peek_request_id(body).as_deref(),
-                    &unavailable(),
-                ));
+                return fail(
+                    client::peek_request_id(body),
+                    unavailable(),
+                    INVALID_ACTION_LABEL,
+                );
             }
         };
+        tracing::Span::current().record("tenant_id", &*connection.tenant_id);
         self.touch_if_due(&connection);
         if let Err(wait) = self.check_message(&connection.connection_id).await {
             tracing::debug!(connection_id, "message rate limited");
-            return Some(client::error_frame(
-                client::peek_request_id(body).as_deref(),
-                &ClientError::rate_limited(wait),
-            ));
+            metrics()
+                .rate_limited
+                .get_or_create(&LimitLabel { limit: "message" })
+                .inc();
+            return fail(
+                client::peek_request_id(body),
+                ClientError::rate_limited(wait),
+                INVALID_ACTION_LABEL,
+            );
         }
         let decoded;
         let text = if is_base64 {
@@ -315,10 +426,11 @@ impl ControlPlane {
                     decoded.as_str()
                 }
                 None => {
-                    return Some(client::error_frame(
+                    return fail(
                         None,
-                        &ClientError::validation("message must be UTF-8 JSON text"),
-                    ));
+                        ClientError::validation("message must be UTF-8 JSON text"),
+                        INVALID_ACTION_LABEL,
+                    );
                 }
             }
         } else {
@@ -332,20 +444,26 @@ impl ControlPlane {
                     self.limits_config.max_message_bytes
                 ),
             );
-            return Some(client::error_frame(
-                client::peek_request_id(text).as_deref(),
-                &error,
-            ));
+            return fail(client::peek_request_id(text), error, INVALID_ACTION_LABEL);
         }
         let envelope = match client::parse_envelope(text) {
             Ok(envelope) => envelope,
-            Err((request_id, error)) => {
-                return Some(client::error_frame(request_id.as_deref(), &error));
-            }
+            Err((request_id, error)) => return fail(request_id, error, INVALID_ACTION_LABEL),
+        };
+        tracing::Span::current().record("request_id", envelope.request_id.as_str());
+        // Only declared actions become label values, never client text.
+        let action = if self.actions.get(&envelope.action).is_ok() {
+            envelope.action.as_str()
+        } else {
+            UNKNOWN_ACTION_LABEL
         };
         match self.run_action(&connection, &envelope) {
-            Ok(reply) => Some(reply),
-            Err(error) => Some(client::error_frame(Some(&envelope.request_id), &error)),
+            Ok(reply) => Routed {
+                reply,
+                action: action.to_owned(),
+                outcome: "ok",
+            },
+            Err(error) => fail(Some(envelope.request_id.clone()), error, action),
         }
     }
 

@@ -18,7 +18,10 @@ use aws_sdk_apigatewaymanagement::{
 use dashmap::DashMap;
 use rand::Rng;
 
-use crate::config::DeliveryConfig;
+use crate::{
+    config::DeliveryConfig,
+    metrics::{OperationLabel, metrics, timed},
+};
 
 /// What happened to one frame sent to one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,14 +101,20 @@ impl ManagementApi {
     /// Posts `data` to one connection, retrying what is worth retrying.
     pub async fn post(&self, endpoint: &Arc<str>, connection_id: &str, data: &[u8]) -> Outcome {
         let client = self.client(endpoint);
+        let histogram = metrics()
+            .management_api_duration
+            .get_or_create(&OperationLabel {
+                operation: "post_to_connection",
+            })
+            .clone();
         let mut attempt = 0;
         loop {
-            let result = client
+            let call = client
                 .post_to_connection()
                 .connection_id(connection_id)
                 .data(Blob::new(data))
-                .send()
-                .await;
+                .send();
+            let result = timed(&histogram, call).await;
             let classified = match result {
                 Ok(_) => Attempt::Done(Outcome::Delivered),
                 Err(err) => classify(&err),
@@ -126,13 +135,18 @@ impl ManagementApi {
         endpoint: &Arc<str>,
         connection_id: &str,
     ) -> Result<bool, ManagementError> {
-        match self
+        let histogram = metrics()
+            .management_api_duration
+            .get_or_create(&OperationLabel {
+                operation: "delete_connection",
+            })
+            .clone();
+        let call = self
             .client(endpoint)
             .delete_connection()
             .connection_id(connection_id)
-            .send()
-            .await
-        {
+            .send();
+        match timed(&histogram, call).await {
             Ok(_) => Ok(true),
             Err(err) if status(&err) == Some(410) || err.code() == Some("GoneException") => {
                 Ok(false)
@@ -148,13 +162,18 @@ impl ManagementApi {
         endpoint: &Arc<str>,
         connection_id: &str,
     ) -> Result<bool, ManagementError> {
-        match self
+        let histogram = metrics()
+            .management_api_duration
+            .get_or_create(&OperationLabel {
+                operation: "get_connection",
+            })
+            .clone();
+        let call = self
             .client(endpoint)
             .get_connection()
             .connection_id(connection_id)
-            .send()
-            .await
-        {
+            .send();
+        match timed(&histogram, call).await {
             Ok(_) => Ok(true),
             Err(err) if status(&err) == Some(410) || err.code() == Some("GoneException") => {
                 Ok(false)

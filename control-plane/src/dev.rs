@@ -44,6 +44,8 @@ pub struct Ready {
     pub gateway: SocketAddr,
     /// Stage name.
     pub stage: String,
+    /// `/metrics` address, when enabled.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A running control plane plus gateway emulator.
@@ -111,6 +113,18 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         .await
         .with_context(|| format!("cannot listen for the gateway on {}", config.gateway.addr))?;
     crate::server::raise_open_file_limit();
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
     let grpc_addr = grpc_listener.local_addr()?;
     let gateway_addr = gateway_listener.local_addr()?;
     let stage = config.gateway.stage.clone();
@@ -134,12 +148,16 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let grpc_task = tokio::spawn(app.serve(grpc_listener, stopped(stop_rx.clone())));
-    let gateway_task = tokio::spawn(gateway.serve(gateway_listener, stopped(stop_rx)));
+    let gateway_task = tokio::spawn(gateway.serve(gateway_listener, stopped(stop_rx.clone())));
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(crate::metrics::serve(listener, stopped(stop_rx)));
+    }
     Ok(DevStack {
         ready: Ready {
             grpc: grpc_addr,
             gateway: gateway_addr,
             stage,
+            metrics: metrics_addr,
         },
         admin_token,
         admin_token_generated,
@@ -174,6 +192,9 @@ fn print_banner(ready: &Ready, sample_token: Option<&str>, admin_token: Option<&
         ready.gateway, ready.stage
     );
     println!("  grpc:            {}", ready.grpc);
+    if let Some(metrics) = ready.metrics {
+        println!("  metrics:         http://{metrics}/metrics");
+    }
     println!();
     match sample_token {
         Some(token) => {

@@ -45,6 +45,7 @@ impl EdgeService for EdgeApi {
         request: Request<v1::ConnectRequest>,
     ) -> Result<Response<v1::ConnectResponse>, Status> {
         let r = request.into_inner();
+        tracing::Span::current().record("connection_id", r.connection_id.as_str());
         let decision = self
             .control
             .connect(ConnectInput {
@@ -69,6 +70,7 @@ impl EdgeService for EdgeApi {
         request: Request<v1::DisconnectRequest>,
     ) -> Result<Response<v1::DisconnectResponse>, Status> {
         let r = request.into_inner();
+        tracing::Span::current().record("connection_id", r.connection_id.as_str());
         let removed = self
             .control
             .disconnect(&r.connection_id)
@@ -82,6 +84,7 @@ impl EdgeService for EdgeApi {
         request: Request<v1::RouteRequest>,
     ) -> Result<Response<v1::RouteResponse>, Status> {
         let r = request.into_inner();
+        tracing::Span::current().record("connection_id", r.connection_id.as_str());
         let reply = self
             .control
             .route(&r.connection_id, &r.body, r.is_base64_encoded)

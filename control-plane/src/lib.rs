@@ -15,6 +15,7 @@ pub mod error;
 pub mod grpc;
 pub mod grpc_auth;
 pub mod jwt;
+pub mod metrics;
 pub mod pagetoken;
 pub mod ratelimit;
 pub mod reconcile;

@@ -55,7 +55,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -64,19 +63,23 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        let telemetry = telemetry::init(config.log_format);
+        let result = match cli.command {
             Command::Dev => streamer_control_plane::dev::run(config).await,
             Command::Serve => serve(config).await,
             Command::Tables {
                 command: TablesCommand::Create,
-            } => {
-                let tables = streamer_control_plane::store::create_tables(&config).await?;
-                for table in tables {
-                    println!("table {table} is ready");
-                }
-                Ok(())
-            }
-        }
+            } => streamer_control_plane::store::create_tables(&config)
+                .await
+                .map(|tables| {
+                    for table in tables {
+                        println!("table {table} is ready");
+                    }
+                })
+                .map_err(anyhow::Error::from),
+        };
+        telemetry.shutdown();
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,6 +94,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let app = App::build(&config, None, sdk).await?;
     let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
+    if let Some(addr) = config.metrics_addr {
+        let metrics = tokio::net::TcpListener::bind(addr).await?;
+        tokio::spawn(streamer_control_plane::metrics::serve(
+            metrics,
+            std::future::pending(),
+        ));
+    }
     streamer_control_plane::server::raise_open_file_limit();
     app.serve(listener, streamer_control_plane::server::shutdown_signal())
         .await

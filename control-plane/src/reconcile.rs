@@ -135,6 +135,9 @@ impl Reconciler {
                 Verdict::Error => report.errors += 1,
             }
         }
+        crate::metrics::metrics()
+            .reconcile_removed
+            .inc_by(u64::from(report.removed));
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         tracing::info!(
             checked = report.checked,

@@ -178,6 +178,7 @@ impl App {
 
         tracing::info!(addr = %listener.local_addr()?, "grpc server listening");
         let result = tonic::transport::Server::builder()
+            .trace_fn(streamer_edge::telemetry::grpc_server_span)
             .add_service(health_service)
             .add_service(InterceptedService::new(
                 reflection_v1,

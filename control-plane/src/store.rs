@@ -8,7 +8,10 @@ use aws_sdk_dynamodb::config::{retry::RetryConfig, timeout::TimeoutConfig};
 
 use crate::{
     config::{Config, StoreKind},
-    registry::{Registry, RegistryError, Ttl, dynamo::DynamoRegistry, memory::MemoryRegistry},
+    registry::{
+        Registry, RegistryError, Ttl, dynamo::DynamoRegistry, instrumented::Instrumented,
+        memory::MemoryRegistry,
+    },
     shared_limit::SharedMessageLimiter,
 };
 
@@ -52,11 +55,8 @@ pub async fn open(config: &Config) -> Stores {
         idle: config.store.connection_ttl,
         max_age: config.store.connection_ttl,
     };
-    match config.store.kind {
-        StoreKind::Memory => Stores {
-            registry: Arc::new(MemoryRegistry::with_ttl(ttl)),
-            shared_limiter: None,
-        },
+    let (backend, shared_limiter): (Arc<dyn Registry>, _) = match config.store.kind {
+        StoreKind::Memory => (Arc::new(MemoryRegistry::with_ttl(ttl)), None),
         StoreKind::DynamoDb => {
             let client = dynamodb_client().await;
             let shared_limiter = config.store.shared_rate_limits.then(|| {
@@ -66,15 +66,19 @@ pub async fn open(config: &Config) -> Stores {
                     &config.limits,
                 ))
             });
-            Stores {
-                registry: Arc::new(DynamoRegistry::new(
+            (
+                Arc::new(DynamoRegistry::new(
                     client,
                     &config.store.connections_table,
                     ttl,
                 )),
                 shared_limiter,
-            }
+            )
         }
+    };
+    Stores {
+        registry: Arc::new(Instrumented::new(backend)),
+        shared_limiter,
     }
 }
 

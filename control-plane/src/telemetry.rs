@@ -1,16 +1,16 @@
-//! Log setup: pretty text for a terminal, JSON lines for CloudWatch;
-//! `RUST_LOG` respected (default `info`).
+//! Logs and traces for the control plane: the shared setup in
+//! [`streamer_edge::telemetry`], with the configured log format.
 
-use tracing_subscriber::{EnvFilter, fmt};
+use streamer_edge::telemetry::{self, Telemetry};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber once; later calls are no-ops.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+/// Installs logging and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OTLP
+/// trace export; keep the handle and call `shutdown` on exit to flush.
+pub fn init(format: LogFormat) -> Telemetry {
+    let format = match format {
+        LogFormat::Json => telemetry::LogFormat::Json,
+        LogFormat::Pretty => telemetry::LogFormat::Pretty,
     };
+    telemetry::init(format, "streamer-control-plane")
 }

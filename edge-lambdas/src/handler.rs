@@ -14,7 +14,7 @@ use streamer_proto::{
     v1,
 };
 
-use crate::client::EdgeClient;
+use crate::{client::EdgeClient, telemetry::inject};
 
 /// The three WebSocket routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +110,7 @@ impl EdgeHandler {
 
     /// `$connect`: accept (200) or return the control plane's rejection; 503
     /// when the control plane cannot be reached.
+    #[tracing::instrument(name = "edge.connect", skip_all, fields(connection_id = event.request_context.connection_id.as_deref().unwrap_or_default()))]
     pub async fn connect(&self, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
         let headers: HashMap<String, String> = event
             .headers
@@ -139,7 +140,7 @@ impl EdgeHandler {
             user_agent,
             api_request_id: ctx.request_id.clone().unwrap_or_default(),
         };
-        match self.client.clone().connect(request).await {
+        match self.client.clone().connect(inject(request)).await {
             Ok(reply) => {
                 let reply = reply.into_inner();
                 if reply.accepted {
@@ -172,6 +173,7 @@ impl EdgeHandler {
     }
 
     /// `$disconnect`: best effort; API Gateway ignores the answer.
+    #[tracing::instrument(name = "edge.disconnect", skip_all, fields(connection_id = event.request_context.connection_id.as_deref().unwrap_or_default()))]
     pub async fn disconnect(
         &self,
         event: ApiGatewayWebsocketProxyRequest,
@@ -186,7 +188,7 @@ impl EdgeHandler {
             reason: ctx.disconnect_reason.clone().unwrap_or_default(),
             api_request_id: ctx.request_id.clone().unwrap_or_default(),
         };
-        match self.client.clone().disconnect(request).await {
+        match self.client.clone().disconnect(inject(request)).await {
             Ok(_) => response(200, None, HeaderMap::new()),
             Err(status) => {
                 tracing::error!(code = ?status.code(), message = status.message(), "control plane disconnect call failed");
@@ -198,6 +200,7 @@ impl EdgeHandler {
     /// `$default`: the reply frame, if any, is the route response body. When
     /// the control plane cannot be reached the client still gets an answer:
     /// a `SERVICE_UNAVAILABLE` error frame.
+    #[tracing::instrument(name = "edge.message", skip_all, fields(connection_id = event.request_context.connection_id.as_deref().unwrap_or_default()))]
     pub async fn message(&self, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
         let ctx = &event.request_context;
         let body = event.body.clone().unwrap_or_default();
@@ -207,7 +210,7 @@ impl EdgeHandler {
             is_base64_encoded: event.is_base64_encoded,
             api_request_id: ctx.request_id.clone().unwrap_or_default(),
         };
-        match self.client.clone().route(request).await {
+        match self.client.clone().route(inject(request)).await {
             Ok(reply) => response(200, reply.into_inner().reply, HeaderMap::new()),
             Err(status) => {
                 tracing::error!(code = ?status.code(), message = status.message(), "control plane route call failed");

@@ -8,6 +8,7 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 use crate::{
     client::{ClientError, edge_client},
     handler::{EdgeHandler, Route},
+    telemetry::{self, LogFormat},
 };
 
 /// Builds the handler from the Lambda's environment:
@@ -26,19 +27,12 @@ pub fn handler_from_env(
 
 /// Runs the Lambda for `route` until the runtime stops it.
 pub async fn run(route: Route) -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .without_time()
-        .init();
+    let telemetry = std::sync::Arc::new(telemetry::init(LogFormat::Json, "streamer-edge"));
     let handler = handler_from_env(&|name| std::env::var(name).ok())?;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
             let handler = handler.clone();
+            let telemetry = telemetry.clone();
             async move {
                 let actual = Route::of(&event.payload);
                 if actual != Some(route) {
@@ -48,7 +42,10 @@ pub async fn run(route: Route) -> Result<(), Error> {
                         "event for another route; handling it anyway"
                     );
                 }
-                Ok::<ApiGatewayProxyResponse, Error>(handler.handle(event.payload).await)
+                let response = handler.handle(event.payload).await;
+                // The runtime may freeze the process right after the response.
+                telemetry.flush();
+                Ok::<ApiGatewayProxyResponse, Error>(response)
             }
         },
     ))

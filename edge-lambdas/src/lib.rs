@@ -9,3 +9,4 @@ pub mod client;
 pub mod gateway;
 pub mod handler;
 pub mod lambda;
+pub mod telemetry;

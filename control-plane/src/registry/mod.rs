@@ -10,6 +10,7 @@ use async_trait::async_trait;
 
 pub mod conformance;
 pub mod dynamo;
+pub mod instrumented;
 pub mod memory;
 
 /// A registered connection. Strings are shared (`Arc<str>`) so that copies

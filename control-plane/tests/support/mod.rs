@@ -87,6 +87,7 @@ pub struct Dev {
     pub grpc: SocketAddr,
     pub gateway: SocketAddr,
     pub stage: String,
+    pub metrics: Option<SocketAddr>,
     _dir: TempDir,
 }
 
@@ -161,6 +162,9 @@ impl Dev {
                 .parse()
                 .expect("addr"),
             stage: ready["stage"].as_str().expect("stage").to_owned(),
+            metrics: ready["metrics"]
+                .as_str()
+                .map(|m| m.parse().expect("metrics addr")),
             _dir: dir,
         }
     }

@@ -1,0 +1,265 @@
+//! Prometheus metrics, served as text on `/metrics` of a separate admin
+//! port (`STREAMER_METRICS_ADDR`).
+//!
+//! One process-wide registry. Counters and gauges are per process: with
+//! several replicas, sum them (a connection may connect through one replica
+//! and disconnect through another, so per-replica active gauges can even go
+//! negative while the sum stays right).
+
+use std::{future::Future, sync::OnceLock, time::Instant};
+
+use dashmap::DashSet;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::{Family, MetricConstructor},
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+/// Tenants with a label of their own on per-tenant metrics; the rest are
+/// counted under `_other`, so a tenant flood cannot explode cardinality.
+pub const MAX_TENANT_LABELS: usize = 100;
+
+/// Label: a tenant (capped).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    /// The tenant id, or `_other`.
+    pub tenant: String,
+}
+
+/// Label: an outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// What happened.
+    pub outcome: &'static str,
+}
+
+/// Label: a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Labels of routed messages.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    /// A declared action, `_unknown` or `_invalid` (never client text).
+    pub action: String,
+    /// `ok` or the error code, lowercased.
+    pub outcome: &'static str,
+}
+
+/// Label: which limit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// `message`, `connect` or `tenant_quota`.
+    pub limit: &'static str,
+}
+
+/// Label: an operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabel {
+    /// The operation name.
+    pub operation: &'static str,
+}
+
+/// Latency buckets from 100 µs to ~3.3 s.
+#[derive(Clone, Copy, Debug)]
+pub struct LatencyBuckets;
+
+impl MetricConstructor<Histogram> for LatencyBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+    }
+}
+
+/// Every metric the control plane exports.
+pub struct Metrics {
+    registry: Registry,
+    tenants: DashSet<String>,
+    /// `streamer_connections_active{tenant}`
+    pub connections_active: Family<TenantLabel, Gauge>,
+    /// `streamer_connects_total{outcome}`
+    pub connects: Family<OutcomeLabel, Counter>,
+    /// `streamer_disconnects_total`
+    pub disconnects: Counter,
+    /// `streamer_auth_failures_total{reason}`
+    pub auth_failures: Family<ReasonLabel, Counter>,
+    /// `streamer_messages_total{action,outcome}`
+    pub messages: Family<MessageLabels, Counter>,
+    /// `streamer_rate_limited_total{limit}`
+    pub rate_limited: Family<LimitLabel, Counter>,
+    /// `streamer_broadcasts_total`
+    pub broadcasts: Counter,
+    /// `streamer_broadcast_recipients_total{outcome}`
+    pub broadcast_recipients: Family<OutcomeLabel, Counter>,
+    /// `streamer_management_api_request_duration_seconds{operation}`
+    pub management_api_duration: Family<OperationLabel, Histogram, LatencyBuckets>,
+    /// `streamer_store_request_duration_seconds{operation}`
+    pub store_duration: Family<OperationLabel, Histogram, LatencyBuckets>,
+    /// `streamer_store_errors_total{operation}`
+    pub store_errors: Family<OperationLabel, Counter>,
+    /// `streamer_reconcile_removed_total`
+    pub reconcile_removed: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            tenants: DashSet::new(),
+            connections_active: Family::default(),
+            connects: Family::default(),
+            disconnects: Counter::default(),
+            auth_failures: Family::default(),
+            messages: Family::default(),
+            rate_limited: Family::default(),
+            broadcasts: Counter::default(),
+            broadcast_recipients: Family::default(),
+            management_api_duration: Family::new_with_constructor(LatencyBuckets),
+            store_duration: Family::new_with_constructor(LatencyBuckets),
+            store_errors: Family::default(),
+            reconcile_removed: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "streamer_connections_active",
+            "Registered connections by tenant (the first 100 tenants by name; the rest as _other)",
+            m.connections_active.clone(),
+        );
+        registry.register(
+            "streamer_connects",
+            "Connection attempts by outcome",
+            m.connects.clone(),
+        );
+        registry.register(
+            "streamer_disconnects",
+            "Connections removed on $disconnect",
+            m.disconnects.clone(),
+        );
+        registry.register(
+            "streamer_auth_failures",
+            "Refused client tokens by reason",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "streamer_messages",
+            "Client messages routed, by action and outcome",
+            m.messages.clone(),
+        );
+        registry.register(
+            "streamer_rate_limited",
+            "Requests refused by a rate limit or quota",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "streamer_broadcasts",
+            "Broadcast calls",
+            m.broadcasts.clone(),
+        );
+        registry.register(
+            "streamer_broadcast_recipients",
+            "Broadcast recipients by outcome (delivered, gone, throttled, too_large, failed)",
+            m.broadcast_recipients.clone(),
+        );
+        registry.register(
+            "streamer_management_api_request_duration_seconds",
+            "API Gateway Management API call latency, one observation per HTTP attempt",
+            m.management_api_duration.clone(),
+        );
+        registry.register(
+            "streamer_store_request_duration_seconds",
+            "Registry store call latency",
+            m.store_duration.clone(),
+        );
+        registry.register(
+            "streamer_store_errors",
+            "Registry store calls that failed",
+            m.store_errors.clone(),
+        );
+        registry.register(
+            "streamer_reconcile_removed",
+            "Stale connection rows removed by the reconcile job",
+            m.reconcile_removed.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The label for `tenant`: itself for the first [`MAX_TENANT_LABELS`]
+    /// tenants seen, `_other` after that.
+    pub fn tenant_label(&self, tenant: &str) -> TenantLabel {
+        if self.tenants.contains(tenant) {
+            return TenantLabel {
+                tenant: tenant.to_owned(),
+            };
+        }
+        if self.tenants.len() < MAX_TENANT_LABELS {
+            self.tenants.insert(tenant.to_owned());
+            return TenantLabel {
+                tenant: tenant.to_owned(),
+            };
+        }
+        TenantLabel {
+            tenant: "_other".to_owned(),
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Observes how long `future` takes into `histogram`.
+pub async fn timed<T>(histogram: &Histogram, future: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = future.await;
+    histogram.observe(started.elapsed().as_secs_f64());
+    out
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::{Router, http::header, routing::get};
+    let app = Router::new().route(
+        "/metrics",
+        get(|| async {
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                metrics().encode(),
+            )
+        }),
+    );
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
