@@ -292,6 +292,7 @@ impl ControlPlane {
             connected_at_ms: now,
             last_seen_ms: now,
             expires_at_ms: 0,
+            groups: Vec::new().into(),
         };
         match self
             .registry
@@ -343,6 +344,10 @@ impl ControlPlane {
                         ..ClientError::rate_limited(QUOTA_RETRY_AFTER)
                     },
                 )
+            }
+            Err(RegistryError::NotFound | RegistryError::GroupLimit { .. }) => {
+                tracing::error!("registry answered a connect with a group error");
+                ConnectDecision::reject("unavailable", 503, &unavailable())
             }
             Err(RegistryError::Unavailable(detail)) => {
                 tracing::warn!(error = %detail, "registry unavailable during connect");

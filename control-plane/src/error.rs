@@ -34,6 +34,10 @@ impl From<RegistryError> for ApiError {
             RegistryError::QuotaExceeded { limit } => {
                 ApiError::ResourceExhausted(format!("tenant connection quota of {limit} reached"))
             }
+            RegistryError::NotFound => ApiError::NotFound("connection"),
+            RegistryError::GroupLimit { limit } => ApiError::FailedPrecondition(format!(
+                "a connection may be in at most {limit} groups"
+            )),
             RegistryError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "registry unavailable");
                 ApiError::Unavailable("registry unavailable, retry later".into())

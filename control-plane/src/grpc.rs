@@ -136,6 +136,7 @@ fn scope_key(scope: &Scope) -> String {
     match scope {
         Scope::Tenant(t) => format!("tenant\0{t}"),
         Scope::User { tenant_id, user_id } => format!("user\0{tenant_id}\0{user_id}"),
+        Scope::Group { tenant_id, group } => format!("group\0{tenant_id}\0{group}"),
     }
 }
 

@@ -19,6 +19,7 @@ pub fn sample(connection_id: &str, tenant_id: &str, user_id: &str) -> Connection
         connected_at_ms: now_ms(),
         last_seen_ms: now_ms(),
         expires_at_ms: 0,
+        groups: Vec::new().into(),
     }
 }
 
@@ -33,6 +34,160 @@ pub async fn run_all(registry: &dyn Registry, prefix: &str) {
     expired_rows_are_invisible(registry, prefix).await;
     touch_refreshes_and_never_resurrects(registry, prefix).await;
     idle_rows_are_found_for_reconcile(registry, prefix).await;
+    group_membership(registry, prefix).await;
+    group_pages_and_cleanup(registry, prefix).await;
+}
+
+/// Joining, leaving, the per-connection cap, and tenant scoping of names.
+pub async fn group_membership(registry: &dyn Registry, prefix: &str) {
+    let a = format!("{prefix}t-grp-a");
+    let b = format!("{prefix}t-grp-b");
+    let id = |s: &str| format!("{prefix}{s}");
+    for (conn, tenant) in [("g1", &a), ("g2", &a), ("g3", &a), ("h1", &b)] {
+        registry
+            .insert(sample(&id(conn), tenant, "u"), 0)
+            .await
+            .expect("insert");
+    }
+    assert!(registry.join(&id("g1"), "room", 8).await.expect("join"));
+    assert!(registry.join(&id("g2"), "room", 8).await.expect("join"));
+    assert!(
+        !registry
+            .join(&id("g2"), "room", 8)
+            .await
+            .expect("join again"),
+        "already a member"
+    );
+    assert!(
+        registry
+            .join(&id("h1"), "room", 8)
+            .await
+            .expect("join in b")
+    );
+    let room_a = Scope::Group {
+        tenant_id: a.clone(),
+        group: "room".into(),
+    };
+    let room_b = Scope::Group {
+        tenant_id: b.clone(),
+        group: "room".into(),
+    };
+    let members: Vec<String> = collect_all(registry, &room_a)
+        .await
+        .expect("list")
+        .iter()
+        .map(|c| c.connection_id.to_string())
+        .collect();
+    assert_eq!(
+        members,
+        vec![id("g1"), id("g2")],
+        "the same name in another tenant is another group"
+    );
+    assert!(
+        collect_all(registry, &room_a)
+            .await
+            .expect("list")
+            .iter()
+            .all(|c| *c.tenant_id == *a)
+    );
+    assert_eq!(registry.count(&room_b).await.expect("count"), 1);
+    let g1 = registry.get(&id("g1")).await.expect("get").expect("row");
+    assert_eq!(
+        g1.groups.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
+        vec!["room".to_owned()]
+    );
+
+    assert!(registry.leave(&id("g2"), "room").await.expect("leave"));
+    assert!(
+        !registry
+            .leave(&id("g2"), "room")
+            .await
+            .expect("leave again")
+    );
+    assert_eq!(registry.count(&room_a).await.expect("count"), 1);
+
+    assert_eq!(
+        registry.join(&id("nobody"), "room", 8).await,
+        Err(RegistryError::NotFound)
+    );
+    assert!(registry.join(&id("g3"), "x1", 2).await.expect("1st"));
+    assert!(registry.join(&id("g3"), "x2", 2).await.expect("2nd"));
+    assert_eq!(
+        registry.join(&id("g3"), "x3", 2).await,
+        Err(RegistryError::GroupLimit { limit: 2 })
+    );
+    assert!(
+        !registry
+            .join(&id("g3"), "x1", 2)
+            .await
+            .expect("rejoin at the cap"),
+        "a member at the cap may re-join"
+    );
+    for conn in ["g1", "g2", "g3", "h1"] {
+        registry.remove(&id(conn)).await.expect("cleanup");
+    }
+    assert_eq!(registry.count(&room_a).await.expect("count"), 0);
+    assert_eq!(registry.count(&room_b).await.expect("count"), 0);
+}
+
+/// A group's members page like any listing, and membership dies with the
+/// connection (no orphan is listed or counted).
+pub async fn group_pages_and_cleanup(registry: &dyn Registry, prefix: &str) {
+    let tenant = format!("{prefix}t-grp-big");
+    let scope = Scope::Group {
+        tenant_id: tenant.clone(),
+        group: "lobby".into(),
+    };
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let id = format!("{prefix}m{i:02}");
+        registry
+            .insert(sample(&id, &tenant, "u"), 0)
+            .await
+            .expect("insert");
+        assert!(registry.join(&id, "lobby", 128).await.expect("join"));
+        ids.push(id);
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = registry
+            .list(&scope, after.as_deref(), 5)
+            .await
+            .expect("list");
+        pages += 1;
+        seen.extend(page.items.iter().map(|c| c.connection_id.to_string()));
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert!(pages >= 3, "{pages} pages");
+    assert_eq!(seen, ids);
+    for id in &ids[..4] {
+        let removed = registry
+            .remove(id)
+            .await
+            .expect("remove")
+            .expect("was registered");
+        assert_eq!(
+            removed.groups.len(),
+            1,
+            "the removed row says which groups to notify"
+        );
+    }
+    assert_eq!(registry.count(&scope).await.expect("count"), 8);
+    let left = collect_all(registry, &scope).await.expect("list");
+    assert_eq!(left.len(), 8);
+    assert!(
+        left.iter()
+            .all(|c| !ids[..4].contains(&c.connection_id.to_string()))
+    );
+    for id in &ids[4..] {
+        registry.remove(id).await.expect("cleanup");
+    }
+    assert_eq!(registry.count(&scope).await.expect("count"), 0);
 }
 
 const MINUTE_MS: i64 = 60_000;

@@ -36,6 +36,8 @@ use super::{Connection, Page, Registry, RegistryError, Scope, Ttl, now_ms};
 pub const TENANT_INDEX: &str = "by-tenant";
 /// Name of the user GSI.
 pub const USER_INDEX: &str = "by-user";
+/// Name of the group-membership GSI.
+pub const GROUP_INDEX: &str = "by-group";
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -110,6 +112,16 @@ fn item_of(c: &Connection, expires_at_ms: i64) -> Item {
     ])
 }
 
+fn with_groups(mut item: Item, c: &Connection) -> Item {
+    if !c.groups.is_empty() {
+        item.insert(
+            "groups".to_owned(),
+            AttributeValue::Ss(c.groups.iter().map(|g| g.to_string()).collect()),
+        );
+    }
+    item
+}
+
 fn connection_of(item: &Item) -> Option<Connection> {
     let text = |name: &str| {
         item.get(name)
@@ -140,7 +152,43 @@ fn connection_of(item: &Item) -> Option<Connection> {
         connected_at_ms: number("connected_at")?,
         last_seen_ms: number("last_seen")?,
         expires_at_ms: number("expires_at")?.saturating_mul(1000),
+        groups: match item.get("groups") {
+            Some(AttributeValue::Ss(groups)) => {
+                groups.iter().map(|g| Arc::from(g.as_str())).collect()
+            }
+            _ => Vec::new().into(),
+        },
     })
+}
+
+fn member_key(connection_id: &str, group: &str) -> String {
+    format!("member#{connection_id}#{group}")
+}
+
+/// A group membership item: the member's row, denormalised so a group's
+/// members list (and broadcast) with one Query and no read per member. Its
+/// tenant and user live under other names, so it never shows up in the
+/// tenant or user indexes.
+fn member_item(c: &Connection, group: &str, expires_at_ms: i64) -> Item {
+    let mut item = item_of(c, expires_at_ms);
+    item.remove("tenant_id");
+    item.remove("user_key");
+    item.remove("groups");
+    item.insert(
+        "connection_id".to_owned(),
+        s(&member_key(&c.connection_id, group)),
+    );
+    item.insert("member_id".to_owned(), s(&c.connection_id));
+    item.insert("group_key".to_owned(), s(&user_key(&c.tenant_id, group)));
+    item.insert("m_tenant".to_owned(), s(&c.tenant_id));
+    item
+}
+
+fn member_of(item: &Item) -> Option<Connection> {
+    let mut row = item.clone();
+    row.insert("connection_id".to_owned(), row.get("member_id")?.clone());
+    row.insert("tenant_id".to_owned(), row.get("m_tenant")?.clone());
+    connection_of(&row)
 }
 
 /// The table's key schema, indexes, on-demand billing and TTL, as `tables
@@ -160,19 +208,20 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), RegistryEr
             .build()
             .map_err(|e| RegistryError::Unavailable(e.to_string()))
     };
-    let index = |name: &str, partition: &str| -> Result<GlobalSecondaryIndex, RegistryError> {
-        GlobalSecondaryIndex::builder()
-            .index_name(name)
-            .key_schema(key(partition, KeyType::Hash)?)
-            .key_schema(key("connection_id", KeyType::Range)?)
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::All)
-                    .build(),
-            )
-            .build()
-            .map_err(|e| RegistryError::Unavailable(e.to_string()))
-    };
+    let index =
+        |name: &str, partition: &str, sort: &str| -> Result<GlobalSecondaryIndex, RegistryError> {
+            GlobalSecondaryIndex::builder()
+                .index_name(name)
+                .key_schema(key(partition, KeyType::Hash)?)
+                .key_schema(key(sort, KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()
+                .map_err(|e| RegistryError::Unavailable(e.to_string()))
+        };
     let created = client
         .create_table()
         .table_name(table)
@@ -180,9 +229,12 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), RegistryEr
         .attribute_definitions(attr("connection_id")?)
         .attribute_definitions(attr("tenant_id")?)
         .attribute_definitions(attr("user_key")?)
+        .attribute_definitions(attr("group_key")?)
+        .attribute_definitions(attr("member_id")?)
         .key_schema(key("connection_id", KeyType::Hash)?)
-        .global_secondary_indexes(index(TENANT_INDEX, "tenant_id")?)
-        .global_secondary_indexes(index(USER_INDEX, "user_key")?)
+        .global_secondary_indexes(index(TENANT_INDEX, "tenant_id", "connection_id")?)
+        .global_secondary_indexes(index(USER_INDEX, "user_key", "connection_id")?)
+        .global_secondary_indexes(index(GROUP_INDEX, "group_key", "member_id")?)
         .send()
         .await;
     match created {
@@ -290,6 +342,53 @@ impl DynamoRegistry {
         }
     }
 
+    /// Deletes the membership items of a removed connection (batched); what
+    /// cannot be deleted now expires with its TTL and never lists (expired).
+    async fn delete_members(&self, connection: &Connection) {
+        use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+        let requests: Vec<WriteRequest> = connection
+            .groups
+            .iter()
+            .filter_map(|group| {
+                let delete = DeleteRequest::builder()
+                    .key(
+                        "connection_id",
+                        s(&member_key(&connection.connection_id, group)),
+                    )
+                    .build()
+                    .ok()?;
+                Some(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect();
+        for chunk in requests.chunks(25) {
+            let mut pending = chunk.to_vec();
+            for _ in 0..5 {
+                if pending.is_empty() {
+                    break;
+                }
+                match self
+                    .client
+                    .batch_write_item()
+                    .request_items(self.table.to_string(), pending.clone())
+                    .send()
+                    .await
+                {
+                    Ok(out) => {
+                        pending = out
+                            .unprocessed_items()
+                            .and_then(|items| items.get(&*self.table))
+                            .cloned()
+                            .unwrap_or_default();
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %unavailable(err), "cannot delete group memberships");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     async fn get_raw(&self, connection_id: &str) -> Result<Option<Connection>, RegistryError> {
         let out = self
             .client
@@ -308,11 +407,20 @@ impl DynamoRegistry {
         scope: &Scope,
         after: Option<&str>,
     ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
-        let (index, attribute, value) = match scope {
-            Scope::Tenant(tenant) => (TENANT_INDEX, "tenant_id", tenant.clone()),
-            Scope::User { tenant_id, user_id } => {
-                (USER_INDEX, "user_key", user_key(tenant_id, user_id))
-            }
+        let (index, attribute, sort, value) = match scope {
+            Scope::Tenant(tenant) => (TENANT_INDEX, "tenant_id", "connection_id", tenant.clone()),
+            Scope::User { tenant_id, user_id } => (
+                USER_INDEX,
+                "user_key",
+                "connection_id",
+                user_key(tenant_id, user_id),
+            ),
+            Scope::Group { tenant_id, group } => (
+                GROUP_INDEX,
+                "group_key",
+                "member_id",
+                user_key(tenant_id, group),
+            ),
         };
         let mut query = self
             .client
@@ -326,7 +434,8 @@ impl DynamoRegistry {
         match after {
             Some(after) => {
                 query = query
-                    .key_condition_expression("#pk = :pk AND connection_id > :after")
+                    .key_condition_expression("#pk = :pk AND #sk > :after")
+                    .expression_attribute_names("#sk", sort)
                     .expression_attribute_values(":after", s(after));
             }
             None => query = query.key_condition_expression("#pk = :pk"),
@@ -359,7 +468,10 @@ impl Registry for DynamoRegistry {
             .client
             .put_item()
             .table_name(&*self.table)
-            .set_item(Some(item_of(&connection, expires_at)))
+            .set_item(Some(with_groups(
+                item_of(&connection, expires_at),
+                &connection,
+            )))
             .condition_expression("attribute_not_exists(connection_id)")
             .send()
             .await;
@@ -404,6 +516,7 @@ impl Registry for DynamoRegistry {
                     return Ok(None);
                 };
                 self.release(&connection.tenant_id).await;
+                self.delete_members(&connection).await;
                 Ok(Some(connection))
             }
             Err(err)
@@ -437,7 +550,12 @@ impl Registry for DynamoRegistry {
                 .send()
                 .await
                 .map_err(unavailable)?;
-            items.extend(out.items().iter().filter_map(connection_of));
+            let parse = if matches!(scope, Scope::Group { .. }) {
+                member_of
+            } else {
+                connection_of
+            };
+            items.extend(out.items().iter().filter_map(parse));
             match out.last_evaluated_key() {
                 Some(key) if items.len() < limit => start = Some(key.clone()),
                 Some(_) => {
@@ -504,6 +622,106 @@ impl Registry for DynamoRegistry {
             }
             Err(err) => Err(unavailable(err)),
         }
+    }
+
+    async fn join(
+        &self,
+        connection_id: &str,
+        group: &str,
+        max_groups: usize,
+    ) -> Result<bool, RegistryError> {
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&*self.table)
+            .key("connection_id", s(connection_id))
+            .update_expression("ADD groups :g")
+            // Never creates a row, and never a group beyond the limit.
+            .condition_expression(
+                "attribute_exists(tenant_id) AND (attribute_not_exists(groups) OR contains(groups, :name) OR size(groups) < :max)",
+            )
+            .expression_attribute_values(":g", AttributeValue::Ss(vec![group.to_owned()]))
+            .expression_attribute_values(":name", s(group))
+            .expression_attribute_values(":max", n(i64::try_from(max_groups).unwrap_or(i64::MAX)))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await;
+        let row = match updated {
+            Ok(out) => out
+                .attributes()
+                .and_then(connection_of)
+                .ok_or(RegistryError::NotFound)?,
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                return match self.get_raw(connection_id).await? {
+                    None => Err(RegistryError::NotFound),
+                    Some(_) => Err(RegistryError::GroupLimit { limit: max_groups }),
+                };
+            }
+            Err(err) => return Err(unavailable(err)),
+        };
+        if row.expired(now_ms()) {
+            return Err(RegistryError::NotFound);
+        }
+        let was_member = row.groups.iter().any(|g| &**g == group);
+        let max_age = i64::try_from(self.ttl.max_age.as_millis()).unwrap_or(i64::MAX);
+        let member = member_item(&row, group, row.connected_at_ms.saturating_add(max_age));
+        self.client
+            .put_item()
+            .table_name(&*self.table)
+            .set_item(Some(member))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        // A remove that raced us read the groups before our membership item
+        // existed: take it back so no orphan stays listed.
+        if self.get_raw(connection_id).await?.is_none() {
+            let _ = self
+                .client
+                .delete_item()
+                .table_name(&*self.table)
+                .key("connection_id", s(&member_key(connection_id, group)))
+                .send()
+                .await;
+            return Err(RegistryError::NotFound);
+        }
+        Ok(!was_member)
+    }
+
+    async fn leave(&self, connection_id: &str, group: &str) -> Result<bool, RegistryError> {
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&*self.table)
+            .key("connection_id", s(connection_id))
+            .update_expression("DELETE groups :g")
+            .condition_expression("attribute_exists(tenant_id) AND contains(groups, :name)")
+            .expression_attribute_values(":g", AttributeValue::Ss(vec![group.to_owned()]))
+            .expression_attribute_values(":name", s(group))
+            .send()
+            .await;
+        match updated {
+            Ok(_) => {}
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                return Ok(false);
+            }
+            Err(err) => return Err(unavailable(err)),
+        }
+        self.client
+            .delete_item()
+            .table_name(&*self.table)
+            .key("connection_id", s(&member_key(connection_id, group)))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(true)
     }
 
     async fn idle(

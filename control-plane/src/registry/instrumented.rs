@@ -95,6 +95,19 @@ impl Registry for Instrumented {
         observe("touch", self.inner.touch(connection_id, now_ms)).await
     }
 
+    async fn join(
+        &self,
+        connection_id: &str,
+        group: &str,
+        max_groups: usize,
+    ) -> Result<bool, RegistryError> {
+        observe("join", self.inner.join(connection_id, group, max_groups)).await
+    }
+
+    async fn leave(&self, connection_id: &str, group: &str) -> Result<bool, RegistryError> {
+        observe("leave", self.inner.leave(connection_id, group)).await
+    }
+
     async fn idle(
         &self,
         last_seen_before_ms: i64,

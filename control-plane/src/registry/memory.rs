@@ -40,7 +40,7 @@ impl Interner {
         arc
     }
 
-    fn permissions(&self, permissions: &[Arc<str>]) -> Arc<[Arc<str>]> {
+    fn string_set(&self, permissions: &[Arc<str>]) -> Arc<[Arc<str>]> {
         let key: String = permissions
             .iter()
             .map(|p| &**p)
@@ -69,8 +69,14 @@ struct TenantIndex {
 pub struct MemoryRegistry {
     connections: DashMap<Arc<str>, Connection>,
     tenants: DashMap<Arc<str>, TenantIndex>,
+    /// Members by `tenant \0 group`.
+    groups: DashMap<Box<str>, BTreeSet<Arc<str>>>,
     interner: Interner,
     ttl: Ttl,
+}
+
+fn group_key(tenant_id: &str, group: &str) -> String {
+    format!("{tenant_id}\0{group}")
 }
 
 impl std::fmt::Debug for MemoryRegistry {
@@ -95,6 +101,15 @@ impl MemoryRegistry {
         }
     }
 
+    fn drop_member(&self, tenant_id: &str, group: &str, connection_id: &str) {
+        let key = group_key(tenant_id, group);
+        if let Some(mut members) = self.groups.get_mut(key.as_str()) {
+            members.remove(connection_id);
+        }
+        self.groups
+            .remove_if(key.as_str(), |_, members| members.is_empty());
+    }
+
     fn live(&self, id: &str, now: i64) -> Option<Connection> {
         self.connections
             .get(id)
@@ -103,19 +118,30 @@ impl MemoryRegistry {
     }
 
     fn ids_in(&self, scope: &Scope, after: Option<&str>, limit: usize) -> Vec<Arc<str>> {
+        let lower = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        if let Scope::Group { tenant_id, group } = scope {
+            let Some(members) = self.groups.get(group_key(tenant_id, group).as_str()) else {
+                return Vec::new();
+            };
+            return members
+                .range::<str, _>((lower, Bound::Unbounded))
+                .take(limit)
+                .cloned()
+                .collect();
+        }
         let Some(index) = self.tenants.get(scope.tenant_id()) else {
             return Vec::new();
         };
         let set = match scope {
             Scope::Tenant(_) => Some(&index.all),
             Scope::User { user_id, .. } => index.users.get(user_id.as_str()),
+            Scope::Group { .. } => None,
         };
         let Some(set) = set else {
             return Vec::new();
-        };
-        let lower = match after {
-            Some(after) => Bound::Excluded(after),
-            None => Bound::Unbounded,
         };
         set.range::<str, _>((lower, Bound::Unbounded))
             .take(limit)
@@ -135,7 +161,8 @@ impl Registry for MemoryRegistry {
             tenant_id: self.interner.string(&connection.tenant_id),
             endpoint: self.interner.string(&connection.endpoint),
             user_agent: self.interner.string(&connection.user_agent),
-            permissions: self.interner.permissions(&connection.permissions),
+            permissions: self.interner.string_set(&connection.permissions),
+            groups: self.interner.string_set(&connection.groups),
             expires_at_ms: self
                 .ttl
                 .expires_at_ms(connection.connected_at_ms, connection.last_seen_ms),
@@ -188,7 +215,59 @@ impl Registry for MemoryRegistry {
         }
         self.tenants
             .remove_if(&connection.tenant_id, |_, index| index.all.is_empty());
+        for group in connection.groups.iter() {
+            self.drop_member(&connection.tenant_id, group, connection_id);
+        }
         Ok(Some(connection))
+    }
+
+    async fn join(
+        &self,
+        connection_id: &str,
+        group: &str,
+        max_groups: usize,
+    ) -> Result<bool, RegistryError> {
+        let Some(mut row) = self.connections.get_mut(connection_id) else {
+            return Err(RegistryError::NotFound);
+        };
+        if row.expired(now_ms()) {
+            return Err(RegistryError::NotFound);
+        }
+        if row.groups.iter().any(|g| &**g == group) {
+            return Ok(false);
+        }
+        if row.groups.len() >= max_groups {
+            return Err(RegistryError::GroupLimit { limit: max_groups });
+        }
+        let name = self.interner.string(group);
+        let mut groups: Vec<Arc<str>> = row.groups.to_vec();
+        groups.push(name);
+        row.groups = groups.into();
+        // Indexed while the row is still locked, so a concurrent remove sees
+        // the membership in the row and cleans the index after us.
+        self.groups
+            .entry(group_key(&row.tenant_id, group).into_boxed_str())
+            .or_default()
+            .insert(row.connection_id.clone());
+        Ok(true)
+    }
+
+    async fn leave(&self, connection_id: &str, group: &str) -> Result<bool, RegistryError> {
+        let Some(mut row) = self.connections.get_mut(connection_id) else {
+            return Ok(false);
+        };
+        if !row.groups.iter().any(|g| &**g == group) {
+            return Ok(false);
+        }
+        row.groups = row
+            .groups
+            .iter()
+            .filter(|g| &***g != group)
+            .cloned()
+            .collect();
+        let tenant = row.tenant_id.clone();
+        self.drop_member(&tenant, group, connection_id);
+        Ok(true)
     }
 
     async fn list(

@@ -38,6 +38,8 @@ pub struct Connection {
     /// When the row stops counting as connected, milliseconds since the
     /// epoch; set by the registry from its [`Ttl`] policy.
     pub expires_at_ms: i64,
+    /// The groups (rooms) the connection is in, within its tenant.
+    pub groups: Arc<[Arc<str>]>,
 }
 
 impl Connection {
@@ -96,13 +98,22 @@ pub enum Scope {
         /// The user.
         user_id: String,
     },
+    /// Every member of a group within a tenant.
+    Group {
+        /// The tenant.
+        tenant_id: String,
+        /// The group name.
+        group: String,
+    },
 }
 
 impl Scope {
     /// The tenant the scope lies in.
     pub fn tenant_id(&self) -> &str {
         match self {
-            Scope::Tenant(tenant_id) | Scope::User { tenant_id, .. } => tenant_id,
+            Scope::Tenant(tenant_id)
+            | Scope::User { tenant_id, .. }
+            | Scope::Group { tenant_id, .. } => tenant_id,
         }
     }
 }
@@ -123,6 +134,10 @@ pub enum RegistryError {
     AlreadyExists,
     #[error("tenant connection quota of {limit} reached")]
     QuotaExceeded { limit: u64 },
+    #[error("connection not registered")]
+    NotFound,
+    #[error("a connection may be in at most {limit} groups")]
+    GroupLimit { limit: usize },
     #[error("registry unavailable: {0}")]
     Unavailable(String),
 }
@@ -162,6 +177,20 @@ pub trait Registry: Send + Sync + 'static {
     /// Records activity: sets `last_seen` and extends the expiry. Never
     /// recreates a removed row; `Ok(false)` when the row is gone.
     async fn touch(&self, connection_id: &str, now_ms: i64) -> Result<bool, RegistryError>;
+
+    /// Adds a connection to a group of its tenant. `Ok(true)` when it joined,
+    /// `Ok(false)` when it was a member already; `NotFound` when the
+    /// connection is not registered; `GroupLimit` when it is in
+    /// `max_groups` groups already. Membership dies with the connection.
+    async fn join(
+        &self,
+        connection_id: &str,
+        group: &str,
+        max_groups: usize,
+    ) -> Result<bool, RegistryError>;
+
+    /// Removes a connection from a group; `Ok(false)` when it was not a member.
+    async fn leave(&self, connection_id: &str, group: &str) -> Result<bool, RegistryError>;
 
     /// Up to `limit` rows (of any tenant, expired ones included) last seen
     /// before `last_seen_before_ms`: the candidates the reconcile job checks
