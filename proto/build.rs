@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "streamer/v1/connections.proto",
         "streamer/v1/broadcast.proto",
         "streamer/v1/admin.proto",
+        "streamer/v1/groups.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -25,6 +25,10 @@ pub enum Builtin {
     /// Returns the caller's connection id, user, tenant, permissions and
     /// connect time.
     Whoami,
+    /// Joins the group in `payload.group` (permission per group).
+    Join,
+    /// Leaves the group in `payload.group`.
+    Leave,
 }
 
 impl Builtin {
@@ -34,6 +38,8 @@ impl Builtin {
             "health" => Self::Health,
             "ping" => Self::Ping,
             "whoami" => Self::Whoami,
+            "join" => Self::Join,
+            "leave" => Self::Leave,
             _ => return None,
         })
     }
@@ -92,7 +98,9 @@ pub enum ActionsError {
     Name(String),
     #[error("action {0:?} is declared twice")]
     Duplicate(String),
-    #[error("action {name:?}: unknown handler {handler:?} (use echo, health, ping or whoami)")]
+    #[error(
+        "action {name:?}: unknown handler {handler:?} (use echo, health, ping, whoami, join or leave)"
+    )]
     Handler { name: String, handler: String },
     #[error("action {name:?}: invalid JSON Schema: {message}")]
     Schema { name: String, message: String },
@@ -111,21 +119,22 @@ pub struct Actions {
 impl Actions {
     /// The built-ins, overridden or extended by `declared`.
     pub fn new(declared: &[ActionConfig]) -> Result<Self, ActionsError> {
-        let mut by_name: HashMap<String, Arc<Action>> = ["echo", "health", "ping", "whoami"]
-            .into_iter()
-            .filter_map(|name| {
-                let handler = Builtin::parse(name)?;
-                Some((
-                    name.to_owned(),
-                    Arc::new(Action {
-                        name: name.to_owned(),
-                        handler,
-                        permission: None,
-                        schema: None,
-                    }),
-                ))
-            })
-            .collect();
+        let mut by_name: HashMap<String, Arc<Action>> =
+            ["echo", "health", "ping", "whoami", "join", "leave"]
+                .into_iter()
+                .filter_map(|name| {
+                    let handler = Builtin::parse(name)?;
+                    Some((
+                        name.to_owned(),
+                        Arc::new(Action {
+                            name: name.to_owned(),
+                            handler,
+                            permission: None,
+                            schema: None,
+                        }),
+                    ))
+                })
+                .collect();
         let mut seen = std::collections::HashSet::new();
         for config in declared {
             let name = config.name.clone();

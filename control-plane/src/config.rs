@@ -59,6 +59,34 @@ pub struct Config {
     pub store: StoreConfig,
     /// Stale-connection cleanup.
     pub reconcile: ReconcileConfig,
+    /// Groups (rooms).
+    pub groups: GroupsConfig,
+}
+
+/// Group (room) settings.
+#[derive(Debug, Clone)]
+pub struct GroupsConfig {
+    /// Most groups one connection may be in (`STREAMER_MAX_GROUPS_PER_CONNECTION`).
+    pub max_per_connection: usize,
+    /// The permission a token needs to `join` a group; `{group}` is replaced
+    /// by the group name, and a granted `prefix*` matches
+    /// (`STREAMER_GROUP_JOIN_PERMISSION`, default `group:join:{group}`).
+    pub join_permission: String,
+    /// Groups whose members get presence notifications: names, or
+    /// `prefix*` patterns (`STREAMER_PRESENCE_GROUPS`, comma separated).
+    pub presence: Vec<String>,
+}
+
+impl GroupsConfig {
+    /// Whether `group` announces joins and leaves.
+    pub fn presence_enabled(&self, group: &str) -> bool {
+        crate::jwt::grants(&self.presence, group)
+    }
+
+    /// The permission needed to join `group`.
+    pub fn join_permission_for(&self, group: &str) -> String {
+        self.join_permission.replace("{group}", group)
+    }
 }
 
 /// Which registry backend, and its tables.
@@ -244,6 +272,16 @@ struct FileConfig {
     store: FileStore,
     #[serde(default)]
     reconcile: FileReconcile,
+    #[serde(default)]
+    groups: FileGroups,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGroups {
+    max_per_connection: Option<usize>,
+    join_permission: Option<String>,
+    presence: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -565,7 +603,33 @@ impl Config {
             None => None,
         };
 
+        let groups = GroupsConfig {
+            max_per_connection: env
+                .parse("STREAMER_MAX_GROUPS_PER_CONNECTION")?
+                .or(file.groups.max_per_connection)
+                .unwrap_or(128),
+            join_permission: env
+                .string("STREAMER_GROUP_JOIN_PERMISSION")
+                .or(file.groups.join_permission)
+                .unwrap_or_else(|| "group:join:{group}".to_owned()),
+            presence: match env.string("STREAMER_PRESENCE_GROUPS") {
+                Some(list) => list
+                    .split(',')
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+                None => file.groups.presence.unwrap_or_default(),
+            },
+        };
+        if groups.max_per_connection == 0 {
+            return Err(invalid(
+                "STREAMER_MAX_GROUPS_PER_CONNECTION",
+                "must be at least 1",
+            ));
+        }
+
         Ok(Config {
+            groups,
             metrics_addr,
             store,
             reconcile,

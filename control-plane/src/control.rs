@@ -15,6 +15,7 @@ use crate::{
     config::LimitsConfig,
     jwt::{self, AuthError, JwtVerifier, grants},
     metrics::{LimitLabel, MessageLabels, OutcomeLabel, ReasonLabel, metrics},
+    presence::{Event, Presence},
     ratelimit::RateLimits,
     registry::{Connection, Registry, RegistryError, now_ms},
     shared_limit::{SharedCheck, SharedMessageLimiter},
@@ -30,6 +31,34 @@ struct Routed {
     reply: String,
     action: String,
     outcome: &'static str,
+}
+
+/// The `group` of a `join` / `leave` payload.
+fn group_of(payload: &Value) -> Result<&str, ClientError> {
+    match payload.get("group").and_then(Value::as_str) {
+        Some(group) if ids::valid_group(group) => Ok(group),
+        Some(_) => Err(ClientError::validation(
+            "payload.group must be 1 to 128 characters of letters, digits, '.', ':', '_' or '-'",
+        )),
+        None => Err(ClientError::validation("payload.group is required")),
+    }
+}
+
+/// A registry failure during `join` / `leave`, as the client sees it.
+fn group_error(err: RegistryError) -> ClientError {
+    match err {
+        RegistryError::GroupLimit { limit } => {
+            ClientError::validation(format!("a connection may be in at most {limit} groups"))
+        }
+        RegistryError::NotFound => ClientError::new(
+            ErrorCode::Unauthorized,
+            "connection is not registered; reconnect",
+        ),
+        other => {
+            tracing::warn!(error = %other, "registry unavailable during a group change");
+            unavailable()
+        }
+    }
 }
 
 /// The metric label of a token refusal.
@@ -138,6 +167,7 @@ pub struct ControlPlane {
     actions: Actions,
     shared_limiter: Option<Arc<SharedMessageLimiter>>,
     touch_interval_ms: i64,
+    presence: Arc<Presence>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -162,6 +192,7 @@ impl ControlPlane {
         actions: Actions,
         shared_limiter: Option<Arc<SharedMessageLimiter>>,
         touch_interval: Duration,
+        presence: Arc<Presence>,
     ) -> Self {
         Self {
             registry,
@@ -171,6 +202,7 @@ impl ControlPlane {
             actions,
             shared_limiter,
             touch_interval_ms: i64::try_from(touch_interval.as_millis()).unwrap_or(i64::MAX),
+            presence,
         }
     }
 
@@ -209,6 +241,11 @@ impl ControlPlane {
     /// The registry.
     pub fn registry(&self) -> &Arc<dyn Registry> {
         &self.registry
+    }
+
+    /// Presence announcements (and the group settings).
+    pub fn presence(&self) -> &Arc<Presence> {
+        &self.presence
     }
 
     /// The rate limiters (for periodic housekeeping).
@@ -462,7 +499,7 @@ impl ControlPlane {
         } else {
             UNKNOWN_ACTION_LABEL
         };
-        match self.run_action(&connection, &envelope) {
+        match self.run_action(&connection, &envelope).await {
             Ok(reply) => Routed {
                 reply,
                 action: action.to_owned(),
@@ -472,7 +509,7 @@ impl ControlPlane {
         }
     }
 
-    fn run_action(
+    async fn run_action(
         &self,
         connection: &Connection,
         envelope: &Envelope,
@@ -489,6 +526,40 @@ impl ControlPlane {
         action.validate(&envelope.payload)?;
         let id = envelope.request_id.as_str();
         Ok(match action.handler {
+            Builtin::Join => {
+                let group = group_of(&envelope.payload)?;
+                let needed = self.presence.config().join_permission_for(group);
+                if !grants(&connection.permissions, &needed) {
+                    return Err(ClientError::new(
+                        ErrorCode::Forbidden,
+                        format!("joining {group:?} needs permission {needed:?}"),
+                    ));
+                }
+                let max = self.presence.config().max_per_connection;
+                let joined = self
+                    .registry
+                    .join(&connection.connection_id, group, max)
+                    .await
+                    .map_err(group_error)?;
+                if joined {
+                    self.presence.announce(group, Event::Join, connection).await;
+                }
+                client::response_frame(id, &json!({ "group": group, "joined": joined }))
+            }
+            Builtin::Leave => {
+                let group = group_of(&envelope.payload)?;
+                let left = self
+                    .registry
+                    .leave(&connection.connection_id, group)
+                    .await
+                    .map_err(group_error)?;
+                if left {
+                    self.presence
+                        .announce(group, Event::Leave, connection)
+                        .await;
+                }
+                client::response_frame(id, &json!({ "group": group, "left": left }))
+            }
             Builtin::Echo => client::response_frame(id, &envelope.payload),
             Builtin::Health => client::response_frame(
                 id,

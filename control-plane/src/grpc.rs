@@ -7,6 +7,7 @@ use streamer_proto::{
     v1::{
         self, admin_service_server::AdminService, broadcast_service_server::BroadcastService,
         connection_service_server::ConnectionService, edge_service_server::EdgeService,
+        group_service_server::GroupService,
     },
 };
 use tonic::{Request, Response, Status};
@@ -17,8 +18,9 @@ use crate::{
     error::ApiError,
     grpc_auth::Caller,
     pagetoken::PageTokens,
+    presence::Event,
     reconcile::{ReconcileReport, Reconciler},
-    registry::{Connection, Scope},
+    registry::{Connection, Scope, collect_all},
 };
 
 /// Default and largest page sizes of list RPCs.
@@ -130,6 +132,31 @@ fn scope(tenant_id: &str, user_id: &str) -> Result<Scope, ApiError> {
         tenant_id: tenant_id.to_owned(),
         user_id: user_id.to_owned(),
     })
+}
+
+fn group_scope(tenant_id: &str, group: &str) -> Result<Scope, ApiError> {
+    let Scope::Tenant(tenant_id) = scope(tenant_id, "")? else {
+        unreachable!("an empty user id gives a tenant scope")
+    };
+    if !ids::valid_group(group) {
+        return Err(ApiError::InvalidArgument(
+            "group is required: [A-Za-z0-9._:-], 1 to 128 chars".into(),
+        ));
+    }
+    Ok(Scope::Group {
+        tenant_id,
+        group: group.to_owned(),
+    })
+}
+
+fn page_size(requested: i32) -> Result<usize, ApiError> {
+    match usize::try_from(requested) {
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(n) => Ok(n.min(MAX_PAGE_SIZE)),
+        Err(_) => Err(ApiError::InvalidArgument(
+            "page_size must not be negative".into(),
+        )),
+    }
 }
 
 fn scope_key(scope: &Scope) -> String {
@@ -342,6 +369,9 @@ impl BroadcastService for BroadcastApi {
                 Target::Scope(scope(&user.tenant_id, &user.user_id)?)
             }
             Some(v1::send_request::Target::TenantId(tenant)) => Target::Scope(scope(&tenant, "")?),
+            Some(v1::send_request::Target::Group(group)) => {
+                Target::Scope(group_scope(&group.tenant_id, &group.group)?)
+            }
             None => return Err(ApiError::InvalidArgument("a target is required".into()).into()),
         };
         if let Target::Scope(scope) = &target {
@@ -438,5 +468,213 @@ impl AdminService for AdminApi {
             interval_secs: self.interval.as_secs(),
             idle_threshold_secs: self.idle_threshold.as_secs(),
         }))
+    }
+}
+
+/// Group membership from the server side.
+#[derive(Debug, Clone)]
+pub struct GroupApi {
+    control: Arc<ControlPlane>,
+    page_tokens: PageTokens,
+}
+
+impl GroupApi {
+    /// Serves the group API.
+    pub fn new(control: Arc<ControlPlane>, page_tokens: PageTokens) -> Self {
+        Self {
+            control,
+            page_tokens,
+        }
+    }
+
+    /// The connections a membership change applies to: one connection of
+    /// the tenant, or every connection of a user in it.
+    async fn members(
+        &self,
+        tenant_id: &str,
+        member: Option<MemberRef>,
+    ) -> Result<Vec<Connection>, ApiError> {
+        match member {
+            Some(MemberRef::Connection(id)) => {
+                if !ids::valid_connection_id(&id) {
+                    return Err(ApiError::InvalidArgument("invalid connection_id".into()));
+                }
+                match self.control.registry().get(&id).await? {
+                    Some(c) if *c.tenant_id == *tenant_id => Ok(vec![c]),
+                    _ => Err(ApiError::NotFound("connection")),
+                }
+            }
+            Some(MemberRef::User(user)) => {
+                let scope = scope(tenant_id, &user)?;
+                if user.is_empty() {
+                    return Err(ApiError::InvalidArgument("user_id is empty".into()));
+                }
+                Ok(collect_all(self.control.registry().as_ref(), &scope).await?)
+            }
+            None => Err(ApiError::InvalidArgument(
+                "connection_id or user_id is required".into(),
+            )),
+        }
+    }
+}
+
+/// Who a membership change is for.
+enum MemberRef {
+    Connection(String),
+    User(String),
+}
+
+impl From<v1::add_to_group_request::Member> for MemberRef {
+    fn from(m: v1::add_to_group_request::Member) -> Self {
+        match m {
+            v1::add_to_group_request::Member::ConnectionId(id) => MemberRef::Connection(id),
+            v1::add_to_group_request::Member::UserId(user) => MemberRef::User(user),
+        }
+    }
+}
+
+impl From<v1::remove_from_group_request::Member> for MemberRef {
+    fn from(m: v1::remove_from_group_request::Member) -> Self {
+        match m {
+            v1::remove_from_group_request::Member::ConnectionId(id) => MemberRef::Connection(id),
+            v1::remove_from_group_request::Member::UserId(user) => MemberRef::User(user),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl GroupService for GroupApi {
+    async fn add_to_group(
+        &self,
+        request: Request<v1::AddToGroupRequest>,
+    ) -> Result<Response<v1::AddToGroupResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let r = request.into_inner();
+        let Scope::Group { tenant_id, group } = group_scope(&r.tenant_id, &r.group)? else {
+            unreachable!("group_scope gives a group scope")
+        };
+        caller.check_tenant(&tenant_id)?;
+        let mut added = 0;
+        let presence = self.control.presence();
+        let max = presence.config().max_per_connection;
+        for member in self
+            .members(&tenant_id, r.member.map(MemberRef::from))
+            .await?
+        {
+            if self
+                .control
+                .registry()
+                .join(&member.connection_id, &group, max)
+                .await
+                .map_err(ApiError::from)?
+            {
+                added += 1;
+                presence.announce(&group, Event::Join, &member).await;
+            }
+        }
+        Ok(Response::new(v1::AddToGroupResponse { added }))
+    }
+
+    async fn remove_from_group(
+        &self,
+        request: Request<v1::RemoveFromGroupRequest>,
+    ) -> Result<Response<v1::RemoveFromGroupResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let r = request.into_inner();
+        let Scope::Group { tenant_id, group } = group_scope(&r.tenant_id, &r.group)? else {
+            unreachable!("group_scope gives a group scope")
+        };
+        caller.check_tenant(&tenant_id)?;
+        let mut removed = 0;
+        let presence = self.control.presence();
+        for member in self
+            .members(&tenant_id, r.member.map(MemberRef::from))
+            .await?
+        {
+            if self
+                .control
+                .registry()
+                .leave(&member.connection_id, &group)
+                .await
+                .map_err(ApiError::from)?
+            {
+                removed += 1;
+                presence.announce(&group, Event::Leave, &member).await;
+            }
+        }
+        Ok(Response::new(v1::RemoveFromGroupResponse { removed }))
+    }
+
+    async fn list_group_members(
+        &self,
+        request: Request<v1::ListGroupMembersRequest>,
+    ) -> Result<Response<v1::ListGroupMembersResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.get_ref();
+        let scope = group_scope(&r.tenant_id, &r.group)?;
+        caller.check_tenant(scope.tenant_id())?;
+        let key = scope_key(&scope);
+        let after = match r.page_token.as_str() {
+            "" => None,
+            token => Some(
+                self.page_tokens
+                    .decode(&key, token)
+                    .map_err(ApiError::from)?,
+            ),
+        };
+        let page = self
+            .control
+            .registry()
+            .list(&scope, after.as_deref(), page_size(r.page_size)?)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(v1::ListGroupMembersResponse {
+            connections: page.items.iter().map(to_proto).collect(),
+            next_page_token: page
+                .next_after
+                .map(|after| self.page_tokens.encode(&key, &after))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn count_group_members(
+        &self,
+        request: Request<v1::CountGroupMembersRequest>,
+    ) -> Result<Response<v1::CountGroupMembersResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.get_ref();
+        let scope = group_scope(&r.tenant_id, &r.group)?;
+        caller.check_tenant(scope.tenant_id())?;
+        let count = self
+            .control
+            .registry()
+            .count(&scope)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(v1::CountGroupMembersResponse { count }))
+    }
+
+    async fn list_connection_groups(
+        &self,
+        request: Request<v1::ListConnectionGroupsRequest>,
+    ) -> Result<Response<v1::ListConnectionGroupsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let id = &request.get_ref().connection_id;
+        if !ids::valid_connection_id(id) {
+            return Err(ApiError::InvalidArgument("invalid connection_id".into()).into());
+        }
+        let connection = match self
+            .control
+            .registry()
+            .get(id)
+            .await
+            .map_err(ApiError::from)?
+        {
+            Some(c) if caller.tenant_filter().is_none_or(|t| *c.tenant_id == *t) => c,
+            _ => return Err(ApiError::NotFound("connection").into()),
+        };
+        let mut groups: Vec<String> = connection.groups.iter().map(|g| g.to_string()).collect();
+        groups.sort();
+        Ok(Response::new(v1::ListConnectionGroupsResponse { groups }))
     }
 }

@@ -17,6 +17,7 @@ pub mod grpc_auth;
 pub mod jwt;
 pub mod metrics;
 pub mod pagetoken;
+pub mod presence;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod registry;

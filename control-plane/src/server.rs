@@ -7,6 +7,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use streamer_proto::v1::{
     admin_service_server::AdminServiceServer, broadcast_service_server::BroadcastServiceServer,
     connection_service_server::ConnectionServiceServer, edge_service_server::EdgeServiceServer,
+    group_service_server::GroupServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -18,10 +19,11 @@ use crate::{
     config::{Config, JwtConfig, ReconcileConfig},
     control::ControlPlane,
     delivery::ManagementApi,
-    grpc::{AdminApi, BroadcastApi, ConnectionApi, EdgeApi},
+    grpc::{AdminApi, BroadcastApi, ConnectionApi, EdgeApi, GroupApi},
     grpc_auth::{Audience, TokenTable, interceptor},
     jwt::{JwtVerifier, KeyError},
     pagetoken::PageTokens,
+    presence::Presence,
     reconcile::Reconciler,
 };
 
@@ -51,6 +53,10 @@ pub struct App {
     broadcaster: Arc<Broadcaster>,
     reconciler: Arc<Reconciler>,
     reconcile: ReconcileConfig,
+    presence: Arc<Presence>,
+    departures: Arc<
+        std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::registry::Connection>>>,
+    >,
     tokens: Arc<TokenTable>,
     page_tokens: PageTokens,
 }
@@ -76,6 +82,8 @@ impl App {
         let stores = crate::store::open(config).await;
         let registry = stores.registry;
         let api = Arc::new(ManagementApi::new(sdk, config.delivery.clone()));
+        let broadcaster = Arc::new(Broadcaster::new(registry.clone(), api.clone()));
+        let presence = Arc::new(Presence::new(broadcaster.clone(), config.groups.clone()));
         let control = Arc::new(ControlPlane::new(
             registry.clone(),
             verifier,
@@ -83,16 +91,19 @@ impl App {
             actions,
             stores.shared_limiter,
             config.store.touch_interval,
+            presence.clone(),
         ));
         Ok(Self {
             control,
             reconciler: Arc::new(Reconciler::new(
-                registry.clone(),
-                api.clone(),
+                registry,
+                api,
                 config.reconcile.idle_threshold,
             )),
             reconcile: config.reconcile.clone(),
-            broadcaster: Arc::new(Broadcaster::new(registry, api)),
+            broadcaster,
+            presence,
+            departures: Arc::new(std::sync::Mutex::new(Some(stores.departures))),
             tokens: Arc::new(TokenTable::new(&config.tokens)),
             page_tokens: PageTokens::new(config.page_token_secret.as_deref()),
         })
@@ -122,6 +133,9 @@ impl App {
         health_reporter
             .set_serving::<AdminServiceServer<AdminApi>>()
             .await;
+        health_reporter
+            .set_serving::<GroupServiceServer<GroupApi>>()
+            .await;
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(streamer_proto::FILE_DESCRIPTOR_SET)
@@ -147,8 +161,14 @@ impl App {
             self.reconcile.interval,
             self.reconcile.idle_threshold,
         ));
+        let groups = GroupServiceServer::new(GroupApi::new(
+            self.control.clone(),
+            self.page_tokens.clone(),
+        ));
         let tokens = &self.tokens;
 
+        let departures = self.departures.lock().ok().and_then(|mut rx| rx.take());
+        let presence = departures.map(|rx| tokio::spawn(self.presence.clone().run_departures(rx)));
         let reconcile = (!self.reconcile.interval.is_zero()).then(|| {
             let reconciler = self.reconciler.clone();
             let interval = self.reconcile.interval;
@@ -201,6 +221,10 @@ impl App {
                 interceptor(tokens.clone(), Audience::Server),
             ))
             .add_service(InterceptedService::new(
+                groups,
+                interceptor(tokens.clone(), Audience::Server),
+            ))
+            .add_service(InterceptedService::new(
                 admin,
                 interceptor(tokens.clone(), Audience::Admin),
             ))
@@ -209,6 +233,9 @@ impl App {
         housekeeping.abort();
         if let Some(reconcile) = reconcile {
             reconcile.abort();
+        }
+        if let Some(presence) = presence {
+            presence.abort();
         }
         result?;
         tracing::info!("grpc server stopped");

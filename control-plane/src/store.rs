@@ -21,6 +21,8 @@ pub struct Stores {
     pub registry: Arc<dyn Registry>,
     /// The shared message limiter, when configured.
     pub shared_limiter: Option<Arc<SharedMessageLimiter>>,
+    /// Removed connections that were in groups (for presence).
+    pub departures: tokio::sync::mpsc::UnboundedReceiver<crate::registry::Connection>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -76,9 +78,11 @@ pub async fn open(config: &Config) -> Stores {
             )
         }
     };
+    let (departures_tx, departures) = tokio::sync::mpsc::unbounded_channel();
     Stores {
-        registry: Arc::new(Instrumented::new(backend)),
+        registry: Arc::new(Instrumented::new(backend).with_departures(departures_tx)),
         shared_limiter,
+        departures,
     }
 }
 

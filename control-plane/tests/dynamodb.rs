@@ -95,7 +95,14 @@ async fn create_table_is_idempotent_and_sets_indexes_and_ttl() {
         .filter_map(|i| i.index_name())
         .collect();
     indexes.sort();
-    assert_eq!(indexes, vec![dynamo::TENANT_INDEX, dynamo::USER_INDEX]);
+    assert_eq!(
+        indexes,
+        vec![
+            dynamo::GROUP_INDEX,
+            dynamo::TENANT_INDEX,
+            dynamo::USER_INDEX
+        ]
+    );
     let ttl = client()
         .describe_time_to_live()
         .table_name(&table)

@@ -13,6 +13,11 @@ pub fn valid_tenant_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(&b))
 }
 
+/// Group (room) names: `[A-Za-z0-9._:-]`, 1..=128 chars, scoped to a tenant.
+pub fn valid_group(name: &str) -> bool {
+    valid_tenant_id(name)
+}
+
 /// User ids (the token's `sub`): 1..=128 chars, no control characters.
 pub fn valid_user_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_ID_LEN && !id.chars().any(char::is_control)

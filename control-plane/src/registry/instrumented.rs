@@ -13,6 +13,7 @@ use crate::metrics::{OperationLabel, metrics};
 /// Wraps a backend with spans and metrics.
 pub struct Instrumented {
     inner: Arc<dyn Registry>,
+    departures: Option<tokio::sync::mpsc::UnboundedSender<Connection>>,
 }
 
 impl std::fmt::Debug for Instrumented {
@@ -24,7 +25,22 @@ impl std::fmt::Debug for Instrumented {
 impl Instrumented {
     /// `inner`, instrumented.
     pub fn new(inner: Arc<dyn Registry>) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            departures: None,
+        }
+    }
+
+    /// Also reports every removed connection that was in a group to
+    /// `departures` (for presence).
+    pub fn with_departures(
+        self,
+        departures: tokio::sync::mpsc::UnboundedSender<Connection>,
+    ) -> Self {
+        Self {
+            departures: Some(departures),
+            ..self
+        }
     }
 }
 
@@ -70,6 +86,11 @@ impl Registry for Instrumented {
     async fn remove(&self, connection_id: &str) -> Result<Option<Connection>, RegistryError> {
         let removed = observe("remove", self.inner.remove(connection_id)).await?;
         if let Some(connection) = &removed {
+            if !connection.groups.is_empty()
+                && let Some(departures) = &self.departures
+            {
+                let _ = departures.send(connection.clone());
+            }
             metrics()
                 .connections_active
                 .get_or_create(&metrics().tenant_label(&connection.tenant_id))
