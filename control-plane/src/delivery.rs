@@ -101,12 +101,7 @@ impl ManagementApi {
     /// Posts `data` to one connection, retrying what is worth retrying.
     pub async fn post(&self, endpoint: &Arc<str>, connection_id: &str, data: &[u8]) -> Outcome {
         let client = self.client(endpoint);
-        let histogram = metrics()
-            .management_api_duration
-            .get_or_create(&OperationLabel {
-                operation: "post_to_connection",
-            })
-            .clone();
+        let histogram = self.histogram("post_to_connection");
         let mut attempt = 0;
         loop {
             let call = client
@@ -135,24 +130,12 @@ impl ManagementApi {
         endpoint: &Arc<str>,
         connection_id: &str,
     ) -> Result<bool, ManagementError> {
-        let histogram = metrics()
-            .management_api_duration
-            .get_or_create(&OperationLabel {
-                operation: "delete_connection",
-            })
-            .clone();
         let call = self
             .client(endpoint)
             .delete_connection()
             .connection_id(connection_id)
             .send();
-        match timed(&histogram, call).await {
-            Ok(_) => Ok(true),
-            Err(err) if status(&err) == Some(410) || err.code() == Some("GoneException") => {
-                Ok(false)
-            }
-            Err(err) => Err(ManagementError(describe(&err))),
-        }
+        still_there(timed(&self.histogram("delete_connection"), call).await)
     }
 
     /// Asks the gateway whether it still has a connection: `Ok(true)` when it
@@ -162,24 +145,22 @@ impl ManagementApi {
         endpoint: &Arc<str>,
         connection_id: &str,
     ) -> Result<bool, ManagementError> {
-        let histogram = metrics()
-            .management_api_duration
-            .get_or_create(&OperationLabel {
-                operation: "get_connection",
-            })
-            .clone();
         let call = self
             .client(endpoint)
             .get_connection()
             .connection_id(connection_id)
             .send();
-        match timed(&histogram, call).await {
-            Ok(_) => Ok(true),
-            Err(err) if status(&err) == Some(410) || err.code() == Some("GoneException") => {
-                Ok(false)
-            }
-            Err(err) => Err(ManagementError(describe(&err))),
-        }
+        still_there(timed(&self.histogram("get_connection"), call).await)
+    }
+
+    fn histogram(
+        &self,
+        operation: &'static str,
+    ) -> prometheus_client::metrics::histogram::Histogram {
+        metrics()
+            .management_api_duration
+            .get_or_create(&OperationLabel { operation })
+            .clone()
     }
 
     /// Exponential backoff with full jitter for the `attempt`-th retry.
@@ -191,6 +172,18 @@ impl ManagementApi {
             .min(self.config.max_backoff);
         let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
         Duration::from_millis(rand::rng().random_range(0..=millis))
+    }
+}
+
+/// The answer of a call on one connection: `Ok(true)` when the gateway had
+/// it, `Ok(false)` when it answered 410.
+fn still_there<T, E: ProvideErrorMetadata + std::fmt::Debug>(
+    result: Result<T, SdkError<E, aws_sdk_apigatewaymanagement::config::http::HttpResponse>>,
+) -> Result<bool, ManagementError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(err) if status(&err) == Some(410) || err.code() == Some("GoneException") => Ok(false),
+        Err(err) => Err(ManagementError(describe(&err))),
     }
 }
 

@@ -159,6 +159,45 @@ fn page_size(requested: i32) -> Result<usize, ApiError> {
     }
 }
 
+/// One page of `scope` for a list RPC: resumes after `page_token` (which
+/// must have been minted for this very scope) and mints the next one.
+async fn page_of(
+    registry: &dyn crate::registry::Registry,
+    tokens: &PageTokens,
+    scope: &Scope,
+    page_token: &str,
+    requested_size: i32,
+) -> Result<(Vec<v1::Connection>, String), ApiError> {
+    let size = page_size(requested_size)?;
+    let key = scope_key(scope);
+    let after = match page_token {
+        "" => None,
+        token => Some(tokens.decode(&key, token)?),
+    };
+    let page = registry.list(scope, after.as_deref(), size).await?;
+    let next = page
+        .next_after
+        .map(|after| tokens.encode(&key, &after))
+        .unwrap_or_default();
+    Ok((page.items.iter().map(to_proto).collect(), next))
+}
+
+/// A connection the caller may see, or NOT_FOUND (a tenant-bound caller
+/// cannot learn whether another tenant's connection exists).
+async fn visible(
+    registry: &dyn crate::registry::Registry,
+    caller: &Caller,
+    connection_id: &str,
+) -> Result<Connection, ApiError> {
+    if !ids::valid_connection_id(connection_id) {
+        return Err(ApiError::InvalidArgument("invalid connection_id".into()));
+    }
+    match registry.get(connection_id).await? {
+        Some(c) if caller.tenant_filter().is_none_or(|t| *c.tenant_id == *t) => Ok(c),
+        _ => Err(ApiError::NotFound("connection")),
+    }
+}
+
 fn scope_key(scope: &Scope) -> String {
     match scope {
         Scope::Tenant(t) => format!("tenant\0{t}"),
@@ -189,16 +228,8 @@ impl ConnectionApi {
         }
     }
 
-    /// A connection the caller may see, or NOT_FOUND (a bound caller cannot
-    /// learn whether another tenant's connection exists).
     async fn visible(&self, caller: &Caller, connection_id: &str) -> Result<Connection, ApiError> {
-        if !ids::valid_connection_id(connection_id) {
-            return Err(ApiError::InvalidArgument("invalid connection_id".into()));
-        }
-        match self.control.registry().get(connection_id).await? {
-            Some(c) if caller.tenant_filter().is_none_or(|t| *c.tenant_id == *t) => Ok(c),
-            _ => Err(ApiError::NotFound("connection")),
-        }
+        visible(self.control.registry().as_ref(), caller, connection_id).await
     }
 }
 
@@ -225,36 +256,17 @@ impl ConnectionService for ConnectionApi {
         let r = request.get_ref();
         let scope = scope(&r.tenant_id, &r.user_id)?;
         caller.check_tenant(scope.tenant_id())?;
-        let page_size = match usize::try_from(r.page_size) {
-            Ok(0) => DEFAULT_PAGE_SIZE,
-            Ok(n) => n.min(MAX_PAGE_SIZE),
-            Err(_) => {
-                return Err(
-                    ApiError::InvalidArgument("page_size must not be negative".into()).into(),
-                );
-            }
-        };
-        let key = scope_key(&scope);
-        let after = match r.page_token.as_str() {
-            "" => None,
-            token => Some(
-                self.page_tokens
-                    .decode(&key, token)
-                    .map_err(ApiError::from)?,
-            ),
-        };
-        let page = self
-            .control
-            .registry()
-            .list(&scope, after.as_deref(), page_size)
-            .await
-            .map_err(ApiError::from)?;
+        let (connections, next_page_token) = page_of(
+            self.control.registry().as_ref(),
+            &self.page_tokens,
+            &scope,
+            &r.page_token,
+            r.page_size,
+        )
+        .await?;
         Ok(Response::new(v1::ListConnectionsResponse {
-            connections: page.items.iter().map(to_proto).collect(),
-            next_page_token: page
-                .next_after
-                .map(|after| self.page_tokens.encode(&key, &after))
-                .unwrap_or_default(),
+            connections,
+            next_page_token,
         }))
     }
 
@@ -613,27 +625,17 @@ impl GroupService for GroupApi {
         let r = request.get_ref();
         let scope = group_scope(&r.tenant_id, &r.group)?;
         caller.check_tenant(scope.tenant_id())?;
-        let key = scope_key(&scope);
-        let after = match r.page_token.as_str() {
-            "" => None,
-            token => Some(
-                self.page_tokens
-                    .decode(&key, token)
-                    .map_err(ApiError::from)?,
-            ),
-        };
-        let page = self
-            .control
-            .registry()
-            .list(&scope, after.as_deref(), page_size(r.page_size)?)
-            .await
-            .map_err(ApiError::from)?;
+        let (connections, next_page_token) = page_of(
+            self.control.registry().as_ref(),
+            &self.page_tokens,
+            &scope,
+            &r.page_token,
+            r.page_size,
+        )
+        .await?;
         Ok(Response::new(v1::ListGroupMembersResponse {
-            connections: page.items.iter().map(to_proto).collect(),
-            next_page_token: page
-                .next_after
-                .map(|after| self.page_tokens.encode(&key, &after))
-                .unwrap_or_default(),
+            connections,
+            next_page_token,
         }))
     }
 
@@ -659,20 +661,12 @@ impl GroupService for GroupApi {
         request: Request<v1::ListConnectionGroupsRequest>,
     ) -> Result<Response<v1::ListConnectionGroupsResponse>, Status> {
         let caller = Caller::of(&request)?;
-        let id = &request.get_ref().connection_id;
-        if !ids::valid_connection_id(id) {
-            return Err(ApiError::InvalidArgument("invalid connection_id".into()).into());
-        }
-        let connection = match self
-            .control
-            .registry()
-            .get(id)
-            .await
-            .map_err(ApiError::from)?
-        {
-            Some(c) if caller.tenant_filter().is_none_or(|t| *c.tenant_id == *t) => c,
-            _ => return Err(ApiError::NotFound("connection").into()),
-        };
+        let connection = visible(
+            self.control.registry().as_ref(),
+            caller,
+            &request.get_ref().connection_id,
+        )
+        .await?;
         let mut groups: Vec<String> = connection.groups.iter().map(|g| g.to_string()).collect();
         groups.sort();
         Ok(Response::new(v1::ListConnectionGroupsResponse { groups }))

@@ -361,11 +361,7 @@ async fn dev_on_dynamodb_end_to_end() {
     // Broadcast reaches it; closing removes the row.
     let mut broadcast = broadcast(dev.grpc_channel(), ADMIN_TOKEN);
     let report = broadcast
-        .send(v1::SendRequest {
-            target: Some(v1::send_request::Target::TenantId("acme".into())),
-            payload: Some(v1::send_request::Payload::DataJson("1".into())),
-            ..Default::default()
-        })
+        .send(tenant_target("acme", json!(1)))
         .await
         .expect("send")
         .into_inner()
@@ -409,25 +405,6 @@ async fn tenant_quota_with_two_control_planes_on_one_table() {
     }
 }
 
-/// Registers a connection the gateway has never seen, as a Lambda would for
-/// a client whose `$disconnect` later got lost.
-async fn ghost(dev: &Dev, id: &str) {
-    let reply = edge(dev.grpc_channel(), EDGE_TOKEN)
-        .connect(v1::ConnectRequest {
-            connection_id: id.into(),
-            endpoint: dev.management_endpoint(),
-            query: [("token".to_owned(), token("ghost", "acme", &[]))]
-                .into_iter()
-                .collect(),
-            source_ip: "198.51.100.7".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("connect")
-        .into_inner();
-    assert!(reply.accepted, "{reply:?}");
-}
-
 #[tokio::test]
 async fn gone_connections_are_removed_by_broadcast_and_by_reconcile() {
     let table = unique("gone");
@@ -444,14 +421,11 @@ async fn gone_connections_are_removed_by_broadcast_and_by_reconcile() {
     let live_id = whoami(&mut live).await;
 
     // 410 on broadcast.
-    ghost(&dev, "GhostA000000000=").await;
+    dev.register_ghost("GhostA000000000=", "ghost", "acme")
+        .await;
     let mut broadcast = broadcast(dev.grpc_channel(), ADMIN_TOKEN);
     let report = broadcast
-        .send(v1::SendRequest {
-            target: Some(v1::send_request::Target::TenantId("acme".into())),
-            payload: Some(v1::send_request::Payload::DataJson("\"x\"".into())),
-            ..Default::default()
-        })
+        .send(tenant_target("acme", json!("x")))
         .await
         .expect("send")
         .into_inner()
@@ -472,8 +446,10 @@ async fn gone_connections_are_removed_by_broadcast_and_by_reconcile() {
     assert!(row.item().is_none(), "the 410 removed the row");
 
     // The reconcile job asks the gateway about idle rows.
-    ghost(&dev, "GhostB000000000=").await;
-    ghost(&dev, "GhostC000000000=").await;
+    dev.register_ghost("GhostB000000000=", "ghost", "acme")
+        .await;
+    dev.register_ghost("GhostC000000000=", "ghost", "acme")
+        .await;
     let mut admin = streamer_proto::v1::admin_service_client::AdminServiceClient::with_interceptor(
         dev.grpc_channel(),
         streamer_proto::auth::BearerToken::new(ADMIN_TOKEN).expect("token"),

@@ -346,14 +346,6 @@ async fn connects_per_ip_and_tenant_quota_are_limited() {
     let _d = dev.connect(&token("u3", "small", &[])).await;
 }
 
-fn tenant_target(tenant: &str, data: Value) -> v1::SendRequest {
-    v1::SendRequest {
-        target: Some(v1::send_request::Target::TenantId(tenant.into())),
-        payload: Some(v1::send_request::Payload::DataJson(data.to_string())),
-        ..Default::default()
-    }
-}
-
 /// Proves a client has no frame pending: an echo round trip returns first.
 async fn assert_nothing_pending(ws: &mut Ws) {
     send(ws, r#"{"id":"probe","action":"echo"}"#).await;
@@ -482,22 +474,8 @@ async fn a_connection_the_gateway_forgot_is_reported_gone_and_removed() {
     let mut live = dev.connect(&token("alice", "acme", &[])).await;
     // A row whose $disconnect never arrived: registered through the edge
     // protocol (as a Lambda would), unknown to the gateway.
-    let mut edge = edge(dev.grpc_channel(), EDGE_TOKEN);
     let ghost = "GhostConn000000=";
-    let reply = edge
-        .connect(v1::ConnectRequest {
-            connection_id: ghost.into(),
-            endpoint: dev.management_endpoint(),
-            query: [("token".to_owned(), token("ghost", "acme", &[]))]
-                .into_iter()
-                .collect(),
-            source_ip: "198.51.100.9".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("connect")
-        .into_inner();
-    assert!(reply.accepted, "{reply:?}");
+    dev.register_ghost(ghost, "ghost", "acme").await;
 
     let mut broadcast = broadcast(dev.grpc_channel(), ADMIN_TOKEN);
     let report = broadcast

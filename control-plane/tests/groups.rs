@@ -345,20 +345,7 @@ async fn the_group_api_and_late_departures() {
     // added to the lobby, then found gone (410) by a send to the lobby; its
     // departure is still announced.
     let ghost = "GhostLobby00000=";
-    let reply = edge(dev.grpc_channel(), EDGE_TOKEN)
-        .connect(v1::ConnectRequest {
-            connection_id: ghost.into(),
-            endpoint: dev.management_endpoint(),
-            query: [("token".to_owned(), token("ghost", "acme", &[]))]
-                .into_iter()
-                .collect(),
-            source_ip: "198.51.100.3".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("connect")
-        .into_inner();
-    assert!(reply.accepted);
+    dev.register_ghost(ghost, "ghost", "acme").await;
     admin
         .add_to_group(v1::AddToGroupRequest {
             tenant_id: "acme".into(),

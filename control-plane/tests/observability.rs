@@ -14,7 +14,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
 };
 use serde_json::json;
-use streamer_proto::v1;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -191,11 +190,7 @@ async fn metrics_move_by_the_right_amounts() {
     assert_eq!(recv(&mut a).await["error"]["code"], "VALIDATION_ERROR");
     let mut broadcast = broadcast(dev.grpc_channel(), ADMIN_TOKEN);
     let report = broadcast
-        .send(v1::SendRequest {
-            target: Some(v1::send_request::Target::TenantId("obs".into())),
-            payload: Some(v1::send_request::Payload::DataJson("1".into())),
-            ..Default::default()
-        })
+        .send(tenant_target("obs", json!(1)))
         .await
         .expect("send")
         .into_inner()

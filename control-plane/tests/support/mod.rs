@@ -16,7 +16,7 @@ use streamer_control_plane::jwt::{
 };
 use streamer_proto::auth::BearerToken;
 use streamer_proto::v1::{
-    broadcast_service_client::BroadcastServiceClient,
+    self, broadcast_service_client::BroadcastServiceClient,
     connection_service_client::ConnectionServiceClient, edge_service_client::EdgeServiceClient,
 };
 use tokio::{
@@ -183,6 +183,35 @@ impl Dev {
 
     pub fn grpc_channel(&self) -> Channel {
         channel(self.grpc)
+    }
+
+    /// Registers a connection the gateway has never seen, through the edge
+    /// protocol as a Lambda would: the row of a client whose `$disconnect`
+    /// got lost.
+    pub async fn register_ghost(&self, connection_id: &str, user: &str, tenant: &str) {
+        let reply = edge(self.grpc_channel(), EDGE_TOKEN)
+            .connect(v1::ConnectRequest {
+                connection_id: connection_id.into(),
+                endpoint: self.management_endpoint(),
+                query: [("token".to_owned(), token(user, tenant, &[]))]
+                    .into_iter()
+                    .collect(),
+                source_ip: "198.51.100.7".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("connect")
+            .into_inner();
+        assert!(reply.accepted, "{reply:?}");
+    }
+}
+
+/// A Send of `data` (as JSON text) to every connection of `tenant`.
+pub fn tenant_target(tenant: &str, data: serde_json::Value) -> v1::SendRequest {
+    v1::SendRequest {
+        target: Some(v1::send_request::Target::TenantId(tenant.into())),
+        payload: Some(v1::send_request::Payload::DataJson(data.to_string())),
+        ..Default::default()
     }
 }
 
