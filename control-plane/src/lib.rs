@@ -18,6 +18,7 @@ pub mod jwt;
 pub mod metrics;
 pub mod pagetoken;
 pub mod presence;
+pub mod queue;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod registry;

@@ -552,3 +552,16 @@ async fn a_store_that_is_down_is_a_prompt_503() {
     );
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+#[tokio::test]
+async fn request_queue_conformance_on_dynamodb() {
+    let table = unique("requests");
+    streamer_control_plane::queue::dynamo::create_table(&client(), &table)
+        .await
+        .expect("create");
+    streamer_control_plane::queue::dynamo::create_table(&client(), &table)
+        .await
+        .expect("create again");
+    let queue = streamer_control_plane::queue::dynamo::DynamoQueue::new(client(), &table);
+    streamer_control_plane::queue::conformance::run_all(&queue, "").await;
+}
