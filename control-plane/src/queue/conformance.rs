@@ -253,7 +253,7 @@ pub async fn cancel_and_subscribe(queue: &dyn RequestQueue, prefix: &str) {
         Err(QueueError::Conflict(_))
     ));
     let leased = queue
-        .lease(&[action.clone()], None, "p1", NOW + 3)
+        .lease(std::slice::from_ref(&action), None, "p1", NOW + 3)
         .await
         .expect("lease")
         .expect("work");
@@ -312,7 +312,7 @@ pub async fn listing_pages_by_status(queue: &dyn RequestQueue, prefix: &str) {
         .expect("other tenant");
     for _ in 0..3 {
         queue
-            .lease(&[action.clone()], Some(&tenant), "p", NOW + 100)
+            .lease(std::slice::from_ref(&action), Some(&tenant), "p", NOW + 100)
             .await
             .expect("lease")
             .expect("work");
