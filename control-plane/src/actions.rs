@@ -29,6 +29,11 @@ pub enum Builtin {
     Join,
     /// Leaves the group in `payload.group`.
     Leave,
+    /// Cancels the caller's request `payload.request_id`.
+    Cancel,
+    /// Subscribes to the caller's request `payload.request_id`: its state
+    /// now, its frames from now on.
+    Subscribe,
 }
 
 impl Builtin {
@@ -40,6 +45,8 @@ impl Builtin {
             "whoami" => Self::Whoami,
             "join" => Self::Join,
             "leave" => Self::Leave,
+            "cancel" => Self::Cancel,
+            "subscribe" => Self::Subscribe,
             _ => return None,
         })
     }
@@ -73,7 +80,81 @@ const MAX_REPORTED_VIOLATIONS: usize = 10;
 impl Action {
     /// Checks `payload` against the action's schema.
     pub fn validate(&self, payload: &Value) -> Result<(), ClientError> {
-        let Some(schema) = &self.schema else {
+        check_schema(self.schema.as_ref(), payload)
+    }
+}
+
+/// An action whose work is queued for a processor.
+pub struct AsyncAction {
+    /// The name clients send.
+    pub name: String,
+    /// The permission the token must grant, if any.
+    pub permission: Option<String>,
+    /// A lease lasts this long without progress.
+    pub lease_timeout_ms: u64,
+    /// Attempts before the request fails.
+    pub max_attempts: u32,
+    schema: Option<jsonschema::Validator>,
+}
+
+impl std::fmt::Debug for AsyncAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncAction")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default lease of async actions.
+pub const DEFAULT_LEASE_TIMEOUT_MS: u64 = 30_000;
+/// Default attempts of async actions.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+impl AsyncAction {
+    /// Compiles an async action's definition.
+    pub fn new(
+        name: &str,
+        permission: Option<String>,
+        schema: Option<&Value>,
+        lease_timeout_ms: Option<u64>,
+        max_attempts: Option<u32>,
+    ) -> Result<Self, ActionsError> {
+        if !ids::valid_action(name) {
+            return Err(ActionsError::Name(name.to_owned()));
+        }
+        let schema = schema
+            .map(|schema| {
+                jsonschema::validator_for(schema).map_err(|e| ActionsError::Schema {
+                    name: name.to_owned(),
+                    message: e.to_string(),
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            name: name.to_owned(),
+            permission: permission.filter(|p| !p.is_empty()),
+            lease_timeout_ms: lease_timeout_ms
+                .filter(|l| *l > 0)
+                .unwrap_or(DEFAULT_LEASE_TIMEOUT_MS),
+            max_attempts: max_attempts
+                .filter(|m| *m > 0)
+                .unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            schema,
+        })
+    }
+
+    /// Checks `payload` against the action's schema.
+    pub fn validate(&self, payload: &Value) -> Result<(), ClientError> {
+        check_schema(self.schema.as_ref(), payload)
+    }
+}
+
+fn check_schema(
+    schema: Option<&jsonschema::Validator>,
+    payload: &Value,
+) -> Result<(), ClientError> {
+    {
+        let Some(schema) = schema else {
             return Ok(());
         };
         let violations: Vec<Value> = schema
@@ -99,43 +180,61 @@ pub enum ActionsError {
     #[error("action {0:?} is declared twice")]
     Duplicate(String),
     #[error(
-        "action {name:?}: unknown handler {handler:?} (use echo, health, ping, whoami, join or leave)"
+        "action {name:?}: unknown handler {handler:?} (use echo, health, ping, whoami, join, leave, cancel or subscribe)"
     )]
     Handler { name: String, handler: String },
     #[error("action {name:?}: invalid JSON Schema: {message}")]
     Schema { name: String, message: String },
-    #[error(
-        "action {0:?}: async actions need the request queue, which this build does not have yet"
-    )]
-    AsyncUnsupported(String),
+    #[error("action {0:?} is a sync action; it cannot also be async")]
+    NotAsync(String),
 }
 
-/// The action table.
+/// What an action name resolves to.
+#[derive(Debug, Clone)]
+pub enum Resolved {
+    /// Answered at once.
+    Sync(Arc<Action>),
+    /// Queued for a processor.
+    Async(Arc<AsyncAction>),
+}
+
+/// The action table: sync actions fixed at start, async ones from the config
+/// file plus those processors register while they are connected.
 #[derive(Debug)]
 pub struct Actions {
     by_name: HashMap<String, Arc<Action>>,
+    asyncs: std::sync::RwLock<HashMap<String, Arc<AsyncAction>>>,
 }
 
 impl Actions {
     /// The built-ins, overridden or extended by `declared`.
     pub fn new(declared: &[ActionConfig]) -> Result<Self, ActionsError> {
-        let mut by_name: HashMap<String, Arc<Action>> =
-            ["echo", "health", "ping", "whoami", "join", "leave"]
-                .into_iter()
-                .filter_map(|name| {
-                    let handler = Builtin::parse(name)?;
-                    Some((
-                        name.to_owned(),
-                        Arc::new(Action {
-                            name: name.to_owned(),
-                            handler,
-                            permission: None,
-                            schema: None,
-                        }),
-                    ))
-                })
-                .collect();
+        let mut by_name: HashMap<String, Arc<Action>> = [
+            "echo",
+            "health",
+            "ping",
+            "whoami",
+            "join",
+            "leave",
+            "cancel",
+            "subscribe",
+        ]
+        .into_iter()
+        .filter_map(|name| {
+            let handler = Builtin::parse(name)?;
+            Some((
+                name.to_owned(),
+                Arc::new(Action {
+                    name: name.to_owned(),
+                    handler,
+                    permission: None,
+                    schema: None,
+                }),
+            ))
+        })
+        .collect();
         let mut seen = std::collections::HashSet::new();
+        let mut asyncs = HashMap::new();
         for config in declared {
             let name = config.name.clone();
             if !ids::valid_action(&name) {
@@ -145,7 +244,15 @@ impl Actions {
                 return Err(ActionsError::Duplicate(name));
             }
             if config.mode == ActionMode::Async {
-                return Err(ActionsError::AsyncUnsupported(name));
+                let action = AsyncAction::new(
+                    &name,
+                    config.permission.clone(),
+                    config.schema.as_ref(),
+                    config.lease_timeout_ms,
+                    config.max_attempts,
+                )?;
+                asyncs.insert(name, Arc::new(action));
+                continue;
             }
             let handler_name = config.handler.clone().unwrap_or_else(|| name.clone());
             let handler = Builtin::parse(&handler_name).ok_or_else(|| ActionsError::Handler {
@@ -172,14 +279,53 @@ impl Actions {
                 }),
             );
         }
-        Ok(Self { by_name })
+        if let Some(clash) = asyncs.keys().find(|name| by_name.contains_key(*name)) {
+            return Err(ActionsError::NotAsync(clash.clone()));
+        }
+        Ok(Self {
+            by_name,
+            asyncs: std::sync::RwLock::new(asyncs),
+        })
     }
 
-    /// Looks an action up; `INVALID_ACTION` when it does not exist.
+    /// Looks a sync action up; `INVALID_ACTION` when there is none.
     pub fn get(&self, name: &str) -> Result<&Arc<Action>, ClientError> {
         self.by_name.get(name).ok_or_else(|| {
             ClientError::new(ErrorCode::InvalidAction, format!("unknown action {name:?}"))
         })
+    }
+
+    /// Resolves any action, sync or async; `INVALID_ACTION` when unknown.
+    pub fn resolve(&self, name: &str) -> Result<Resolved, ClientError> {
+        if let Some(action) = self.by_name.get(name) {
+            return Ok(Resolved::Sync(action.clone()));
+        }
+        let asyncs = self
+            .asyncs
+            .read()
+            .map_err(|_| ClientError::new(ErrorCode::InternalError, "internal error"))?;
+        asyncs
+            .get(name)
+            .cloned()
+            .map(Resolved::Async)
+            .ok_or_else(|| {
+                ClientError::new(ErrorCode::InvalidAction, format!("unknown action {name:?}"))
+            })
+    }
+
+    /// Adds an async action a processor serves. One already declared (in the
+    /// config file or by another processor) keeps its definition; a sync
+    /// action's name is refused.
+    pub fn register_async(&self, action: AsyncAction) -> Result<(), ActionsError> {
+        if self.by_name.contains_key(&action.name) {
+            return Err(ActionsError::NotAsync(action.name));
+        }
+        if let Ok(mut asyncs) = self.asyncs.write() {
+            asyncs
+                .entry(action.name.clone())
+                .or_insert_with(|| Arc::new(action));
+        }
+        Ok(())
     }
 }
 
@@ -194,6 +340,8 @@ mod tests {
             handler: handler.map(str::to_owned),
             permission: Some("admin".into()),
             schema,
+            lease_timeout_ms: None,
+            max_attempts: None,
         }
     }
 
@@ -235,11 +383,21 @@ mod tests {
             Actions::new(&[declared("a b", Some("echo"), None)]),
             Err(ActionsError::Name(_))
         ));
-        let mut async_action = declared("report", None, None);
+        let mut async_action = declared("echo", None, None);
         async_action.mode = ActionMode::Async;
         assert!(matches!(
             Actions::new(&[async_action]),
-            Err(ActionsError::AsyncUnsupported(_))
+            Err(ActionsError::NotAsync(_))
+        ));
+        let mut report = declared("report", None, Some(json!({"type": "object"})));
+        report.mode = ActionMode::Async;
+        let actions = Actions::new(&[report]).expect("async action");
+        assert!(matches!(actions.resolve("report"), Ok(Resolved::Async(_))));
+        assert!(matches!(actions.resolve("echo"), Ok(Resolved::Sync(_))));
+        let served = AsyncAction::new("whoami", None, None, None, None).expect("compiles");
+        assert!(matches!(
+            actions.register_async(served),
+            Err(ActionsError::NotAsync(_))
         ));
     }
 }

@@ -61,6 +61,8 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     /// Groups (rooms).
     pub groups: GroupsConfig,
+    /// Long-running requests.
+    pub jobs: crate::jobs::JobsConfig,
 }
 
 /// Group (room) settings.
@@ -105,6 +107,8 @@ pub struct StoreConfig {
     pub kind: StoreKind,
     /// Connections table (`STREAMER_CONNECTIONS_TABLE`).
     pub connections_table: String,
+    /// Requests table (`STREAMER_REQUESTS_TABLE`).
+    pub requests_table: String,
     /// Rate-limit table, used when `shared_rate_limits` is on
     /// (`STREAMER_RATE_LIMITS_TABLE`).
     pub rate_limits_table: String,
@@ -238,6 +242,10 @@ pub struct ActionConfig {
     pub permission: Option<String>,
     /// JSON Schema for the payload.
     pub schema: Option<serde_json::Value>,
+    /// Async actions: a lease lasts this long without progress (default 30 s).
+    pub lease_timeout_ms: Option<u64>,
+    /// Async actions: attempts before the request fails (default 3).
+    pub max_attempts: Option<u32>,
 }
 
 /// Log output format.
@@ -274,6 +282,16 @@ struct FileConfig {
     reconcile: FileReconcile,
     #[serde(default)]
     groups: FileGroups,
+    #[serde(default)]
+    jobs: FileJobs,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileJobs {
+    retry_base_ms: Option<u64>,
+    retry_max_ms: Option<u64>,
+    progress_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -289,6 +307,7 @@ struct FileGroups {
 struct FileStore {
     kind: Option<String>,
     connections_table: Option<String>,
+    requests_table: Option<String>,
     rate_limits_table: Option<String>,
     shared_rate_limits: Option<bool>,
     connection_ttl_secs: Option<u64>,
@@ -554,6 +573,10 @@ impl Config {
                 .string("STREAMER_CONNECTIONS_TABLE")
                 .or(file.store.connections_table)
                 .unwrap_or_else(|| "streamer-connections".to_owned()),
+            requests_table: env
+                .string("STREAMER_REQUESTS_TABLE")
+                .or(file.store.requests_table)
+                .unwrap_or_else(|| "streamer-requests".to_owned()),
             rate_limits_table: env
                 .string("STREAMER_RATE_LIMITS_TABLE")
                 .or(file.store.rate_limits_table)
@@ -628,7 +651,27 @@ impl Config {
             ));
         }
 
+        let jobs = crate::jobs::JobsConfig {
+            retry_base: Duration::from_millis(
+                env.parse("STREAMER_RETRY_BASE_MS")?
+                    .or(file.jobs.retry_base_ms)
+                    .unwrap_or(1000),
+            ),
+            retry_max: Duration::from_millis(
+                env.parse("STREAMER_RETRY_MAX_MS")?
+                    .or(file.jobs.retry_max_ms)
+                    .unwrap_or(60_000),
+            ),
+            progress_interval: Duration::from_millis(
+                env.parse("STREAMER_PROGRESS_INTERVAL_MS")?
+                    .or(file.jobs.progress_interval_ms)
+                    .unwrap_or(100),
+            ),
+            ..crate::jobs::JobsConfig::default()
+        };
+
         Ok(Config {
+            jobs,
             groups,
             metrics_addr,
             store,

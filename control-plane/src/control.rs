@@ -11,11 +11,13 @@ use streamer_proto::{
 };
 
 use crate::{
-    actions::{Actions, Builtin},
+    actions::{Actions, AsyncAction, Builtin, Resolved},
     config::LimitsConfig,
+    jobs::Jobs,
     jwt::{self, AuthError, JwtVerifier, grants},
     metrics::{LimitLabel, MessageLabels, OutcomeLabel, ReasonLabel, metrics},
     presence::{Event, Presence},
+    queue::QueueError,
     ratelimit::RateLimits,
     registry::{Connection, Registry, RegistryError, now_ms},
     shared_limit::{SharedCheck, SharedMessageLimiter},
@@ -31,6 +33,36 @@ struct Routed {
     reply: String,
     action: String,
     outcome: &'static str,
+}
+
+/// The `request_id` of a `cancel` / `subscribe` payload.
+fn request_id_of(payload: &Value) -> Result<&str, ClientError> {
+    match payload.get("request_id").and_then(Value::as_str) {
+        Some(id) if ids::valid_request_id(id) => Ok(id),
+        Some(_) => Err(ClientError::validation(
+            "payload.request_id must be 1 to 128 characters",
+        )),
+        None => Err(ClientError::validation("payload.request_id is required")),
+    }
+}
+
+/// A queue failure as the client sees it.
+fn queue_error(err: QueueError) -> ClientError {
+    match err {
+        QueueError::NotFound => ClientError::new(ErrorCode::NotFound, "no such request"),
+        QueueError::Duplicate(existing) => ClientError {
+            details: Some(json!({ "status": existing.status.as_str() })),
+            ..ClientError::new(ErrorCode::DuplicateRequest, "a request with this id exists")
+        },
+        QueueError::Conflict(current) => ClientError {
+            details: Some(json!({ "status": current.status.as_str() })),
+            ..ClientError::validation("the request is not in a state that allows this")
+        },
+        QueueError::Unavailable(detail) => {
+            tracing::warn!(error = %detail, "request queue unavailable");
+            unavailable()
+        }
+    }
 }
 
 /// The `group` of a `join` / `leave` payload.
@@ -164,7 +196,8 @@ pub struct ControlPlane {
     verifier: JwtVerifier,
     limits: RateLimits,
     limits_config: LimitsConfig,
-    actions: Actions,
+    actions: Arc<Actions>,
+    jobs: Arc<Jobs>,
     shared_limiter: Option<Arc<SharedMessageLimiter>>,
     touch_interval_ms: i64,
     presence: Arc<Presence>,
@@ -183,26 +216,40 @@ fn unavailable() -> ClientError {
     )
 }
 
+/// What the control plane is assembled from.
+#[allow(missing_debug_implementations)]
+pub struct Parts {
+    /// The connection registry.
+    pub registry: Arc<dyn Registry>,
+    /// Client token verification.
+    pub verifier: JwtVerifier,
+    /// Message size and rate limits.
+    pub limits: LimitsConfig,
+    /// The action table.
+    pub actions: Arc<Actions>,
+    /// Long-running requests.
+    pub jobs: Arc<Jobs>,
+    /// The message limit shared through DynamoDB, if configured.
+    pub shared_limiter: Option<Arc<SharedMessageLimiter>>,
+    /// Refresh `last_seen` at most this often.
+    pub touch_interval: Duration,
+    /// Group presence.
+    pub presence: Arc<Presence>,
+}
+
 impl ControlPlane {
     /// Assembles the control plane.
-    pub fn new(
-        registry: Arc<dyn Registry>,
-        verifier: JwtVerifier,
-        limits_config: LimitsConfig,
-        actions: Actions,
-        shared_limiter: Option<Arc<SharedMessageLimiter>>,
-        touch_interval: Duration,
-        presence: Arc<Presence>,
-    ) -> Self {
+    pub fn new(parts: Parts) -> Self {
         Self {
-            registry,
-            verifier,
-            limits: RateLimits::new(&limits_config),
-            limits_config,
-            actions,
-            shared_limiter,
-            touch_interval_ms: i64::try_from(touch_interval.as_millis()).unwrap_or(i64::MAX),
-            presence,
+            registry: parts.registry,
+            verifier: parts.verifier,
+            limits: RateLimits::new(&parts.limits),
+            limits_config: parts.limits,
+            actions: parts.actions,
+            jobs: parts.jobs,
+            shared_limiter: parts.shared_limiter,
+            touch_interval_ms: i64::try_from(parts.touch_interval.as_millis()).unwrap_or(i64::MAX),
+            presence: parts.presence,
         }
     }
 
@@ -241,6 +288,68 @@ impl ControlPlane {
     /// The registry.
     pub fn registry(&self) -> &Arc<dyn Registry> {
         &self.registry
+    }
+
+    /// Queues a request for an async action and acknowledges it.
+    async fn queue_request(
+        &self,
+        connection: &Connection,
+        envelope: &Envelope,
+        action: &AsyncAction,
+    ) -> Result<String, ClientError> {
+        if let Some(permission) = &action.permission
+            && !grants(&connection.permissions, permission)
+        {
+            return Err(ClientError::new(
+                ErrorCode::Forbidden,
+                format!("action {:?} needs permission {permission:?}", action.name),
+            ));
+        }
+        action.validate(&envelope.payload)?;
+        let request = crate::queue::Request::queued(
+            &connection.tenant_id,
+            &envelope.request_id,
+            &action.name,
+            envelope.payload.clone(),
+            &connection.user_id,
+            &connection.connection_id,
+            action.max_attempts,
+            action.lease_timeout_ms,
+            self.jobs.now_ms(),
+        );
+        self.jobs.submit(request).await.map_err(queue_error)?;
+        tracing::info!(request_id = %envelope.request_id, action = %action.name, "request queued");
+        Ok(json!({
+            "type": "acknowledgment",
+            "request_id": envelope.request_id,
+            "status": "queued",
+            "message": "request accepted; progress and the result follow",
+        })
+        .to_string())
+    }
+
+    /// A request of the caller's tenant and user (else NOT_FOUND: another
+    /// user's request ids are not revealed).
+    async fn own_request(
+        &self,
+        connection: &Connection,
+        request_id: &str,
+    ) -> Result<crate::queue::Request, ClientError> {
+        match self
+            .jobs
+            .queue()
+            .get(&connection.tenant_id, request_id)
+            .await
+            .map_err(queue_error)?
+        {
+            Some(request) if request.user_id == *connection.user_id => Ok(request),
+            _ => Err(ClientError::new(ErrorCode::NotFound, "no such request")),
+        }
+    }
+
+    /// The long-running request machinery.
+    pub fn jobs(&self) -> &Arc<Jobs> {
+        &self.jobs
     }
 
     /// Presence announcements (and the group settings).
@@ -494,7 +603,7 @@ impl ControlPlane {
         };
         tracing::Span::current().record("request_id", envelope.request_id.as_str());
         // Only declared actions become label values, never client text.
-        let action = if self.actions.get(&envelope.action).is_ok() {
+        let action = if self.actions.resolve(&envelope.action).is_ok() {
             envelope.action.as_str()
         } else {
             UNKNOWN_ACTION_LABEL
@@ -514,7 +623,12 @@ impl ControlPlane {
         connection: &Connection,
         envelope: &Envelope,
     ) -> Result<String, ClientError> {
-        let action = self.actions.get(&envelope.action)?;
+        let action = match self.actions.resolve(&envelope.action)? {
+            Resolved::Sync(action) => action,
+            Resolved::Async(action) => {
+                return self.queue_request(connection, envelope, &action).await;
+            }
+        };
         if let Some(permission) = &action.permission
             && !grants(&connection.permissions, permission)
         {
@@ -526,6 +640,40 @@ impl ControlPlane {
         action.validate(&envelope.payload)?;
         let id = envelope.request_id.as_str();
         Ok(match action.handler {
+            Builtin::Cancel => {
+                let target = request_id_of(&envelope.payload)?;
+                self.own_request(connection, target).await?;
+                let cancelled = match self
+                    .jobs
+                    .cancel(
+                        &connection.tenant_id,
+                        target,
+                        Some(&connection.connection_id),
+                    )
+                    .await
+                {
+                    Ok(cancelled) => cancelled,
+                    Err(QueueError::Conflict(current)) => {
+                        return Err(ClientError {
+                            details: Some(json!({ "status": current.status.as_str() })),
+                            ..ClientError::validation("the request has already finished")
+                        });
+                    }
+                    Err(err) => return Err(queue_error(err)),
+                };
+                client::response_frame(id, &crate::jobs::view(&cancelled))
+            }
+            Builtin::Subscribe => {
+                let target = request_id_of(&envelope.payload)?;
+                self.own_request(connection, target).await?;
+                let request = self
+                    .jobs
+                    .queue()
+                    .subscribe(&connection.tenant_id, target, &connection.connection_id)
+                    .await
+                    .map_err(queue_error)?;
+                client::response_frame(id, &crate::jobs::view(&request))
+            }
             Builtin::Join => {
                 let group = group_of(&envelope.payload)?;
                 let needed = self.presence.config().join_permission_for(group);

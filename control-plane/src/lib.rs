@@ -14,6 +14,8 @@ pub mod dev;
 pub mod error;
 pub mod grpc;
 pub mod grpc_auth;
+pub mod grpc_requests;
+pub mod jobs;
 pub mod jwt;
 pub mod metrics;
 pub mod pagetoken;

@@ -7,7 +7,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 use streamer_proto::v1::{
     admin_service_server::AdminServiceServer, broadcast_service_server::BroadcastServiceServer,
     connection_service_server::ConnectionServiceServer, edge_service_server::EdgeServiceServer,
-    group_service_server::GroupServiceServer,
+    group_service_server::GroupServiceServer, processor_service_server::ProcessorServiceServer,
+    request_service_server::RequestServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -17,10 +18,12 @@ use crate::{
     actions::{Actions, ActionsError},
     broadcast::Broadcaster,
     config::{Config, JwtConfig, ReconcileConfig},
-    control::ControlPlane,
+    control::{ControlPlane, Parts},
     delivery::ManagementApi,
     grpc::{AdminApi, BroadcastApi, ConnectionApi, EdgeApi, GroupApi},
     grpc_auth::{Audience, TokenTable, interceptor},
+    grpc_requests::{ProcessorApi, RequestApi},
+    jobs::Jobs,
     jwt::{JwtVerifier, KeyError},
     pagetoken::PageTokens,
     presence::Presence,
@@ -84,15 +87,24 @@ impl App {
         let api = Arc::new(ManagementApi::new(sdk, config.delivery.clone()));
         let broadcaster = Arc::new(Broadcaster::new(registry.clone(), api.clone()));
         let presence = Arc::new(Presence::new(broadcaster.clone(), config.groups.clone()));
-        let control = Arc::new(ControlPlane::new(
+        let actions = Arc::new(actions);
+        let jobs = Arc::new(Jobs::new(
+            stores.queue,
             registry.clone(),
-            verifier,
-            config.limits.clone(),
-            actions,
-            stores.shared_limiter,
-            config.store.touch_interval,
-            presence.clone(),
+            api.clone(),
+            actions.clone(),
+            config.jobs.clone(),
         ));
+        let control = Arc::new(ControlPlane::new(Parts {
+            registry: registry.clone(),
+            verifier,
+            limits: config.limits.clone(),
+            actions,
+            jobs,
+            shared_limiter: stores.shared_limiter,
+            touch_interval: config.store.touch_interval,
+            presence: presence.clone(),
+        }));
         Ok(Self {
             control,
             reconciler: Arc::new(Reconciler::new(
@@ -136,6 +148,12 @@ impl App {
         health_reporter
             .set_serving::<GroupServiceServer<GroupApi>>()
             .await;
+        health_reporter
+            .set_serving::<RequestServiceServer<RequestApi>>()
+            .await;
+        health_reporter
+            .set_serving::<ProcessorServiceServer<ProcessorApi>>()
+            .await;
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(streamer_proto::FILE_DESCRIPTOR_SET)
@@ -161,6 +179,11 @@ impl App {
             self.reconcile.interval,
             self.reconcile.idle_threshold,
         ));
+        let jobs = self.control.jobs().clone();
+        let processors = ProcessorServiceServer::new(ProcessorApi::new(jobs.clone()));
+        let requests =
+            RequestServiceServer::new(RequestApi::new(jobs.clone(), self.page_tokens.clone()));
+        let sweeper = tokio::spawn(jobs.run_sweeper());
         let groups = GroupServiceServer::new(GroupApi::new(
             self.control.clone(),
             self.page_tokens.clone(),
@@ -221,6 +244,14 @@ impl App {
                 interceptor(tokens.clone(), Audience::Server),
             ))
             .add_service(InterceptedService::new(
+                processors,
+                interceptor(tokens.clone(), Audience::Server),
+            ))
+            .add_service(InterceptedService::new(
+                requests,
+                interceptor(tokens.clone(), Audience::Server),
+            ))
+            .add_service(InterceptedService::new(
                 groups,
                 interceptor(tokens.clone(), Audience::Server),
             ))
@@ -237,6 +268,7 @@ impl App {
         if let Some(presence) = presence {
             presence.abort();
         }
+        sweeper.abort();
         result?;
         tracing::info!("grpc server stopped");
         Ok(())

@@ -21,6 +21,8 @@ pub struct Stores {
     pub registry: Arc<dyn Registry>,
     /// The shared message limiter, when configured.
     pub shared_limiter: Option<Arc<SharedMessageLimiter>>,
+    /// The request queue.
+    pub queue: Arc<dyn crate::queue::RequestQueue>,
     /// Removed connections that were in groups (for presence).
     pub departures: tokio::sync::mpsc::UnboundedReceiver<crate::registry::Connection>,
 }
@@ -57,8 +59,13 @@ pub async fn open(config: &Config) -> Stores {
         idle: config.store.connection_ttl,
         max_age: config.store.connection_ttl,
     };
-    let (backend, shared_limiter): (Arc<dyn Registry>, _) = match config.store.kind {
-        StoreKind::Memory => (Arc::new(MemoryRegistry::with_ttl(ttl)), None),
+    type Queue = Arc<dyn crate::queue::RequestQueue>;
+    let (backend, shared_limiter, queue): (Arc<dyn Registry>, _, Queue) = match config.store.kind {
+        StoreKind::Memory => (
+            Arc::new(MemoryRegistry::with_ttl(ttl)),
+            None,
+            Arc::new(crate::queue::memory::MemoryQueue::new()),
+        ),
         StoreKind::DynamoDb => {
             let client = dynamodb_client().await;
             let shared_limiter = config.store.shared_rate_limits.then(|| {
@@ -68,6 +75,10 @@ pub async fn open(config: &Config) -> Stores {
                     &config.limits,
                 ))
             });
+            let queue = Arc::new(crate::queue::dynamo::DynamoQueue::new(
+                client.clone(),
+                &config.store.requests_table,
+            ));
             (
                 Arc::new(DynamoRegistry::new(
                     client,
@@ -75,6 +86,7 @@ pub async fn open(config: &Config) -> Stores {
                     ttl,
                 )),
                 shared_limiter,
+                queue,
             )
         }
     };
@@ -82,6 +94,7 @@ pub async fn open(config: &Config) -> Stores {
     Stores {
         registry: Arc::new(Instrumented::new(backend).with_departures(departures_tx)),
         shared_limiter,
+        queue,
         departures,
     }
 }
@@ -91,9 +104,11 @@ pub async fn open(config: &Config) -> Stores {
 pub async fn create_tables(config: &Config) -> Result<Vec<String>, RegistryError> {
     let client = dynamodb_client().await;
     crate::registry::dynamo::create_table(&client, &config.store.connections_table).await?;
+    crate::queue::dynamo::create_table(&client, &config.store.requests_table).await?;
     crate::shared_limit::create_table(&client, &config.store.rate_limits_table).await?;
     Ok(vec![
         config.store.connections_table.clone(),
+        config.store.requests_table.clone(),
         config.store.rate_limits_table.clone(),
     ])
 }
