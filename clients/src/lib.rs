@@ -17,6 +17,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod processor;
+
 use futures_util::{Stream, stream};
 use serde::Serialize;
 use streamer_proto::{

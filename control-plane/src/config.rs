@@ -63,6 +63,11 @@ pub struct Config {
     pub groups: GroupsConfig,
     /// Long-running requests.
     pub jobs: crate::jobs::JobsConfig,
+    /// `dev`'s built-in demo processor (`echo_async`, `generate_report`):
+    /// on unless `STREAMER_DEMO_PROCESSOR=false`.
+    pub demo_processor: bool,
+    /// How long a demo request takes (`STREAMER_DEMO_DURATION_MS`).
+    pub demo_duration: Duration,
 }
 
 /// Group (room) settings.
@@ -671,6 +676,10 @@ impl Config {
         };
 
         Ok(Config {
+            demo_processor: env.parse("STREAMER_DEMO_PROCESSOR")?.unwrap_or(true),
+            demo_duration: Duration::from_millis(
+                env.parse("STREAMER_DEMO_DURATION_MS")?.unwrap_or(3000),
+            ),
             jobs,
             groups,
             metrics_addr,

@@ -150,7 +150,15 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
     let grpc_task = tokio::spawn(app.serve(grpc_listener, stopped(stop_rx.clone())));
     let gateway_task = tokio::spawn(gateway.serve(gateway_listener, stopped(stop_rx.clone())));
     if let Some(listener) = metrics_listener {
-        tokio::spawn(crate::metrics::serve(listener, stopped(stop_rx)));
+        tokio::spawn(crate::metrics::serve(listener, stopped(stop_rx.clone())));
+    }
+    if config.demo_processor {
+        let demo = crate::demo::processor(
+            &format!("http://{grpc_addr}"),
+            &admin_token,
+            config.demo_duration,
+        );
+        tokio::spawn(demo.run(stopped(stop_rx)));
     }
     Ok(DevStack {
         ready: Ready {

@@ -33,6 +33,7 @@ use tokio::{
 use crate::{
     actions::Actions,
     delivery::{ManagementApi, Outcome},
+    metrics::{OutcomeLabel, metrics},
     queue::{Failure, ProgressState, QueueError, Request, RequestQueue, Status},
     registry::Registry,
 };
@@ -161,6 +162,13 @@ impl Throttle {
     pub fn flush(&mut self) -> Option<String> {
         self.pending.take()
     }
+}
+
+fn count(outcome: &'static str) {
+    metrics()
+        .requests
+        .get_or_create(&OutcomeLabel { outcome })
+        .inc();
 }
 
 /// A `progress` frame.
@@ -359,6 +367,7 @@ impl Jobs {
     /// Accepts a request and wakes idle processors.
     pub async fn submit(&self, request: Request) -> Result<(), QueueError> {
         self.queue.create(request).await?;
+        count("accepted");
         self.work_available.notify_waiters();
         Ok(())
     }
@@ -380,6 +389,7 @@ impl Jobs {
             .queue
             .cancel(tenant_id, request_id, self.now_ms())
             .await?;
+        count("cancelled");
         if let Some(owner) = before.lease_owner.as_deref()
             && let Some(session) = self.sessions.get(owner).map(|s| s.clone())
         {
@@ -431,6 +441,7 @@ impl Jobs {
             tx,
         });
         self.sessions.insert(session.id.clone(), session.clone());
+        metrics().processors.inc();
         tracing::info!(session = %session.id, name, actions = ?session.actions, "processor connected");
         session
     }
@@ -536,6 +547,7 @@ impl Jobs {
             .await;
         session.release(tenant_id, request_id);
         let request = done?;
+        count("completed");
         tracing::info!(tenant_id, request_id, "request completed");
         let frame = complete_frame(request_id, request.result.as_ref().unwrap_or(&Value::Null));
         self.relay(
@@ -615,6 +627,7 @@ impl Jobs {
             .await
         {
             Ok(updated) if updated.status == Status::Failed => {
+                count("failed");
                 tracing::info!(tenant_id = %updated.tenant_id, request_id = %updated.request_id, attempts = updated.attempts, "request failed");
                 self.relay(
                     &updated,
@@ -625,6 +638,7 @@ impl Jobs {
                 );
             }
             Ok(updated) => {
+                count("retried");
                 tracing::info!(tenant_id = %updated.tenant_id, request_id = %updated.request_id, attempts = updated.attempts, retry_at = updated.not_before_ms, "request queued for another attempt");
             }
             // Cancelled or finished meanwhile: nothing to do.
@@ -638,7 +652,9 @@ impl Jobs {
     pub async fn close_session(&self, session: &Arc<Session>) {
         session.closed.store(true, Ordering::SeqCst);
         session.changed.notify_one();
-        self.sessions.remove(&session.id);
+        if self.sessions.remove(&session.id).is_some() {
+            metrics().processors.dec();
+        }
         let held: Vec<(String, String)> = session
             .leases
             .lock()
@@ -851,6 +867,97 @@ mod tests {
                 );
             }
         }
+    }
+
+    async fn next_lease(rx: &mut mpsc::Receiver<v1::WorkResponse>) -> v1::Lease {
+        match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+            Ok(Some(v1::WorkResponse {
+                message: Some(v1::work_response::Message::Lease(lease)),
+            })) => lease,
+            other => panic!("expected a lease, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_leases_are_retried_after_a_backoff_then_fail() {
+        use crate::{
+            actions::AsyncAction, config::DeliveryConfig, queue::memory::MemoryQueue,
+            registry::memory::MemoryRegistry,
+        };
+        let queue: Arc<dyn RequestQueue> = Arc::new(MemoryQueue::new());
+        let api = Arc::new(ManagementApi::new(
+            crate::delivery::local_sdk_config().await,
+            DeliveryConfig {
+                concurrency: 1,
+                max_attempts: 1,
+                base_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(1),
+                call_timeout: Duration::from_millis(100),
+            },
+        ));
+        let actions = Arc::new(Actions::new(&[]).expect("actions"));
+        actions
+            .register_async(
+                AsyncAction::new("work", None, None, Some(1_000), Some(2)).expect("action"),
+            )
+            .expect("register");
+        let config = JobsConfig {
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(2),
+            ..JobsConfig::default()
+        };
+        let jobs = Arc::new(Jobs::new(
+            queue.clone(),
+            Arc::new(MemoryRegistry::new()),
+            api,
+            actions,
+            config,
+        ));
+        let request = Request::queued(
+            "t",
+            "r1",
+            "work",
+            json!({}),
+            "u",
+            "c1",
+            2,
+            1_000,
+            jobs.now_ms(),
+        );
+        jobs.submit(request).await.expect("submit");
+        let (tx, mut rx) = mpsc::channel(8);
+        let session = jobs.open_session("test", vec!["work".into()], None, 1, tx);
+        tokio::spawn(jobs.clone().dispatch(session.clone()));
+
+        assert_eq!(next_lease(&mut rx).await.attempt, 1);
+        // The processor goes silent: no progress renews the lease.
+        tokio::time::advance(Duration::from_millis(999)).await;
+        jobs.sweep_expired_leases().await;
+        assert_eq!(
+            queue.get("t", "r1").await.expect("get").expect("r").status,
+            Status::Running,
+            "not expired yet"
+        );
+        tokio::time::advance(Duration::from_millis(2)).await;
+        jobs.sweep_expired_leases().await;
+        let requeued = queue.get("t", "r1").await.expect("get").expect("r");
+        assert_eq!((requeued.status, requeued.attempts), (Status::Queued, 1));
+        let wait = requeued.not_before_ms - jobs.now_ms();
+        assert!(
+            (1_000..=2_000).contains(&wait),
+            "backoff with jitter: {wait} ms"
+        );
+        // Leased again only after the backoff.
+        assert_eq!(next_lease(&mut rx).await.attempt, 2);
+        assert!(jobs.now_ms() >= requeued.not_before_ms);
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        jobs.sweep_expired_leases().await;
+        let failed = queue.get("t", "r1").await.expect("get").expect("r");
+        assert_eq!(failed.status, Status::Failed);
+        assert_eq!(
+            failed.error.map(|e| e.code).as_deref(),
+            Some("PROCESSING_FAILED")
+        );
     }
 
     #[tokio::test(start_paused = true)]

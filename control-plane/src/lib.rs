@@ -10,6 +10,7 @@ pub mod broadcast;
 pub mod config;
 pub mod control;
 pub mod delivery;
+pub mod demo;
 pub mod dev;
 pub mod error;
 pub mod grpc;

@@ -107,6 +107,10 @@ pub struct Metrics {
     pub store_errors: Family<OperationLabel, Counter>,
     /// `streamer_reconcile_removed_total`
     pub reconcile_removed: Counter,
+    /// `streamer_requests_total{outcome}`: accepted, completed, failed, cancelled, retried
+    pub requests: Family<OutcomeLabel, Counter>,
+    /// `streamer_processors`: connected processor sessions
+    pub processors: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -132,6 +136,8 @@ impl Metrics {
             store_duration: Family::new_with_constructor(LatencyBuckets),
             store_errors: Family::default(),
             reconcile_removed: Counter::default(),
+            requests: Family::default(),
+            processors: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -193,6 +199,16 @@ impl Metrics {
             "streamer_reconcile_removed",
             "Stale connection rows removed by the reconcile job",
             m.reconcile_removed.clone(),
+        );
+        registry.register(
+            "streamer_requests",
+            "Long-running requests by outcome (accepted, completed, failed, cancelled, retried)",
+            m.requests.clone(),
+        );
+        registry.register(
+            "streamer_processors",
+            "Connected processor sessions",
+            m.processors.clone(),
         );
         Metrics { registry, ..m }
     }

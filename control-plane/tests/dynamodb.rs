@@ -277,6 +277,7 @@ async fn tables_create(table: &str, limits_table: &str) {
         .env_clear()
         .envs(aws_env())
         .env("STREAMER_CONNECTIONS_TABLE", table)
+        .env("STREAMER_REQUESTS_TABLE", format!("{table}-requests"))
         .env("STREAMER_RATE_LIMITS_TABLE", limits_table)
         .output()
         .await
@@ -291,7 +292,9 @@ async fn tables_create(table: &str, limits_table: &str) {
 
 async fn dynamo_dev(table: &str, extra: &[(&str, &str)]) -> Dev {
     let env = aws_env();
+    let requests = format!("{table}-requests");
     let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    vars.push(("STREAMER_REQUESTS_TABLE", &requests));
     vars.push(("STREAMER_STORE", "dynamodb"));
     vars.push(("STREAMER_CONNECTIONS_TABLE", table));
     vars.extend_from_slice(extra);
@@ -564,4 +567,94 @@ async fn request_queue_conformance_on_dynamodb() {
         .expect("create again");
     let queue = streamer_control_plane::queue::dynamo::DynamoQueue::new(client(), &table);
     streamer_control_plane::queue::conformance::run_all(&queue, "").await;
+}
+
+#[tokio::test]
+async fn a_control_plane_restart_on_dynamodb_loses_no_accepted_request() {
+    use streamer_client::processor::{ActionSpec, Processor};
+    let table = unique("restart");
+    tables_create(&table, &unique("restart-limits")).await;
+    let no_demo = [("STREAMER_DEMO_PROCESSOR", "false")];
+    let mut first = dynamo_dev(&table, &no_demo).await;
+    let mut ws = first.connect(&token("alice", "acme", &[])).await;
+    // Accepted while no processor is connected at all.
+    send(
+        &mut ws,
+        r#"{"request_id":"keep-me","action":"durable_job","payload":{"n":7}}"#,
+    )
+    .await;
+    let ack = recv(&mut ws).await;
+    assert_eq!(
+        (ack["type"].clone(), ack["status"].clone()),
+        (json!("acknowledgment"), json!("queued")),
+        "{ack}"
+    );
+    let pid = first.child.id().expect("pid");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let exit = tokio::time::timeout(DEADLINE, first.child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert!(exit.success());
+
+    let second = dynamo_dev(&table, &no_demo).await;
+    let processor = Processor::new(&format!("http://{}", second.grpc), ADMIN_TOKEN).handle(
+        ActionSpec::new("durable_job"),
+        |job, _progress| async move {
+            Ok(json!({ "doubled": job.payload["n"].as_i64().unwrap_or(0) * 2 }))
+        },
+    );
+    let _task = tokio::spawn(processor.run(std::future::pending()));
+    let mut requests =
+        streamer_proto::v1::request_service_client::RequestServiceClient::with_interceptor(
+            second.grpc_channel(),
+            streamer_proto::auth::BearerToken::new(ADMIN_TOKEN).expect("token"),
+        );
+    eventually("the request accepted before the restart completes", || {
+        let mut requests = requests.clone();
+        async move {
+            requests
+                .get_request(v1::GetRequestRequest {
+                    tenant_id: "acme".into(),
+                    request_id: "keep-me".into(),
+                })
+                .await
+                .is_ok_and(|r| {
+                    r.into_inner()
+                        .request
+                        .is_some_and(|r| r.status == v1::RequestStatus::Completed as i32)
+                })
+        }
+    })
+    .await;
+    let stored = requests
+        .get_request(v1::GetRequestRequest {
+            tenant_id: "acme".into(),
+            request_id: "keep-me".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .request
+        .expect("request");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stored.result_json).expect("json"),
+        json!({"doubled": 14})
+    );
+    // The client, reconnected to the new instance, reads the result.
+    let mut again = second.connect(&token("alice", "acme", &[])).await;
+    send(
+        &mut again,
+        r#"{"id":"s","action":"subscribe","payload":{"request_id":"keep-me"}}"#,
+    )
+    .await;
+    let state = recv(&mut again).await;
+    assert_eq!(state["data"]["status"], "completed");
+    assert_eq!(state["data"]["result"], json!({"doubled": 14}));
 }

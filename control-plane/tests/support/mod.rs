@@ -75,6 +75,13 @@ mode = "sync"
 handler = "echo"
 schema = { type = "object", required = ["name"], properties = { name = { type = "string", maxLength = 20 } } }
 
+[[actions]]
+name = "durable_job"
+mode = "async"
+max_attempts = 2
+lease_timeout_ms = 5000
+schema = { type = "object", required = ["n"] }
+
 [[tokens.services]]
 name = "acme-billing"
 token = "test-service-a-token-0123456789"
