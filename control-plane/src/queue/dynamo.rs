@@ -1,8 +1,9 @@
 //! The request queue on DynamoDB (`STREAMER_REQUESTS_TABLE`).
 //!
 //! One item per request, key `pk` = `tenant#request_id` (tenant ids never
-//! contain `#`, so ids are scoped to their tenant). Three GSIs, two of them
-//! sparse: `by-tenant` (`tenant_id`, `request_id`) for listing;
+//! contain `#`, so ids are scoped to their tenant). Four GSIs, two of them
+//! sparse: `by-tenant` (`tenant_id`, `request_id`) and `by-tenant-status`
+//! (`tenant_status` = `tenant#status`, `request_id`) for listing;
 //! `by-queue` (`queue_key` = the action, `ready_at`) holding only queued
 //! requests, in the order they may be leased; `by-lease` (`lease_key`,
 //! `lease_expires`) holding only running ones, for expired leases. Every
@@ -29,6 +30,8 @@ use crate::registry::{RegistryError, dynamo as registry_dynamo};
 
 /// Listing index.
 pub const TENANT_INDEX: &str = "by-tenant";
+/// Listing of one status.
+pub const STATUS_INDEX: &str = "by-tenant-status";
 /// Queued requests by action and readiness.
 pub const QUEUE_INDEX: &str = "by-queue";
 /// Running requests by lease expiry.
@@ -44,6 +47,10 @@ fn s(v: &str) -> AttributeValue {
 
 fn n(v: i64) -> AttributeValue {
     AttributeValue::N(v.to_string())
+}
+
+fn tenant_status(tenant_id: &str, status: Status) -> String {
+    format!("{tenant_id}#{}", status.as_str())
 }
 
 fn pk(tenant_id: &str, request_id: &str) -> String {
@@ -77,6 +84,10 @@ fn to_item(r: &Request) -> Item {
         ("payload".to_owned(), s(&r.payload.to_string())),
         ("user_id".to_owned(), s(&r.user_id)),
         ("status".to_owned(), s(r.status.as_str())),
+        (
+            "tenant_status".to_owned(),
+            s(&tenant_status(&r.tenant_id, r.status)),
+        ),
         ("attempts".to_owned(), n(i64::from(r.attempts))),
         ("max_attempts".to_owned(), n(i64::from(r.max_attempts))),
         (
@@ -183,12 +194,14 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), RegistryEr
         .attribute_definitions(attr("pk", ScalarAttributeType::S)?)
         .attribute_definitions(attr("tenant_id", ScalarAttributeType::S)?)
         .attribute_definitions(attr("request_id", ScalarAttributeType::S)?)
+        .attribute_definitions(attr("tenant_status", ScalarAttributeType::S)?)
         .attribute_definitions(attr("queue_key", ScalarAttributeType::S)?)
         .attribute_definitions(attr("ready_at", ScalarAttributeType::N)?)
         .attribute_definitions(attr("lease_key", ScalarAttributeType::S)?)
         .attribute_definitions(attr("lease_expires", ScalarAttributeType::N)?)
         .key_schema(key("pk", KeyType::Hash)?)
         .global_secondary_indexes(index(TENANT_INDEX, "tenant_id", "request_id")?)
+        .global_secondary_indexes(index(STATUS_INDEX, "tenant_status", "request_id")?)
         .global_secondary_indexes(index(QUEUE_INDEX, "queue_key", "ready_at")?)
         .global_secondary_indexes(index(LEASE_INDEX, "lease_key", "lease_expires")?)
         .send()
@@ -322,26 +335,30 @@ impl RequestQueue for DynamoQueue {
         let mut found = Vec::new();
         let mut start: Option<Item> = None;
         loop {
+            // One status: its own index; all: the tenant index.
+            let (index, key, value) = match status {
+                Some(status) => (
+                    STATUS_INDEX,
+                    "tenant_status",
+                    tenant_status(tenant_id, status),
+                ),
+                None => (TENANT_INDEX, "tenant_id", tenant_id.to_owned()),
+            };
             let mut query = self
                 .client
                 .query()
                 .table_name(&*self.table)
-                .index_name(TENANT_INDEX)
-                .expression_attribute_values(":t", s(tenant_id))
+                .index_name(index)
+                .expression_attribute_names("#pk", key)
+                .expression_attribute_values(":t", s(&value))
                 .limit(i32::try_from(limit - found.len()).unwrap_or(i32::MAX))
                 .set_exclusive_start_key(start.take());
             query = match after {
                 Some(after) => query
-                    .key_condition_expression("tenant_id = :t AND request_id > :after")
+                    .key_condition_expression("#pk = :t AND request_id > :after")
                     .expression_attribute_values(":after", s(after)),
-                None => query.key_condition_expression("tenant_id = :t"),
+                None => query.key_condition_expression("#pk = :t"),
             };
-            if let Some(status) = status {
-                query = query
-                    .filter_expression("#status = :s")
-                    .expression_attribute_names("#status", "status")
-                    .expression_attribute_values(":s", s(status.as_str()));
-            }
             let out = query.send().await.map_err(unavailable)?;
             found.extend(out.items().iter().filter_map(from_item));
             match out.last_evaluated_key() {
@@ -388,12 +405,13 @@ impl RequestQueue for DynamoQueue {
             let update = self
                 .update(&candidate.tenant_id, &candidate.request_id)
                 .update_expression(
-                    "SET #status = :running, lease_owner = :o, lease_expires = :le, lease_key = :lk, \
+                    "SET #status = :running, tenant_status = :ts, lease_owner = :o, lease_expires = :le, lease_key = :lk, \
                      attempts = attempts + :one, updated = :now REMOVE queue_key, ready_at",
                 )
                 .condition_expression("#status = :queued AND ready_at <= :now")
                 .expression_attribute_values(":running", s(Status::Running.as_str()))
                 .expression_attribute_values(":queued", s(Status::Queued.as_str()))
+                .expression_attribute_values(":ts", s(&tenant_status(&candidate.tenant_id, Status::Running)))
                 .expression_attribute_values(":o", s(owner))
                 .expression_attribute_values(":le", n(lease_until))
                 .expression_attribute_values(":lk", s("running"))
@@ -450,11 +468,12 @@ impl RequestQueue for DynamoQueue {
         let update = self
             .update(tenant_id, request_id)
             .update_expression(
-                "SET #status = :done, #result = :r, updated = :now, expires_at = :ttl REMOVE lease_owner, lease_key",
+                "SET #status = :done, tenant_status = :ts, #result = :r, updated = :now, expires_at = :ttl REMOVE lease_owner, lease_key",
             )
             .condition_expression("#status = :running AND lease_owner = :o")
             .expression_attribute_names("#result", "result")
             .expression_attribute_values(":done", s(Status::Completed.as_str()))
+            .expression_attribute_values(":ts", s(&tenant_status(tenant_id, Status::Completed)))
             .expression_attribute_values(":r", s(&result.to_string()))
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":ttl", finished_ttl(now_ms))
@@ -480,19 +499,21 @@ impl RequestQueue for DynamoQueue {
                 let current = self.get(tenant_id, request_id).await?.ok_or(QueueError::NotFound)?;
                 update
                     .update_expression(
-                        "SET #status = :queued, not_before = :at, queue_key = :a, ready_at = :at, updated = :now \
+                        "SET #status = :queued, tenant_status = :ts, not_before = :at, queue_key = :a, ready_at = :at, updated = :now \
                          REMOVE lease_owner, lease_key",
                     )
                     .expression_attribute_values(":queued", s(Status::Queued.as_str()))
+                    .expression_attribute_values(":ts", s(&tenant_status(tenant_id, Status::Queued)))
                     .expression_attribute_values(":at", n(at))
                     .expression_attribute_values(":a", s(&current.action))
             }
             None => update
                 .update_expression(
-                    "SET #status = :failed, error_code = :c, error_message = :m, updated = :now, expires_at = :ttl \
+                    "SET #status = :failed, tenant_status = :ts, error_code = :c, error_message = :m, updated = :now, expires_at = :ttl \
                      REMOVE lease_owner, lease_key",
                 )
                 .expression_attribute_values(":failed", s(Status::Failed.as_str()))
+                .expression_attribute_values(":ts", s(&tenant_status(tenant_id, Status::Failed)))
                 .expression_attribute_values(":c", s(&failure.code))
                 .expression_attribute_values(":m", s(&failure.message))
                 .expression_attribute_values(":ttl", finished_ttl(now_ms)),
@@ -516,11 +537,12 @@ impl RequestQueue for DynamoQueue {
         let update = self
             .update(tenant_id, request_id)
             .update_expression(
-                "SET #status = :cancelled, error_code = :c, error_message = :m, updated = :now, expires_at = :ttl \
+                "SET #status = :cancelled, tenant_status = :ts, error_code = :c, error_message = :m, updated = :now, expires_at = :ttl \
                  REMOVE lease_owner, lease_key, queue_key, ready_at",
             )
             .condition_expression("#status = :queued OR #status = :running")
             .expression_attribute_values(":cancelled", s(Status::Cancelled.as_str()))
+            .expression_attribute_values(":ts", s(&tenant_status(tenant_id, Status::Cancelled)))
             .expression_attribute_values(":queued", s(Status::Queued.as_str()))
             .expression_attribute_values(":running", s(Status::Running.as_str()))
             .expression_attribute_values(":c", s("CANCELLED"))
