@@ -19,6 +19,8 @@
 
 pub mod processor;
 
+use std::future::Future;
+
 use futures_util::{Stream, stream};
 use serde::Serialize;
 use streamer_proto::{
@@ -26,6 +28,7 @@ use streamer_proto::{
     v1::{
         self, broadcast_service_client::BroadcastServiceClient,
         connection_service_client::ConnectionServiceClient,
+        group_service_client::GroupServiceClient, request_service_client::RequestServiceClient,
     },
 };
 use tonic::{
@@ -34,7 +37,7 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-pub use streamer_proto::v1::{Connection, DeliveryReport};
+pub use streamer_proto::v1::{Connection, DeliveryReport, Request as RequestInfo, RequestStatus};
 
 /// Everything a call can fail with; server errors keep their gRPC code.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,9 @@ type Authed = InterceptedService<Channel, Auth>;
 pub struct Client {
     connections: ConnectionServiceClient<Authed>,
     broadcast: BroadcastServiceClient<Authed>,
+    groups: GroupServiceClient<Authed>,
+    requests: RequestServiceClient<Authed>,
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
     channel: Channel,
 }
 
@@ -119,7 +125,10 @@ impl Client {
     fn from_channel(channel: Channel, auth: Auth) -> Self {
         Self {
             connections: ConnectionServiceClient::with_interceptor(channel.clone(), auth.clone()),
-            broadcast: BroadcastServiceClient::with_interceptor(channel.clone(), auth),
+            broadcast: BroadcastServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            groups: GroupServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            requests: RequestServiceClient::with_interceptor(channel.clone(), auth),
+            health: tonic_health::pb::health_client::HealthClient::new(channel.clone()),
             channel,
         }
     }
@@ -181,41 +190,200 @@ impl Client {
         tenant_id: &str,
         user_id: Option<&str>,
     ) -> impl Stream<Item = Result<Connection, Error>> + use<> {
-        struct State {
-            client: ConnectionServiceClient<Authed>,
-            request: v1::ListConnectionsRequest,
-            buffer: std::vec::IntoIter<Connection>,
-            done: bool,
-        }
-        let state = State {
-            client: self.connections.clone(),
-            request: v1::ListConnectionsRequest {
-                tenant_id: tenant_id.to_owned(),
-                user_id: user_id.unwrap_or_default().to_owned(),
-                page_size: 500,
-                page_token: String::new(),
-            },
-            buffer: Vec::new().into_iter(),
-            done: false,
+        let client = self.connections.clone();
+        let first = v1::ListConnectionsRequest {
+            tenant_id: tenant_id.to_owned(),
+            user_id: user_id.unwrap_or_default().to_owned(),
+            page_size: 500,
+            page_token: String::new(),
         };
-        stream::try_unfold(state, |mut state| async move {
-            loop {
-                if let Some(connection) = state.buffer.next() {
-                    return Ok(Some((connection, state)));
+        paged(
+            first,
+            move |request| {
+                let mut client = client.clone();
+                async move {
+                    let page = client.list_connections(request).await?.into_inner();
+                    Ok((page.connections, page.next_page_token))
                 }
-                if state.done {
-                    return Ok(None);
+            },
+            |request, token| request.page_token = token,
+        )
+    }
+
+    /// Whether the control plane reports itself serving.
+    pub async fn health(&self) -> Result<bool, Error> {
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        let status = self
+            .health
+            .clone()
+            .check(request)
+            .await?
+            .into_inner()
+            .status;
+        Ok(status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+    }
+
+    /// One long-running request.
+    pub async fn request(&self, tenant_id: &str, request_id: &str) -> Result<RequestInfo, Error> {
+        let request = v1::GetRequestRequest {
+            tenant_id: tenant_id.to_owned(),
+            request_id: request_id.to_owned(),
+        };
+        self.requests
+            .clone()
+            .get_request(request)
+            .await?
+            .into_inner()
+            .request
+            .ok_or_else(|| Error::Status {
+                code: tonic::Code::Internal,
+                message: "server sent no request".into(),
+            })
+    }
+
+    /// A tenant's long-running requests (of one status, if given), page by page.
+    pub fn list_requests(
+        &self,
+        tenant_id: &str,
+        status: Option<RequestStatus>,
+    ) -> impl Stream<Item = Result<RequestInfo, Error>> + use<> {
+        let client = self.requests.clone();
+        let first = v1::ListRequestsRequest {
+            tenant_id: tenant_id.to_owned(),
+            status: status.unwrap_or(RequestStatus::Unspecified) as i32,
+            page_size: 500,
+            page_token: String::new(),
+        };
+        paged(
+            first,
+            move |request| {
+                let mut client = client.clone();
+                async move {
+                    let page = client.list_requests(request).await?.into_inner();
+                    Ok((page.requests, page.next_page_token))
                 }
-                let page = state
-                    .client
-                    .list_connections(state.request.clone())
-                    .await?
-                    .into_inner();
-                state.done = page.next_page_token.is_empty();
-                state.request.page_token = page.next_page_token;
-                state.buffer = page.connections.into_iter();
-            }
-        })
+            },
+            |request, token| request.page_token = token,
+        )
+    }
+
+    /// Cancels a queued or running request.
+    pub async fn cancel_request(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+    ) -> Result<RequestInfo, Error> {
+        let request = v1::CancelRequestRequest {
+            tenant_id: tenant_id.to_owned(),
+            request_id: request_id.to_owned(),
+        };
+        self.requests
+            .clone()
+            .cancel_request(request)
+            .await?
+            .into_inner()
+            .request
+            .ok_or_else(|| Error::Status {
+                code: tonic::Code::Internal,
+                message: "server sent no request".into(),
+            })
+    }
+
+    /// Adds a connection (or every connection of a user) to a group;
+    /// returns how many joined.
+    pub async fn group_add(
+        &self,
+        tenant_id: &str,
+        group: &str,
+        member: Member<'_>,
+    ) -> Result<u32, Error> {
+        let request = v1::AddToGroupRequest {
+            tenant_id: tenant_id.to_owned(),
+            group: group.to_owned(),
+            member: Some(match member {
+                Member::Connection(id) => {
+                    v1::add_to_group_request::Member::ConnectionId(id.to_owned())
+                }
+                Member::User(id) => v1::add_to_group_request::Member::UserId(id.to_owned()),
+            }),
+        };
+        Ok(self
+            .groups
+            .clone()
+            .add_to_group(request)
+            .await?
+            .into_inner()
+            .added)
+    }
+
+    /// Removes a connection (or every connection of a user) from a group;
+    /// returns how many left.
+    pub async fn group_remove(
+        &self,
+        tenant_id: &str,
+        group: &str,
+        member: Member<'_>,
+    ) -> Result<u32, Error> {
+        let request = v1::RemoveFromGroupRequest {
+            tenant_id: tenant_id.to_owned(),
+            group: group.to_owned(),
+            member: Some(match member {
+                Member::Connection(id) => {
+                    v1::remove_from_group_request::Member::ConnectionId(id.to_owned())
+                }
+                Member::User(id) => v1::remove_from_group_request::Member::UserId(id.to_owned()),
+            }),
+        };
+        Ok(self
+            .groups
+            .clone()
+            .remove_from_group(request)
+            .await?
+            .into_inner()
+            .removed)
+    }
+
+    /// How many members a group has.
+    pub async fn group_count(&self, tenant_id: &str, group: &str) -> Result<u64, Error> {
+        let request = v1::CountGroupMembersRequest {
+            tenant_id: tenant_id.to_owned(),
+            group: group.to_owned(),
+        };
+        Ok(self
+            .groups
+            .clone()
+            .count_group_members(request)
+            .await?
+            .into_inner()
+            .count)
+    }
+
+    /// A group's members, page by page.
+    pub fn group_members(
+        &self,
+        tenant_id: &str,
+        group: &str,
+    ) -> impl Stream<Item = Result<Connection, Error>> + use<> {
+        let client = self.groups.clone();
+        let first = v1::ListGroupMembersRequest {
+            tenant_id: tenant_id.to_owned(),
+            group: group.to_owned(),
+            page_size: 500,
+            page_token: String::new(),
+        };
+        paged(
+            first,
+            move |request| {
+                let mut client = client.clone();
+                async move {
+                    let page = client.list_group_members(request).await?.into_inner();
+                    Ok((page.connections, page.next_page_token))
+                }
+            },
+            |request, token| request.page_token = token,
+        )
     }
 
     /// Closes a connection at the gateway and forgets it; `false` when the
@@ -234,6 +402,53 @@ impl Client {
     }
 }
 
+/// Who a group change is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Member<'a> {
+    /// One connection.
+    Connection(&'a str),
+    /// Every connection of a user.
+    User(&'a str),
+}
+
+/// Pages through a list RPC lazily: `fetch` returns a page and the next
+/// token; `set_token` puts the token into the next request.
+fn paged<Req, Item, F, Fut>(
+    first: Req,
+    fetch: F,
+    set_token: fn(&mut Req, String),
+) -> impl Stream<Item = Result<Item, Error>>
+where
+    Req: Clone,
+    F: Fn(Req) -> Fut,
+    Fut: Future<Output = Result<(Vec<Item>, String), Error>>,
+{
+    struct State<Req, Item> {
+        request: Req,
+        buffer: std::vec::IntoIter<Item>,
+        done: bool,
+    }
+    let state = State {
+        request: first,
+        buffer: Vec::new().into_iter(),
+        done: false,
+    };
+    stream::try_unfold((state, fetch), move |(mut state, fetch)| async move {
+        loop {
+            if let Some(item) = state.buffer.next() {
+                return Ok(Some((item, (state, fetch))));
+            }
+            if state.done {
+                return Ok(None);
+            }
+            let (items, next) = fetch(state.request.clone()).await?;
+            state.done = next.is_empty();
+            set_token(&mut state.request, next);
+            state.buffer = items.into_iter();
+        }
+    })
+}
+
 /// A broadcast being built.
 #[derive(Debug)]
 pub struct Send<'a> {
@@ -242,6 +457,15 @@ pub struct Send<'a> {
 }
 
 impl Send<'_> {
+    /// Every member of a group.
+    pub fn to_group(mut self, tenant_id: &str, group: &str) -> Self {
+        self.request.target = Some(v1::send_request::Target::Group(v1::GroupTarget {
+            tenant_id: tenant_id.to_owned(),
+            group: group.to_owned(),
+        }));
+        self
+    }
+
     /// Every connection of `tenant_id`.
     pub fn to_tenant(mut self, tenant_id: &str) -> Self {
         self.request.target = Some(v1::send_request::Target::TenantId(tenant_id.to_owned()));
