@@ -13,6 +13,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
 command -v python3 >/dev/null || die "python3 is needed for the test tools (moto, cfn-lint, grpcurl)"
+command -v npm >/dev/null || die "node and npm (Node 20+) are needed for the TypeScript client's tests"
 
 step "test tools (.build/venv)"
 venv=$root/.build/venv
@@ -63,3 +64,13 @@ step "cargo test"
 # gateway binaries that sit beside it.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+
+step "TypeScript client (npm ci, tsc, node --test against the real dev server)"
+(
+    cd clients/typescript
+    npm ci --no-audit --no-fund --loglevel=error
+    npm run build
+    STREAMER_DEV_BIN="$root/target/debug/streamer-control-plane" \
+    STREAMER_CTL_BIN="$root/target/debug/streamerctl" \
+        npm test
+)

@@ -1,0 +1,181 @@
+// The TypeScript client against the real `streamer-control-plane dev`
+// server, started by these tests; broadcasts and server-side disconnects go
+// through the real `streamerctl`.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { createInterface } from "node:readline";
+import { promisify } from "node:util";
+import { WebSocket } from "ws";
+import { StreamerClient, StreamerError, type Progress } from "../src/index.js";
+
+const devBin = process.env.STREAMER_DEV_BIN;
+const ctlBin = process.env.STREAMER_CTL_BIN;
+if (!devBin || !ctlBin) {
+  throw new Error("set STREAMER_DEV_BIN and STREAMER_CTL_BIN to the built binaries (bash scripts/test.sh does)");
+}
+
+let dev: ChildProcess;
+let wsUrl = "";
+let grpc = "";
+let token = "";
+let adminToken = "";
+
+before(async () => {
+  dev = spawn(devBin, ["dev"], {
+    env: {
+      PATH: process.env.PATH ?? "",
+      RUST_LOG: "warn",
+      STREAMER_GRPC_ADDR: "127.0.0.1:0",
+      STREAMER_GATEWAY_ADDR: "127.0.0.1:0",
+      STREAMER_DEMO_DURATION_MS: "1600",
+      STREAMER_CONNECTS_PER_MINUTE_PER_IP: "100000",
+    },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const lines = createInterface({ input: dev.stdout! });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("dev did not start in time")), 30_000);
+    lines.on("line", (line) => {
+      const wscat = line.match(/token=([^']+)'/);
+      if (wscat) token = wscat[1];
+      const bearer = line.match(/authorization: Bearer ([0-9a-f]+)'/);
+      if (bearer) adminToken = bearer[1];
+      if (line.startsWith("STREAMER_DEV_READY ")) {
+        const ready = JSON.parse(line.slice("STREAMER_DEV_READY ".length));
+        wsUrl = `ws://${ready.gateway}/${ready.stage}`;
+        grpc = ready.grpc;
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    dev.on("exit", (code) => reject(new Error(`dev exited (${code})`)));
+  });
+  assert.ok(token && adminToken, "dev printed a client token and the admin token");
+});
+
+after(() => {
+  dev.kill("SIGTERM");
+});
+
+const exec = promisify(execFile);
+
+async function ctl(...args: string[]): Promise<any> {
+  const { stdout } = await exec(ctlBin!, [...args, "--output", "json"], {
+    env: { STREAMER_ADDR: `http://${grpc}`, STREAMER_TOKEN: adminToken },
+  });
+  return JSON.parse(stdout);
+}
+
+function client(): StreamerClient {
+  return new StreamerClient(wsUrl, { token, WebSocket, minReconnectDelayMs: 50, maxReconnectDelayMs: 400 });
+}
+
+const report = { start_date: "2024-01-01", end_date: "2024-01-31", format: "pdf", report_type: "monthly" };
+
+/** Sends an async request, retrying while the demo processor is not registered yet. */
+async function whenServed<T>(send: () => Promise<T>): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await send();
+    } catch (error) {
+      if (!(error instanceof StreamerError) || error.code !== "INVALID_ACTION" || i > 100) throw error;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+test("request / response", async () => {
+  const c = client();
+  assert.deepEqual(await c.request("echo", { hello: "ts" }), { hello: "ts" });
+  const who = (await c.request("whoami")) as Record<string, unknown>;
+  assert.equal(who.user_id, "dev-user");
+  assert.equal(who.tenant_id, "dev");
+  c.close();
+});
+
+test("async request with progress", async () => {
+  const c = client();
+  const progress: Progress[] = [];
+  const result = (await whenServed(() =>
+    c.request("generate_report", report, { onProgress: (p) => progress.push(p) }),
+  )) as Record<string, unknown>;
+  assert.equal(result.days, 31);
+  assert.ok(progress.length >= 2, `several progress frames, got ${progress.length}`);
+  const percentages = progress.map((p) => p.percentage);
+  assert.deepEqual([...percentages].sort((a, b) => a - b), percentages, "in order");
+  assert.equal(percentages.at(-1), 100);
+  c.close();
+});
+
+test("typed errors carry the server's code", async () => {
+  const c = client();
+  await assert.rejects(c.request("no_such_action", {}), (error: unknown) => {
+    assert.ok(error instanceof StreamerError);
+    assert.equal(error.code, "INVALID_ACTION");
+    assert.ok(error.requestId);
+    return true;
+  });
+  await assert.rejects(c.request("generate_report", { format: "docx" }), (error: unknown) => {
+    assert.ok(error instanceof StreamerError);
+    return error.code === "VALIDATION_ERROR" || error.code === "INVALID_ACTION";
+  });
+  c.close();
+});
+
+test("broadcasts arrive as message events", async () => {
+  const c = client();
+  await c.connect();
+  const received = new Promise<unknown>((resolve) => c.on("message", (m) => resolve(m.data)));
+  const sent = await ctl("send", "--tenant", "dev", "--data", JSON.stringify({ hello: "everyone" }));
+  assert.ok(sent.delivered >= 1);
+  assert.deepEqual(await received, { hello: "everyone" });
+  c.close();
+});
+
+test("after the server drops the connection, it reconnects and the progress continues", async () => {
+  const c = client();
+  let opens = 0;
+  c.on("open", () => opens++);
+  const me = (await c.request("whoami")) as { connection_id: string };
+  const progress: Progress[] = [];
+  let dropped = false;
+  let afterDrop = 0;
+  const done = whenServed(() =>
+    c.request("generate_report", report, {
+      onProgress: (p) => {
+        progress.push(p);
+        if (dropped) afterDrop++;
+        if (!dropped) {
+          dropped = true;
+          ctl("connections", "disconnect", me.connection_id).catch(() => {});
+        }
+      },
+    }),
+  );
+  const result = (await done) as Record<string, unknown>;
+  assert.equal(result.report_type, "monthly");
+  assert.ok(opens >= 2, `reconnected (opens: ${opens})`);
+  assert.ok(afterDrop >= 1, "progress continued after the reconnect");
+  assert.equal(progress.at(-1)?.percentage, 100);
+  c.close();
+});
+
+test("aborting cancels the request on the server", async () => {
+  const c = client();
+  const controller = new AbortController();
+  const id = `abort-${Date.now()}`;
+  const pending = whenServed(() =>
+    c.request("generate_report", report, { id, signal: controller.signal, onProgress: () => controller.abort() }),
+  );
+  await assert.rejects(pending, (error: unknown) => error instanceof StreamerError && error.code === "CANCELLED");
+  for (let i = 0; i < 100; i++) {
+    const request = await ctl("requests", "get", "--tenant", "dev", id);
+    if (request.status === "cancelled") {
+      c.close();
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.fail("the request was not cancelled on the server");
+});
