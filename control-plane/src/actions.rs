@@ -313,6 +313,14 @@ impl Actions {
             })
     }
 
+    /// The names of every async action known now.
+    pub fn async_names(&self) -> Vec<String> {
+        self.asyncs
+            .read()
+            .map(|a| a.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Adds an async action a processor serves. One already declared (in the
     /// config file or by another processor) keeps its definition; a sync
     /// action's name is refused.

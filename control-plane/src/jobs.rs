@@ -692,13 +692,36 @@ impl Jobs {
         }
     }
 
-    /// Runs the lease sweeper until dropped.
+    /// Samples the queue depth and the oldest queued request's age into
+    /// the metrics.
+    pub async fn sample_queue(&self) {
+        match self.queue.queued_stats(&self.actions.async_names()).await {
+            Ok((depth, oldest)) => {
+                metrics()
+                    .requests_queued
+                    .set(i64::try_from(depth).unwrap_or(i64::MAX));
+                let age = oldest.map_or(0.0, |created| {
+                    (self.now_ms() - created).max(0) as f64 / 1000.0
+                });
+                metrics().requests_queued_oldest_age.set(age);
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot sample the request queue"),
+        }
+    }
+
+    /// Runs the lease sweeper (and samples the queue every 15 ticks) until
+    /// dropped.
     pub async fn run_sweeper(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.config.sweep_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
         loop {
             tick.tick().await;
             self.sweep_expired_leases().await;
+            if ticks.is_multiple_of(15) {
+                self.sample_queue().await;
+            }
+            ticks += 1;
         }
     }
 
@@ -925,6 +948,11 @@ mod tests {
             jobs.now_ms(),
         );
         jobs.submit(request).await.expect("submit");
+        tokio::time::advance(Duration::from_secs(4)).await;
+        jobs.sample_queue().await;
+        assert_eq!(metrics().requests_queued.get(), 1);
+        let age = metrics().requests_queued_oldest_age.get();
+        assert!((age - 4.0).abs() < 0.01, "age follows the clock: {age}");
         let (tx, mut rx) = mpsc::channel(8);
         let session = jobs.open_session("test", vec!["work".into()], None, 1, tx);
         tokio::spawn(jobs.clone().dispatch(session.clone()));

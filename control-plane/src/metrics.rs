@@ -111,6 +111,10 @@ pub struct Metrics {
     pub requests: Family<OutcomeLabel, Counter>,
     /// `streamer_processors`: connected processor sessions
     pub processors: Gauge,
+    /// `streamer_requests_queued`: requests waiting for a processor
+    pub requests_queued: Gauge,
+    /// `streamer_requests_queued_oldest_age_seconds`: how long the oldest has waited
+    pub requests_queued_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -138,6 +142,8 @@ impl Metrics {
             reconcile_removed: Counter::default(),
             requests: Family::default(),
             processors: Gauge::default(),
+            requests_queued: Gauge::default(),
+            requests_queued_oldest_age: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(

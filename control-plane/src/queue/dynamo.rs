@@ -602,4 +602,41 @@ impl RequestQueue for DynamoQueue {
             .filter(|r| r.status == Status::Running)
             .collect())
     }
+
+    async fn queued_stats(&self, actions: &[String]) -> Result<(u64, Option<i64>), QueueError> {
+        let mut depth = 0u64;
+        let mut oldest: Option<i64> = None;
+        for action in actions {
+            let mut start: Option<Item> = None;
+            loop {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&*self.table)
+                    .index_name(QUEUE_INDEX)
+                    .key_condition_expression("queue_key = :a")
+                    .expression_attribute_values(":a", s(action))
+                    .projection_expression("created")
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                for item in out.items() {
+                    depth += 1;
+                    if let Some(created) = item
+                        .get("created")
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|n| n.parse().ok())
+                    {
+                        oldest = Some(oldest.map_or(created, |o: i64| o.min(created)));
+                    }
+                }
+                match out.last_evaluated_key() {
+                    Some(key) => start = Some(key.clone()),
+                    None => break,
+                }
+            }
+        }
+        Ok((depth, oldest))
+    }
 }

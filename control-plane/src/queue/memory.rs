@@ -243,4 +243,18 @@ impl RequestQueue for MemoryQueue {
                 .collect()
         })
     }
+
+    async fn queued_stats(&self, actions: &[String]) -> Result<(u64, Option<i64>), QueueError> {
+        self.with(|requests| {
+            let queued = requests
+                .values()
+                .filter(|r| r.status == Status::Queued && actions.contains(&r.action));
+            queued.fold((0u64, None), |(n, oldest): (u64, Option<i64>), r| {
+                (
+                    n + 1,
+                    Some(oldest.map_or(r.created_ms, |o| o.min(r.created_ms))),
+                )
+            })
+        })
+    }
 }

@@ -248,4 +248,8 @@ pub trait RequestQueue: Send + Sync + 'static {
 
     /// Running requests whose lease ended before `now_ms`.
     async fn expired_leases(&self, now_ms: i64, limit: usize) -> Result<Vec<Request>, QueueError>;
+
+    /// How many requests of `actions` are queued, and when the oldest of
+    /// them was accepted (for the queue depth and age metrics).
+    async fn queued_stats(&self, actions: &[String]) -> Result<(u64, Option<i64>), QueueError>;
 }
