@@ -25,6 +25,10 @@ async fn stack(keys: &RsaKeyPair) -> DevStack {
         ("STREAMER_GRPC_ADDR", "127.0.0.1:0"),
         ("STREAMER_GATEWAY_ADDR", "127.0.0.1:0"),
         ("STREAMER_DEMO_DURATION_MS", "100"),
+        // Waiting for the demo processor sends retries; keep them clear of
+        // the message rate limit on a slow machine.
+        ("STREAMER_MESSAGES_PER_MINUTE", "100000"),
+        ("STREAMER_MESSAGE_BURST", "10000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

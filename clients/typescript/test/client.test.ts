@@ -30,6 +30,10 @@ before(async () => {
       STREAMER_GATEWAY_ADDR: "127.0.0.1:0",
       STREAMER_DEMO_DURATION_MS: "1600",
       STREAMER_CONNECTS_PER_MINUTE_PER_IP: "100000",
+      // Waiting for the demo processor sends retries; keep them clear of
+      // the message rate limit on a slow machine.
+      STREAMER_MESSAGES_PER_MINUTE: "100000",
+      STREAMER_MESSAGE_BURST: "10000",
     },
     stdio: ["ignore", "pipe", "inherit"],
   });
