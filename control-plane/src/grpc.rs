@@ -95,7 +95,8 @@ impl EdgeService for EdgeApi {
     }
 }
 
-fn timestamp(ms: i64) -> prost_types::Timestamp {
+/// Milliseconds since the epoch as a protobuf timestamp.
+pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
@@ -149,7 +150,8 @@ fn group_scope(tenant_id: &str, group: &str) -> Result<Scope, ApiError> {
     })
 }
 
-fn page_size(requested: i32) -> Result<usize, ApiError> {
+/// A list RPC's page size: 0 means the default, larger values are capped.
+pub(crate) fn page_size(requested: i32) -> Result<usize, ApiError> {
     match usize::try_from(requested) {
         Ok(0) => Ok(DEFAULT_PAGE_SIZE),
         Ok(n) => Ok(n.min(MAX_PAGE_SIZE)),

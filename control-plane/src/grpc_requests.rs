@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     actions::AsyncAction,
     error::ApiError,
+    grpc::{page_size, timestamp},
     grpc_auth::Caller,
     jobs::{JobError, Jobs, Session},
     pagetoken::PageTokens,
@@ -39,13 +40,6 @@ impl From<QueueError> for ApiError {
                 ApiError::Unavailable("request queue unavailable, retry later".into())
             }
         }
-    }
-}
-
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
 }
 
@@ -151,15 +145,7 @@ impl RequestService for RequestApi {
                 v1::RequestStatus::Failed => Some(queue::Status::Failed),
                 v1::RequestStatus::Cancelled => Some(queue::Status::Cancelled),
             };
-        let size = match usize::try_from(r.page_size) {
-            Ok(0) => 100,
-            Ok(n) => n.min(1000),
-            Err(_) => {
-                return Err(
-                    ApiError::InvalidArgument("page_size must not be negative".into()).into(),
-                );
-            }
-        };
+        let size = page_size(r.page_size)?;
         let key = format!("requests\0{}\0{}", r.tenant_id, r.status);
         let after = match r.page_token.as_str() {
             "" => None,

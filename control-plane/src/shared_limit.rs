@@ -144,11 +144,7 @@ impl SharedMessageLimiter {
             };
             match put.send().await {
                 Ok(_) => return Ok(SharedCheck::Allowed),
-                Err(err)
-                    if err
-                        .as_service_error()
-                        .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-                {
+                Err(err) if dynamo::condition_failed(&err) => {
                     continue;
                 }
                 Err(err) => return Err(unavailable(err)),

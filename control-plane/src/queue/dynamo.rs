@@ -265,10 +265,7 @@ impl DynamoQueue {
                 .attributes()
                 .and_then(from_item)
                 .ok_or_else(|| QueueError::Unavailable("unreadable request item".into())),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|x| x.is_conditional_check_failed_exception()) =>
-            {
+            Err(e) if registry_dynamo::condition_failed(&e) => {
                 match self.get(tenant_id, request_id).await? {
                     Some(current) => Err(QueueError::Conflict(Box::new(current))),
                     None => Err(QueueError::NotFound),
@@ -296,10 +293,7 @@ impl RequestQueue for DynamoQueue {
             .await;
         match put {
             Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|x| x.is_conditional_check_failed_exception()) =>
-            {
+            Err(e) if registry_dynamo::condition_failed(&e) => {
                 match self.get(&request.tenant_id, &request.request_id).await? {
                     Some(existing) => Err(QueueError::Duplicate(Box::new(existing))),
                     None => Err(QueueError::Unavailable(

@@ -65,6 +65,12 @@ fn n(value: i64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
+/// Whether a DynamoDB call failed only because its condition did not hold
+/// (an answer, not an outage).
+pub(crate) fn condition_failed(err: &impl ProvideErrorMetadata) -> bool {
+    err.code() == Some("ConditionalCheckFailedException")
+}
+
 fn counter_key(tenant_id: &str) -> String {
     format!("tenant#{tenant_id}")
 }
@@ -323,13 +329,7 @@ impl DynamoRegistry {
         }
         match update.send().await {
             Ok(_) => Ok(true),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
+            Err(err) if condition_failed(&err) => Ok(false),
             Err(err) => Err(unavailable(err)),
         }
     }
@@ -479,10 +479,7 @@ impl Registry for DynamoRegistry {
             Ok(_) => Ok(()),
             Err(err) => {
                 self.release(tenant).await;
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception())
-                {
+                if condition_failed(&err) {
                     Err(RegistryError::AlreadyExists)
                 } else {
                     Err(unavailable(err))
@@ -519,13 +516,7 @@ impl Registry for DynamoRegistry {
                 self.delete_members(&connection).await;
                 Ok(Some(connection))
             }
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(None)
-            }
+            Err(err) if condition_failed(&err) => Ok(None),
             Err(err) => Err(unavailable(err)),
         }
     }
@@ -613,13 +604,7 @@ impl Registry for DynamoRegistry {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
+            Err(err) if condition_failed(&err) => Ok(false),
             Err(err) => Err(unavailable(err)),
         }
     }
@@ -651,11 +636,7 @@ impl Registry for DynamoRegistry {
                 .attributes()
                 .and_then(connection_of)
                 .ok_or(RegistryError::NotFound)?,
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
+            Err(err) if condition_failed(&err) => {
                 return match self.get_raw(connection_id).await? {
                     None => Err(RegistryError::NotFound),
                     Some(_) => Err(RegistryError::GroupLimit { limit: max_groups }),
@@ -705,11 +686,7 @@ impl Registry for DynamoRegistry {
             .await;
         match updated {
             Ok(_) => {}
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
+            Err(err) if condition_failed(&err) => {
                 return Ok(false);
             }
             Err(err) => return Err(unavailable(err)),
