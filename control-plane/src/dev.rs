@@ -209,6 +209,9 @@ fn print_banner(ready: &Ready, sample_token: Option<&str>, admin_token: Option<&
             println!("connect as user dev-user of tenant dev (token valid 12 h):");
             println!("  wscat -c '{ws}?token={token}'");
             println!(r#"  then send: {{"id":"1","action":"echo","payload":{{"hello":"world"}}}}"#);
+            println!(
+                r#"  or a long-running one: {{"request_id":"r1","action":"generate_report","payload":{{"start_date":"2024-01-01","end_date":"2024-01-31","format":"pdf","report_type":"monthly"}}}}"#
+            );
         }
         None => println!(
             "connect with a token signed by your configured key: wscat -c '{ws}?token=<jwt>'"
