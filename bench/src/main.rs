@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde::Serialize;
 use serde_json::{Value, json};
-use streamer_control_plane::jwt::{Claims, generate_rsa_key_pair, mint_rs256, now_secs};
+use streamer_client::token::{Claims, generate_rsa_key_pair, mint_rs256};
 use streamer_proto::{
     auth::BearerToken,
     v1::{
@@ -164,7 +164,7 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let path = exe.parent().context("exe dir")?.join(name);
     if !path.exists() {
         bail!(
-            "{} not found: build it first (cargo build --release -p streamer-control-plane -p streamer-edge -p streamer-bench)",
+            "{} not found: build it first (cargo build --release -p streamer-server -p streamer-edge -p streamer-bench)",
             path.display()
         );
     }
@@ -388,14 +388,7 @@ impl Fleet {
 fn token(keys_private: &str, sub: &str, tenant: &str) -> anyhow::Result<String> {
     Ok(mint_rs256(
         keys_private,
-        &Claims {
-            sub: sub.into(),
-            tenant_id: tenant.into(),
-            exp: now_secs() + 3600,
-            permissions: vec![],
-            iss: None,
-            aud: None,
-        },
+        &Claims::new(sub, tenant, &[], 3600),
     )?)
 }
 

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod processor;
+pub mod token;
 
 use std::future::Future;
 

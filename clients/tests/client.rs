@@ -1,78 +1,22 @@
-//! The client library against a real control plane and gateway emulator
-//! (started in-process on free ports) with real WebSocket clients.
+//! The client library against the real `dev` binary (on free ports) with
+//! real WebSocket clients.
 
-use std::collections::HashMap;
-
-use futures_util::{StreamExt, TryStreamExt};
-use serde_json::{Value, json};
+use futures_util::TryStreamExt;
+use serde_json::json;
 use streamer_client::Client;
-use streamer_control_plane::{
-    config::Config,
-    dev::{self, DevStack},
-    jwt::{Claims, generate_rsa_key_pair, mint_rs256, now_secs},
-};
-
-const ADMIN: &str = "client-test-admin-token-000";
-
-async fn stack() -> (DevStack, String) {
-    let keys = generate_rsa_key_pair().expect("keys");
-    let vars: HashMap<String, String> = [
-        ("STREAMER_JWT_PUBLIC_KEY", keys.public_pem.as_str()),
-        ("STREAMER_ADMIN_TOKEN", ADMIN),
-        ("STREAMER_GRPC_ADDR", "127.0.0.1:0"),
-        ("STREAMER_GATEWAY_ADDR", "127.0.0.1:0"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let config = Config::load(None, &move |name| vars.get(name).cloned()).expect("config");
-    let stack = dev::start(config).await.expect("stack");
-    let claims = Claims {
-        sub: "alice".into(),
-        tenant_id: "acme".into(),
-        exp: now_secs() + 600,
-        permissions: vec![],
-        iss: None,
-        aud: None,
-    };
-    let token = mint_rs256(&keys.private_pem, &claims).expect("token");
-    (stack, token)
-}
-
-async fn next_json(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> Value {
-    let deadline = std::time::Duration::from_secs(20);
-    loop {
-        match tokio::time::timeout(deadline, ws.next())
-            .await
-            .expect("frame in time")
-        {
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
-                return serde_json::from_str(&text).expect("json");
-            }
-            Some(Ok(_)) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
+use streamer_test_kit::prelude::*;
 
 #[tokio::test]
 async fn broadcast_and_queries() {
-    let (stack, token) = stack().await;
-    let url = format!(
-        "ws://{}/{}?token={token}",
-        stack.ready.gateway, stack.ready.stage
-    );
-    let (mut a, _) = tokio_tungstenite::connect_async(&url).await.expect("ws");
-    let (mut b, _) = tokio_tungstenite::connect_async(&url).await.expect("ws");
+    let dev = Dev::start(&[]).await;
+    let token = token("alice", "acme", &[]);
+    let mut a = dev.connect(&token).await;
+    let mut b = dev.connect(&token).await;
 
-    let client = Client::connect(&stack.ready.grpc.to_string())
+    let client = Client::connect(&dev.grpc.to_string())
         .await
         .expect("connect")
-        .with_token(ADMIN)
+        .with_token(ADMIN_TOKEN)
         .expect("token");
     assert_eq!(
         client.count_connections("acme", None).await.expect("count"),
@@ -106,7 +50,7 @@ async fn broadcast_and_queries() {
         .expect("send");
     assert_eq!((report.targeted, report.delivered), (2, 2));
     for ws in [&mut a, &mut b] {
-        let frame = next_json(ws).await;
+        let frame = recv(ws).await;
         assert_eq!(
             (frame["data"].clone(), frame["topic"].clone()),
             (json!({"x": 1}), json!("t"))
@@ -133,7 +77,7 @@ async fn broadcast_and_queries() {
         .expect_err("gone");
     assert_eq!(err.code(), Some(tonic::Code::NotFound));
 
-    let anonymous = Client::connect(&stack.ready.grpc.to_string())
+    let anonymous = Client::connect(&dev.grpc.to_string())
         .await
         .expect("connect");
     let err = anonymous
@@ -141,7 +85,6 @@ async fn broadcast_and_queries() {
         .await
         .expect_err("no token");
     assert_eq!(err.code(), Some(tonic::Code::Unauthenticated));
-    stack.stop().await.expect("stop");
 }
 
 #[tokio::test]

@@ -6,12 +6,12 @@ use std::{collections::HashMap, sync::Arc};
 
 use serde_json::{Value, json};
 
-use streamer_proto::{
-    client::{ClientError, ErrorCode},
-    ids,
-};
+use streamer_proto::ids;
 
-use crate::config::{ActionConfig, ActionMode};
+use crate::{
+    config::{ActionConfig, ActionMode},
+    error::Fault,
+};
 
 /// The built-in handlers a sync action can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +79,7 @@ const MAX_REPORTED_VIOLATIONS: usize = 10;
 
 impl Action {
     /// Checks `payload` against the action's schema.
-    pub fn validate(&self, payload: &Value) -> Result<(), ClientError> {
+    pub fn validate(&self, payload: &Value) -> Result<(), Fault> {
         check_schema(self.schema.as_ref(), payload)
     }
 }
@@ -144,15 +144,12 @@ impl AsyncAction {
     }
 
     /// Checks `payload` against the action's schema.
-    pub fn validate(&self, payload: &Value) -> Result<(), ClientError> {
+    pub fn validate(&self, payload: &Value) -> Result<(), Fault> {
         check_schema(self.schema.as_ref(), payload)
     }
 }
 
-fn check_schema(
-    schema: Option<&jsonschema::Validator>,
-    payload: &Value,
-) -> Result<(), ClientError> {
+fn check_schema(schema: Option<&jsonschema::Validator>, payload: &Value) -> Result<(), Fault> {
     {
         let Some(schema) = schema else {
             return Ok(());
@@ -165,10 +162,8 @@ fn check_schema(
         if violations.is_empty() {
             return Ok(());
         }
-        Err(ClientError {
-            details: Some(json!({ "violations": violations })),
-            ..ClientError::validation("payload does not match the action's schema")
-        })
+        Err(Fault::invalid("payload does not match the action's schema")
+            .with_details(json!({ "violations": violations })))
     }
 }
 
@@ -289,28 +284,23 @@ impl Actions {
     }
 
     /// Looks a sync action up; `INVALID_ACTION` when there is none.
-    pub fn get(&self, name: &str) -> Result<&Arc<Action>, ClientError> {
-        self.by_name.get(name).ok_or_else(|| {
-            ClientError::new(ErrorCode::InvalidAction, format!("unknown action {name:?}"))
-        })
+    pub fn get(&self, name: &str) -> Result<&Arc<Action>, Fault> {
+        self.by_name
+            .get(name)
+            .ok_or_else(|| Fault::invalid_action(format!("unknown action {name:?}")))
     }
 
     /// Resolves any action, sync or async; `INVALID_ACTION` when unknown.
-    pub fn resolve(&self, name: &str) -> Result<Resolved, ClientError> {
+    pub fn resolve(&self, name: &str) -> Result<Resolved, Fault> {
         if let Some(action) = self.by_name.get(name) {
             return Ok(Resolved::Sync(action.clone()));
         }
-        let asyncs = self
-            .asyncs
-            .read()
-            .map_err(|_| ClientError::new(ErrorCode::InternalError, "internal error"))?;
+        let asyncs = self.asyncs.read().map_err(Fault::internal)?;
         asyncs
             .get(name)
             .cloned()
             .map(Resolved::Async)
-            .ok_or_else(|| {
-                ClientError::new(ErrorCode::InvalidAction, format!("unknown action {name:?}"))
-            })
+            .ok_or_else(|| Fault::invalid_action(format!("unknown action {name:?}")))
     }
 
     /// The names of every async action known now.
@@ -339,6 +329,8 @@ impl Actions {
 
 #[cfg(test)]
 mod tests {
+    use streamer_proto::client::ErrorCode;
+
     use super::*;
 
     fn declared(name: &str, handler: Option<&str>, schema: Option<Value>) -> ActionConfig {
@@ -365,14 +357,17 @@ mod tests {
         let admin = actions.get("admin.echo").expect("declared");
         assert_eq!(admin.permission.as_deref(), Some("admin"));
         admin.validate(&json!({"text":"hi"})).expect("valid");
-        let err = admin.validate(&json!({"text": 5})).expect_err("invalid");
+        let err = admin
+            .validate(&json!({"text": 5}))
+            .expect_err("invalid")
+            .client();
         assert_eq!(err.code, ErrorCode::ValidationError);
         assert_eq!(
             err.details.expect("details")["violations"][0]["path"],
             "/text"
         );
         assert_eq!(
-            actions.get("nope").expect_err("unknown").code,
+            actions.get("nope").expect_err("unknown").code(),
             ErrorCode::InvalidAction
         );
     }

@@ -1,31 +1,33 @@
 //! The Streamer control plane: the one stateful service behind the edge
 //! Lambdas. It owns the connection registry, client authentication, message
-//! validation and routing, rate limits and broadcast, and serves them over
-//! gRPC (edge protocol and server API).
+//! validation and routing, rate limits, broadcast and long-running
+//! requests, and serves them over gRPC (edge protocol and server API).
+//!
+//! The house, top to bottom; a room imports only from rooms below it:
+//!
+//! ```text
+//! app          assembly: build the rooms from the config, open the stores, serve
+//! api          gRPC adapters: decode, call a room, map errors; caller auth; transport rules
+//! connections  connect, route a client frame, built-in actions, groups, rate limits
+//! requests     long-running requests: queue, sessions, dispatch, retry, relay, sweeper
+//! delivery     the Management API behind a trait, broadcast, presence, reconcile
+//! actions      the action table and payload schemas
+//! registry     who is connected: the trait, embedded and DynamoDB backends
+//! store        what DynamoDB backends share
+//! config · error · clock · metrics   the ground floor: settings, faults, time, counters
+//! ```
 
 #![forbid(unsafe_code)]
 
 pub mod actions;
-pub mod broadcast;
+pub mod api;
+pub mod app;
+pub mod clock;
 pub mod config;
-pub mod control;
+pub mod connections;
 pub mod delivery;
-pub mod demo;
-pub mod dev;
 pub mod error;
-pub mod grpc;
-pub mod grpc_auth;
-pub mod grpc_requests;
-pub mod jobs;
-pub mod jwt;
 pub mod metrics;
-pub mod pagetoken;
-pub mod presence;
-pub mod queue;
-pub mod ratelimit;
-pub mod reconcile;
 pub mod registry;
-pub mod server;
-pub mod shared_limit;
+pub mod requests;
 pub mod store;
-pub mod telemetry;

@@ -1,70 +1,34 @@
-//! The DynamoDB backend against a real DynamoDB-compatible server over HTTP
-//! (moto, started by `scripts/test.sh`): the registry conformance suite,
-//! paging thousands of rows, the quota across replicas, the shared rate
-//! limit, `tables create`, and `dev` on DynamoDB end to end.
-
-mod support;
+//! The DynamoDB backends against a real DynamoDB-compatible server over HTTP
+//! (moto, started by `scripts/test.sh`): the registry and queue conformance
+//! suites, paging thousands of rows, the quota across replicas, the shared
+//! rate limits, and the repair of a drifted counter and orphaned
+//! memberships.
 
 use std::{sync::Arc, time::Duration};
 
-use aws_sdk_dynamodb::{
-    Client,
-    config::{BehaviorVersion, Credentials, Region},
-    types::AttributeValue,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use futures_util::{StreamExt, stream};
-use serde_json::json;
 use streamer_control_plane::{
+    clock::Clock,
     config::LimitsConfig,
+    connections::{limits::RateLimiter, shared_limits::SharedLimits},
     registry::{
         Registry, RegistryError, Scope, Ttl, collect_all, conformance,
         dynamo::{self, DynamoRegistry},
     },
-    shared_limit::{self, SharedCheck, SharedMessageLimiter},
+    store::dynamo::{TableSpec, string},
 };
-use streamer_proto::v1;
-use support::*;
-
-fn endpoint() -> String {
-    std::env::var("STREAMER_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
-        panic!(
-            "STREAMER_TEST_DYNAMODB_ENDPOINT is not set: run `bash scripts/test.sh`, which starts a \
-             DynamoDB-compatible server (moto) for these tests"
-        )
-    })
-}
-
-fn client() -> Client {
-    let config = aws_sdk_dynamodb::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .endpoint_url(endpoint())
-        .build();
-    Client::from_conf(config)
-}
-
-/// The AWS environment a control-plane process needs to reach the server.
-fn aws_env() -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ("AWS_ENDPOINT_URL_DYNAMODB", endpoint()),
-    ]
-}
-
-fn unique(tag: &str) -> String {
-    format!("streamer-test-{tag}-{:x}", rand::random::<u32>())
-}
+use streamer_test_kit::moto::{client, unique};
 
 async fn registry(tag: &str) -> (DynamoRegistry, String) {
     let table = unique(tag);
     dynamo::create_table(&client(), &table)
         .await
         .expect("create table");
-    (DynamoRegistry::new(client(), &table, Ttl::default()), table)
+    (
+        DynamoRegistry::new(client(), &table, Ttl::default(), Clock::new()),
+        table,
+    )
 }
 
 #[tokio::test]
@@ -186,8 +150,18 @@ async fn quota_holds_across_replicas_sharing_the_table() {
         .expect("create");
     // Two registries with their own clients: two control-plane replicas.
     let replicas = [
-        Arc::new(DynamoRegistry::new(client(), &table, Ttl::default())),
-        Arc::new(DynamoRegistry::new(client(), &table, Ttl::default())),
+        Arc::new(DynamoRegistry::new(
+            client(),
+            &table,
+            Ttl::default(),
+            Clock::new(),
+        )),
+        Arc::new(DynamoRegistry::new(
+            client(),
+            &table,
+            Ttl::default(),
+            Clock::new(),
+        )),
     ];
     let results = stream::iter(0..40)
         .map(|i| {
@@ -234,10 +208,20 @@ async fn quota_holds_across_replicas_sharing_the_table() {
     ));
 }
 
+fn limits_table() -> TableSpec {
+    TableSpec {
+        hash: string("limiter_key"),
+        range: None,
+        indexes: Vec::new(),
+        ttl: Some("expires_at"),
+    }
+}
+
 #[tokio::test]
-async fn shared_message_limit_spans_replicas() {
+async fn shared_limits_span_replicas() {
     let table = unique("limits");
-    shared_limit::create_table(&client(), &table)
+    limits_table()
+        .create(&client(), &table)
         .await
         .expect("create");
     let limits = LimitsConfig {
@@ -246,415 +230,168 @@ async fn shared_message_limit_spans_replicas() {
         // during the test.
         messages_per_minute: 1,
         message_burst: 5,
-        connects_per_minute_per_ip: 10,
+        connects_per_minute_per_ip: 3,
+        loopback_connects_unlimited: None,
         max_connections_per_tenant: 0,
     };
-    let a = SharedMessageLimiter::new(client(), &table, &limits);
-    let b = SharedMessageLimiter::new(client(), &table, &limits);
+    let a = SharedLimits::new(client(), &table, &limits, Clock::new());
+    let b = SharedLimits::new(client(), &table, &limits, Clock::new());
     let mut allowed = 0;
     let mut wait = None;
     for i in 0..10 {
         let limiter = if i % 2 == 0 { &a } else { &b };
-        match limiter.check("conn-1").await.expect("check") {
-            SharedCheck::Allowed => allowed += 1,
-            SharedCheck::Limited(w) => {
-                wait = Some(w);
-            }
+        match limiter.check_message("conn-1").await {
+            Ok(()) => allowed += 1,
+            Err(w) => wait = Some(w),
         }
     }
     assert_eq!(allowed, 5, "the burst is shared, not per replica");
     assert!(wait.is_some_and(|w| w > Duration::ZERO && w <= Duration::from_secs(60)));
-    assert_eq!(
-        a.check("conn-2").await.expect("check"),
-        SharedCheck::Allowed,
-        "per connection"
-    );
-}
+    assert_eq!(a.check_message("conn-2").await, Ok(()), "per connection");
 
-async fn tables_create(table: &str, limits_table: &str) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamer-control-plane"))
-        .args(["tables", "create"])
-        .env_clear()
-        .envs(aws_env())
-        .env("STREAMER_CONNECTIONS_TABLE", table)
-        .env("STREAMER_REQUESTS_TABLE", format!("{table}-requests"))
-        .env("STREAMER_RATE_LIMITS_TABLE", limits_table)
-        .output()
-        .await
-        .expect("run tables create");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("table {table} is ready")));
-}
-
-async fn dynamo_dev(table: &str, extra: &[(&str, &str)]) -> Dev {
-    let env = aws_env();
-    let requests = format!("{table}-requests");
-    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    vars.push(("STREAMER_REQUESTS_TABLE", &requests));
-    vars.push(("STREAMER_STORE", "dynamodb"));
-    vars.push(("STREAMER_CONNECTIONS_TABLE", table));
-    vars.extend_from_slice(extra);
-    Dev::start(&vars).await
-}
-
-#[tokio::test]
-async fn dev_on_dynamodb_end_to_end() {
-    let table = unique("dev");
-    let limits_table = unique("dev-limits");
-    tables_create(&table, &limits_table).await;
-    tables_create(&table, &limits_table).await;
-    let dev = dynamo_dev(
-        &table,
-        &[
-            ("STREAMER_RATE_LIMITS_TABLE", &limits_table),
-            ("STREAMER_SHARED_RATE_LIMITS", "true"),
-        ],
-    )
-    .await;
-    let mut ws = dev.connect(&token("alice", "acme", &["echo"])).await;
-    send(
-        &mut ws,
-        r#"{"id":"1","action":"echo","payload":{"on":"dynamodb"}}"#,
-    )
-    .await;
-    assert_eq!(recv(&mut ws).await["data"], json!({"on": "dynamodb"}));
-    let id = whoami(&mut ws).await;
-
-    // The rows are plain DynamoDB items, queryable on both GSIs.
-    let by_tenant = client()
-        .query()
-        .table_name(&table)
-        .index_name(dynamo::TENANT_INDEX)
-        .key_condition_expression("tenant_id = :t")
-        .expression_attribute_values(":t", AttributeValue::S("acme".into()))
-        .send()
-        .await
-        .expect("query tenant gsi");
-    assert_eq!(by_tenant.count(), 1);
-    let item = &by_tenant.items()[0];
-    assert_eq!(item["connection_id"].as_s().expect("s"), &id);
-    assert_eq!(item["user_id"].as_s().expect("s"), "alice");
-    assert!(item["expires_at"].as_n().is_ok());
-    let by_user = client()
-        .query()
-        .table_name(&table)
-        .index_name(dynamo::USER_INDEX)
-        .key_condition_expression("user_key = :u")
-        .expression_attribute_values(":u", AttributeValue::S("acme#alice".into()))
-        .send()
-        .await
-        .expect("query user gsi");
-    assert_eq!(by_user.count(), 1);
-
-    // The shared message limit applies (burst 20 by default).
-    let mut limited = false;
-    for i in 0..30 {
-        send_json(&mut ws, &json!({"id": format!("m{i}"), "action": "echo"})).await;
-        if recv(&mut ws).await["error"]["code"] == "RATE_LIMITED" {
-            limited = true;
-            break;
-        }
+    // The per-IP connect limit is shared the same way.
+    let mut connects = 0;
+    for i in 0..8 {
+        let limiter = if i % 2 == 0 { &a } else { &b };
+        connects += usize::from(limiter.check_connect("198.51.100.9").await.is_ok());
     }
-    assert!(limited, "flood limited through the shared limiter");
-
-    // Broadcast reaches it; closing removes the row.
-    let mut broadcast = broadcast(dev.grpc_channel(), ADMIN_TOKEN);
-    let report = broadcast
-        .send(tenant_target("acme", json!(1)))
-        .await
-        .expect("send")
-        .into_inner()
-        .report
-        .expect("report");
-    assert_eq!(report.delivered, 1);
-    ws.close(None).await.expect("close");
-    eventually("row removed on $disconnect", || async {
-        let item = client()
-            .get_item()
-            .table_name(&table)
-            .key("connection_id", AttributeValue::S(id.clone()))
-            .consistent_read(true)
-            .send()
-            .await
-            .expect("get");
-        item.item().is_none()
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn tenant_quota_with_two_control_planes_on_one_table() {
-    let table = unique("two");
-    tables_create(&table, &unique("two-limits")).await;
-    let quota = [("STREAMER_MAX_CONNECTIONS_PER_TENANT", "3")];
-    let first = dynamo_dev(&table, &quota).await;
-    let second = dynamo_dev(&table, &quota).await;
-    let _a = first.connect(&token("u1", "shared", &[])).await;
-    let _b = second.connect(&token("u2", "shared", &[])).await;
-    let _c = first.connect(&token("u3", "shared", &[])).await;
-    for dev in [&second, &first] {
-        let (status, body) = refused(&format!(
-            "{}?token={}",
-            dev.ws_url(),
-            token("u4", "shared", &[])
-        ))
-        .await;
-        assert_eq!(status, 429);
-        assert_eq!(body["error"]["code"], "RATE_LIMITED");
-    }
-}
-
-#[tokio::test]
-async fn gone_connections_are_removed_by_broadcast_and_by_reconcile() {
-    let table = unique("gone");
-    tables_create(&table, &unique("gone-limits")).await;
-    let dev = dynamo_dev(
-        &table,
-        &[
-            ("STREAMER_RECONCILE_IDLE_SECS", "0"),
-            ("STREAMER_MAX_CONNECTIONS_PER_TENANT", "10"),
-        ],
-    )
-    .await;
-    let mut live = dev.connect(&token("alice", "acme", &[])).await;
-    let live_id = whoami(&mut live).await;
-
-    // 410 on broadcast.
-    dev.register_ghost("GhostA000000000=", "ghost", "acme")
-        .await;
-    let mut broadcast = broadcast(dev.grpc_channel(), ADMIN_TOKEN);
-    let report = broadcast
-        .send(tenant_target("acme", json!("x")))
-        .await
-        .expect("send")
-        .into_inner()
-        .report
-        .expect("report");
-    assert_eq!((report.targeted, report.delivered, report.gone), (2, 1, 1));
-    let row = client()
-        .get_item()
-        .table_name(&table)
-        .key(
-            "connection_id",
-            AttributeValue::S("GhostA000000000=".into()),
-        )
-        .consistent_read(true)
-        .send()
-        .await
-        .expect("get");
-    assert!(row.item().is_none(), "the 410 removed the row");
-
-    // The reconcile job asks the gateway about idle rows.
-    dev.register_ghost("GhostB000000000=", "ghost", "acme")
-        .await;
-    dev.register_ghost("GhostC000000000=", "ghost", "acme")
-        .await;
-    let mut admin = streamer_proto::v1::admin_service_client::AdminServiceClient::with_interceptor(
-        dev.grpc_channel(),
-        streamer_proto::auth::BearerToken::new(ADMIN_TOKEN).expect("token"),
-    );
-    let report = admin
-        .run_reconcile(v1::RunReconcileRequest {})
-        .await
-        .expect("reconcile")
-        .into_inner()
-        .report
-        .expect("report");
-    assert_eq!(
-        (report.checked, report.removed, report.alive, report.errors),
-        (3, 2, 1, 0)
-    );
-    let status = admin
-        .get_reconcile_status(v1::GetReconcileStatusRequest {})
-        .await
-        .expect("status")
-        .into_inner();
-    assert_eq!(status.last_run.expect("last run").removed, 2);
-    let mut connections = connections(dev.grpc_channel(), ADMIN_TOKEN);
-    let count = connections
-        .count_connections(v1::CountConnectionsRequest {
-            tenant_id: "acme".into(),
-            user_id: String::new(),
-        })
-        .await
-        .expect("count")
-        .into_inner()
-        .count;
-    assert_eq!(count, 1);
-    assert!(
-        connections
-            .get_connection(v1::GetConnectionRequest {
-                connection_id: live_id
-            })
-            .await
-            .is_ok()
-    );
-
-    // The counter was kept right: the quota of 10 has 9 free slots.
-    let counter = client()
-        .get_item()
-        .table_name(&table)
-        .key("connection_id", AttributeValue::S("tenant#acme".into()))
-        .consistent_read(true)
-        .send()
-        .await
-        .expect("get counter");
-    assert_eq!(
-        counter.item().expect("counter")["active"]
-            .as_n()
-            .expect("n"),
-        "1"
-    );
-
-    // Service tokens cannot run maintenance.
-    let mut service =
-        streamer_proto::v1::admin_service_client::AdminServiceClient::with_interceptor(
-            dev.grpc_channel(),
-            streamer_proto::auth::BearerToken::new(SERVICE_A_TOKEN).expect("token"),
-        );
-    let err = service
-        .run_reconcile(v1::RunReconcileRequest {})
-        .await
-        .expect_err("admin only");
-    assert_eq!(err.code(), tonic::Code::PermissionDenied);
-}
-
-#[tokio::test]
-async fn a_store_that_is_down_is_a_prompt_503() {
-    // A port where nothing listens.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
-    let dead = format!("http://{dead}");
-    let dev = Dev::start(&[
-        ("STREAMER_STORE", "dynamodb"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_ENDPOINT_URL_DYNAMODB", &dead),
-    ])
-    .await;
-    let started = std::time::Instant::now();
-    let (status, body) = refused(&format!(
-        "{}?token={}",
-        dev.ws_url(),
-        token("alice", "acme", &[])
-    ))
-    .await;
-    assert_eq!(status, 503);
-    assert_eq!(body["error"]["code"], "SERVICE_UNAVAILABLE");
-    assert!(
-        !body.to_string().contains("dynamodb"),
-        "no internal detail: {body}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(connects, 3, "one IP's connects across two replicas");
 }
 
 #[tokio::test]
 async fn request_queue_conformance_on_dynamodb() {
     let table = unique("requests");
-    streamer_control_plane::queue::dynamo::create_table(&client(), &table)
+    use streamer_control_plane::requests::queue::{conformance, dynamo};
+    dynamo::create_table(&client(), &table)
         .await
         .expect("create");
-    streamer_control_plane::queue::dynamo::create_table(&client(), &table)
+    dynamo::create_table(&client(), &table)
         .await
         .expect("create again");
-    let queue = streamer_control_plane::queue::dynamo::DynamoQueue::new(client(), &table);
-    streamer_control_plane::queue::conformance::run_all(&queue, "").await;
+    let queue = dynamo::DynamoQueue::new(client(), &table);
+    conformance::run_all(&queue, "").await;
+}
+
+/// The counter item of `tenant`.
+async fn counter(table: &str, tenant: &str) -> Option<i64> {
+    let out = client()
+        .get_item()
+        .table_name(table)
+        .key(
+            "connection_id",
+            AttributeValue::S(format!("tenant#{tenant}")),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get counter");
+    out.item()
+        .and_then(|i| i.get("active"))
+        .and_then(|v| v.as_n().ok())
+        .and_then(|n| n.parse().ok())
 }
 
 #[tokio::test]
-async fn a_control_plane_restart_on_dynamodb_loses_no_accepted_request() {
-    use streamer_client::processor::{ActionSpec, Processor};
-    let table = unique("restart");
-    tables_create(&table, &unique("restart-limits")).await;
-    let no_demo = [("STREAMER_DEMO_PROCESSOR", "false")];
-    let mut first = dynamo_dev(&table, &no_demo).await;
-    let mut ws = first.connect(&token("alice", "acme", &[])).await;
-    // Accepted while no processor is connected at all.
-    send(
-        &mut ws,
-        r#"{"request_id":"keep-me","action":"durable_job","payload":{"n":7}}"#,
-    )
-    .await;
-    let ack = recv(&mut ws).await;
-    assert_eq!(
-        (ack["type"].clone(), ack["status"].clone()),
-        (json!("acknowledgment"), json!("queued")),
-        "{ack}"
-    );
-    let pid = first.child.id().expect("pid");
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let exit = tokio::time::timeout(DEADLINE, first.child.wait())
-        .await
-        .expect("exits")
-        .expect("wait");
-    assert!(exit.success());
+async fn repair_recounts_the_counter_and_cleans_memberships() {
+    let (registry, table) = registry("repair").await;
+    for i in 0..5 {
+        registry
+            .insert(conformance::sample(&format!("r{i}"), "drift", "u"), 100)
+            .await
+            .expect("insert");
+    }
+    registry.join("r0", "room", 8).await.expect("join");
+    registry.join("r1", "room", 8).await.expect("join");
+    assert_eq!(counter(&table, "drift").await, Some(5));
 
-    let second = dynamo_dev(&table, &no_demo).await;
-    let processor = Processor::new(&format!("http://{}", second.grpc), ADMIN_TOKEN).handle(
-        ActionSpec::new("durable_job"),
-        |job, _progress| async move {
-            Ok(json!({ "doubled": job.payload["n"].as_i64().unwrap_or(0) * 2 }))
-        },
-    );
-    let _task = tokio::spawn(processor.run(std::future::pending()));
-    let mut requests =
-        streamer_proto::v1::request_service_client::RequestServiceClient::with_interceptor(
-            second.grpc_channel(),
-            streamer_proto::auth::BearerToken::new(ADMIN_TOKEN).expect("token"),
-        );
-    eventually("the request accepted before the restart completes", || {
-        let mut requests = requests.clone();
-        async move {
-            requests
-                .get_request(v1::GetRequestRequest {
-                    tenant_id: "acme".into(),
-                    request_id: "keep-me".into(),
-                })
-                .await
-                .is_ok_and(|r| {
-                    r.into_inner()
-                        .request
-                        .is_some_and(|r| r.status == v1::RequestStatus::Completed as i32)
-                })
-        }
-    })
-    .await;
-    let stored = requests
-        .get_request(v1::GetRequestRequest {
-            tenant_id: "acme".into(),
-            request_id: "keep-me".into(),
-        })
+    // What an outage leaves behind: applied writes whose answers were lost.
+    // A counter that counts slots nobody holds...
+    client()
+        .update_item()
+        .table_name(&table)
+        .key("connection_id", AttributeValue::S("tenant#drift".into()))
+        .update_expression("SET active = :n")
+        .expression_attribute_values(":n", AttributeValue::N("12".into()))
+        .send()
         .await
-        .expect("get")
-        .into_inner()
-        .request
-        .expect("request");
+        .expect("drift the counter");
+    // ...membership items of connections that are gone, or left...
+    let orphan = |key: &str, member: &str| {
+        client()
+            .put_item()
+            .table_name(&table)
+            .item("connection_id", AttributeValue::S(key.into()))
+            .item("member_id", AttributeValue::S(member.into()))
+            .item("m_tenant", AttributeValue::S("drift".into()))
+            .item("group_key", AttributeValue::S("drift#room".into()))
+            .item("group", AttributeValue::S("room".into()))
+            .item("user_id", AttributeValue::S("u".into()))
+            .send()
+    };
+    orphan("member#gone-1#room", "gone-1")
+        .await
+        .expect("orphan");
+    orphan("member#gone-2#room", "gone-2")
+        .await
+        .expect("orphan");
+    orphan("member#r2#room", "r2")
+        .await
+        .expect("left but listed");
+    // ...and a join whose index item never got written.
+    client()
+        .delete_item()
+        .table_name(&table)
+        .key("connection_id", AttributeValue::S("member#r1#room".into()))
+        .send()
+        .await
+        .expect("lose an index item");
+    let members = |registry: &DynamoRegistry| {
+        let registry = registry.clone();
+        async move {
+            let mut ids: Vec<String> = collect_all(
+                &registry,
+                &Scope::Group {
+                    tenant_id: "drift".into(),
+                    group: "room".into(),
+                },
+            )
+            .await
+            .expect("members")
+            .iter()
+            .map(|c| c.connection_id.to_string())
+            .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_ne!(members(&registry).await, vec!["r0", "r1"]);
+
+    let repair = registry.repair().await.expect("repair");
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&stored.result_json).expect("json"),
-        json!({"doubled": 14})
+        (
+            repair.counters_fixed,
+            repair.orphans_removed,
+            repair.memberships_restored
+        ),
+        (1, 3, 1),
+        "{repair:?}"
     );
-    // The client, reconnected to the new instance, reads the result.
-    let mut again = second.connect(&token("alice", "acme", &[])).await;
-    send(
-        &mut again,
-        r#"{"id":"s","action":"subscribe","payload":{"request_id":"keep-me"}}"#,
-    )
-    .await;
-    let state = recv(&mut again).await;
-    assert_eq!(state["data"]["status"], "completed");
-    assert_eq!(state["data"]["result"], json!({"doubled": 14}));
+    assert_eq!(counter(&table, "drift").await, Some(5), "counter = rows");
+    assert_eq!(members(&registry).await, vec!["r0", "r1"]);
+    let again = registry.repair().await.expect("repair");
+    assert_eq!(again, Default::default(), "nothing left to repair");
+
+    // The quota holds again at the right count.
+    for i in 5..100 {
+        registry
+            .insert(conformance::sample(&format!("r{i}"), "drift", "u"), 100)
+            .await
+            .expect("room below the quota");
+    }
+    assert!(matches!(
+        registry
+            .insert(conformance::sample("r-over", "drift", "u"), 100)
+            .await,
+        Err(RegistryError::QuotaExceeded { .. })
+    ));
 }

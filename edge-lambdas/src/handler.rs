@@ -10,11 +10,12 @@ use aws_lambda_events::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 use streamer_proto::{
-    client::{self as frames, ClientError as FrameError, ErrorCode},
+    client::{self as frames, ClientError as FrameError, ErrorCode, Frame},
     v1,
 };
+use streamer_telemetry::inject;
 
-use crate::{client::EdgeClient, telemetry::inject};
+use crate::client::EdgeClient;
 
 /// The three WebSocket routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +222,7 @@ impl EdgeHandler {
                 };
                 response(
                     200,
-                    Some(frames::error_frame(request_id.as_deref(), &unavailable())),
+                    Some(Frame::error(request_id.as_deref(), &unavailable()).to_json()),
                     HeaderMap::new(),
                 )
             }

@@ -5,10 +5,11 @@
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
+use streamer_telemetry::{self as telemetry, LogFormat};
+
 use crate::{
     client::{ClientError, edge_client},
     handler::{EdgeHandler, Route},
-    telemetry::{self, LogFormat},
 };
 
 /// Builds the handler from the Lambda's environment:

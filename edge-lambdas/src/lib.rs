@@ -9,4 +9,3 @@ pub mod client;
 pub mod gateway;
 pub mod handler;
 pub mod lambda;
-pub mod telemetry;

@@ -18,9 +18,16 @@ pub fn valid_group(name: &str) -> bool {
     valid_tenant_id(name)
 }
 
-/// User ids (the token's `sub`): 1..=128 chars, no control characters.
+/// Free-form ids (users, requests): 1..=128 bytes, no control characters,
+/// not blank and no surrounding white space (`" alice"` and `"alice"` must
+/// never be two names for one user, and `""` never "everyone").
+fn valid_free_form(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_LEN && id.trim() == id && !id.chars().any(char::is_control)
+}
+
+/// User ids (the token's `sub`): see [`valid_free_form`].
 pub fn valid_user_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_ID_LEN && !id.chars().any(char::is_control)
+    valid_free_form(id)
 }
 
 /// Action names: `[A-Za-z0-9._-]`, 1..=128 chars.
@@ -32,9 +39,21 @@ pub fn valid_action(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-/// Client request ids: 1..=128 chars, no control characters.
+/// Client request ids: see [`valid_free_form`].
 pub fn valid_request_id(id: &str) -> bool {
-    !id.is_empty() && id.chars().count() <= MAX_ID_LEN && !id.chars().any(char::is_control)
+    valid_free_form(id)
+}
+
+/// Topics copied into `message` frames: up to 128 bytes, no control
+/// characters (empty means no topic).
+pub fn valid_topic(topic: &str) -> bool {
+    topic.len() <= MAX_ID_LEN && !topic.chars().any(char::is_control)
+}
+
+/// Free-text names that only reach logs (a processor's name): up to 128
+/// bytes, no control characters.
+pub fn valid_label(name: &str) -> bool {
+    name.len() <= MAX_ID_LEN && !name.chars().any(char::is_control)
 }
 
 /// Connection ids as API Gateway makes them (base64-like, e.g.
@@ -68,6 +87,14 @@ mod tests {
         assert!(!valid_request_id("a\nb"));
         assert!(valid_user_id("user@example.com"));
         assert!(!valid_user_id("a\u{0}"));
+        assert!(!valid_user_id(""));
+        assert!(!valid_user_id(" "));
+        assert!(!valid_user_id(" alice"));
+        assert!(!valid_user_id(&"u".repeat(129)));
+        assert!(valid_user_id("alice smith"));
+        assert!(!valid_request_id("\t"));
+        assert!(valid_topic(""));
+        assert!(!valid_topic("a\nb"));
         assert!(valid_connection_id("L0SM9cOFvHcCIhw="));
         assert!(!valid_connection_id("../x"));
     }

@@ -1,6 +1,8 @@
 //! The `streamer.v1` protobuf API, generated at build time with `protox`:
 //! the edge protocol (edge Lambdas → control plane) and the server API
-//! (internal services and operators → control plane).
+//! (internal services and operators → control plane); the client WebSocket
+//! protocol ([`client`]); and the validation of the ids that cross the
+//! system's boundaries ([`ids`]).
 
 /// Generated messages, clients and servers of package `streamer.v1`.
 pub mod v1 {

@@ -573,35 +573,16 @@ fn member(change: &GroupChange) -> Result<Member<'_>, Failure> {
 }
 
 fn mint(args: &TokenArgs, output: Output) -> Result<(), Failure> {
-    let pem = std::fs::read(&args.private_key)
+    use streamer_client::token::{Claims, mint_rs256};
+    let pem = std::fs::read_to_string(&args.private_key)
         .map_err(|e| usage(format!("cannot read {}: {e}", args.private_key.display())))?;
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
-        .map_err(|_| usage("the private key is not an RSA PEM key"))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut claims = json!({
-        "sub": args.sub,
-        "tenant_id": args.tenant,
-        "iat": now,
-        "exp": now + args.expires_in,
-    });
-    if !args.permissions.is_empty() {
-        claims["permissions"] = json!(args.permissions);
-    }
-    if let Some(iss) = &args.issuer {
-        claims["iss"] = json!(iss);
-    }
-    if let Some(aud) = &args.audience {
-        claims["aud"] = json!(aud);
-    }
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
-        &claims,
-        &key,
-    )
-    .map_err(|e| usage(format!("cannot sign: {e}")))?;
+    let permissions: Vec<&str> = args.permissions.iter().map(String::as_str).collect();
+    let claims = Claims {
+        iss: args.issuer.clone(),
+        aud: args.audience.clone(),
+        ..Claims::new(&args.sub, &args.tenant, &permissions, args.expires_in)
+    };
+    let token = mint_rs256(&pem, &claims).map_err(|e| usage(e.to_string()))?;
     match output {
         Output::Json => println!("{}", json!({ "token": token })),
         Output::Table => println!("{token}"),

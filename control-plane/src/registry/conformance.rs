@@ -4,7 +4,13 @@
 
 use std::sync::Arc;
 
-use super::{Connection, Registry, RegistryError, Scope, collect_all, now_ms};
+use super::{Connection, Registry, RegistryError, Scope, collect_all};
+
+/// Wall-clock milliseconds: the backends under test read a [`crate::clock::Clock`]
+/// started now, which agrees with the wall clock when time is not paused.
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
 
 /// A connection with the given identity and otherwise typical fields.
 pub fn sample(connection_id: &str, tenant_id: &str, user_id: &str) -> Connection {

@@ -15,7 +15,8 @@ use std::{
 use async_trait::async_trait;
 use dashmap::{DashMap, DashSet};
 
-use super::{Connection, Page, Registry, RegistryError, Scope, Ttl, now_ms};
+use super::{Connection, Page, Registry, RegistryError, Scope, Ttl};
+use crate::clock::Clock;
 
 /// Distinct strings kept by an interner before it stops interning (new
 /// strings then get their own allocation), so hostile input cannot grow it
@@ -73,6 +74,7 @@ pub struct MemoryRegistry {
     groups: DashMap<Box<str>, BTreeSet<Arc<str>>>,
     interner: Interner,
     ttl: Ttl,
+    clock: Clock,
 }
 
 fn group_key(tenant_id: &str, group: &str) -> String {
@@ -93,10 +95,11 @@ impl MemoryRegistry {
         Self::default()
     }
 
-    /// An empty registry with the given expiry policy.
-    pub fn with_ttl(ttl: Ttl) -> Self {
+    /// An empty registry with the given expiry policy, on `clock`.
+    pub fn with_ttl(ttl: Ttl, clock: Clock) -> Self {
         Self {
             ttl,
+            clock,
             ..Self::default()
         }
     }
@@ -197,7 +200,7 @@ impl Registry for MemoryRegistry {
     }
 
     async fn get(&self, connection_id: &str) -> Result<Option<Connection>, RegistryError> {
-        Ok(self.live(connection_id, now_ms()))
+        Ok(self.live(connection_id, self.clock.now_ms()))
     }
 
     async fn remove(&self, connection_id: &str) -> Result<Option<Connection>, RegistryError> {
@@ -230,7 +233,7 @@ impl Registry for MemoryRegistry {
         let Some(mut row) = self.connections.get_mut(connection_id) else {
             return Err(RegistryError::NotFound);
         };
-        if row.expired(now_ms()) {
+        if row.expired(self.clock.now_ms()) {
             return Err(RegistryError::NotFound);
         }
         if row.groups.iter().any(|g| &**g == group) {
@@ -277,7 +280,7 @@ impl Registry for MemoryRegistry {
         limit: usize,
     ) -> Result<Page, RegistryError> {
         let limit = limit.max(1);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut items = Vec::with_capacity(limit.min(1024));
         let mut after = after.map(str::to_owned);
         // Expired rows are skipped, so a page may take more than one pass.
@@ -303,7 +306,7 @@ impl Registry for MemoryRegistry {
     }
 
     async fn count(&self, scope: &Scope) -> Result<u64, RegistryError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let ids = self.ids_in(scope, None, usize::MAX);
         Ok(ids.iter().filter(|id| self.live(id, now).is_some()).count() as u64)
     }

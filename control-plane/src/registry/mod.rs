@@ -81,11 +81,6 @@ impl Ttl {
     }
 }
 
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 /// Which connections a query covers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -127,19 +122,17 @@ pub struct Page {
     pub next_after: Option<String>,
 }
 
-/// Registry failures. `Unavailable` is retryable; the others are answers.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RegistryError {
-    #[error("connection already registered")]
-    AlreadyExists,
-    #[error("tenant connection quota of {limit} reached")]
-    QuotaExceeded { limit: u64 },
-    #[error("connection not registered")]
-    NotFound,
-    #[error("a connection may be in at most {limit} groups")]
-    GroupLimit { limit: usize },
-    #[error("registry unavailable: {0}")]
-    Unavailable(String),
+pub use crate::error::RegistryError;
+
+/// What one consistency pass over the registry found and repaired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repair {
+    /// Tenant counters set to the number of live rows.
+    pub counters_fixed: u32,
+    /// Group-membership items whose connection is gone (or left), removed.
+    pub orphans_removed: u32,
+    /// Memberships a row records but whose index item was missing, restored.
+    pub memberships_restored: u32,
 }
 
 /// The connection registry contract.
@@ -200,6 +193,16 @@ pub trait Registry: Send + Sync + 'static {
         last_seen_before_ms: i64,
         limit: usize,
     ) -> Result<Vec<Connection>, RegistryError>;
+
+    /// Brings derived state back in line with the rows: each tenant's
+    /// connection counter is set to its live rows (conditionally, so a
+    /// concurrent connect or disconnect makes the pass skip that tenant
+    /// rather than write a stale count), and membership index items whose
+    /// row is gone are removed. A store whose derived state cannot drift
+    /// (the embedded one) has nothing to do.
+    async fn repair(&self) -> Result<Repair, RegistryError> {
+        Ok(Repair::default())
+    }
 }
 
 /// Every connection of `scope`, paging through the registry (for broadcast

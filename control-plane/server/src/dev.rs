@@ -1,0 +1,220 @@
+//! `streamer-control-plane dev`: the control plane on the embedded store
+//! plus the local API Gateway emulator and a demo processor, in one process,
+//! on loopback.
+//!
+//! Whatever is not configured comes from the state folder
+//! (`STREAMER_STATE_DIR`): an RSA key pair for client tokens (with a
+//! ready-to-use token printed) and the edge and admin gRPC tokens, made once
+//! and kept across restarts. The emulator's Management API is reached with
+//! static local credentials, so nothing ever looks for AWS credentials or
+//! instance metadata. `dev` reports ready only once its demo processor has
+//! registered, so the demo actions answer from the first frame.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use streamer_client::token::{Claims, mint_rs256};
+use streamer_control_plane::{
+    app::{App, raise_open_file_limit},
+    config::{Config, JwtConfig, settings},
+    delivery::management_api::{ManagementApi, local_sdk_config},
+};
+use streamer_edge::{
+    client::edge_client,
+    gateway::{Gateway, GatewayOptions},
+    handler::EdgeHandler,
+};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::state::State;
+
+/// How long the printed development token is valid.
+const DEV_TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
+/// How long `dev` waits for its demo processor to register.
+const DEMO_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `dev` prints once it is ready (also as one JSON line for scripts and
+/// tests: `STREAMER_DEV_READY {...}`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Ready {
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// Gateway (WebSocket + Management API) address.
+    pub gateway: SocketAddr,
+    /// Stage name.
+    pub stage: String,
+    /// `/metrics` address, when enabled.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A running control plane plus gateway emulator.
+#[derive(Debug)]
+pub struct DevStack {
+    /// Where everything listens.
+    pub ready: Ready,
+    /// The admin gRPC token (configured or from the state folder).
+    pub admin_token: String,
+    /// Whether the admin token came from the state folder (so it may be
+    /// printed).
+    pub admin_token_made: bool,
+    /// A client token for user `dev-user` of tenant `dev`, when the signing
+    /// key is `dev`'s own.
+    pub sample_token: Option<String>,
+    /// The private key file, when the signing key is `dev`'s own.
+    pub private_key: Option<std::path::PathBuf>,
+    stop: watch::Sender<bool>,
+    grpc_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    gateway_task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl DevStack {
+    /// Closes every WebSocket (1001), lets their `$disconnect` events reach
+    /// the control plane, then stops the gRPC server after in-flight calls.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.gateway_task.await?.context("gateway failed")?;
+        self.grpc_task.await?.context("grpc server failed")?;
+        Ok(())
+    }
+}
+
+async fn bind(
+    addr: SocketAddr,
+    what: &str,
+    setting: &settings::Setting,
+) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen for {what} on {addr} (set {} to another address)",
+            setting.name()
+        )
+    })
+}
+
+/// Starts the control plane and the emulator on the configured addresses.
+pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
+    let state = State::open(&config.dev.state_dir)?;
+    let mut sample_token = None;
+    let mut private_key = None;
+    let jwt = match &config.jwt {
+        Some(jwt) => jwt.clone(),
+        None => {
+            let keys = state.key_pair()?;
+            let claims = Claims::new("dev-user", "dev", &["*"], DEV_TOKEN_TTL.as_secs());
+            sample_token = Some(mint_rs256(&keys.private_pem, &claims)?);
+            private_key = Some(state.private_key_path());
+            JwtConfig {
+                public_key_pem: keys.public_pem,
+                algorithms: vec![jsonwebtoken::Algorithm::RS256],
+                issuer: None,
+                audience: None,
+                leeway: Duration::from_secs(5),
+            }
+        }
+    };
+    let admin_token_made = config.tokens.admin.is_none();
+    if config.tokens.edge.is_none() || config.tokens.admin.is_none() {
+        let made = state.tokens()?;
+        config.tokens.edge.get_or_insert(made.edge);
+        config.tokens.admin.get_or_insert(made.admin);
+    }
+    let edge_token = config.tokens.edge.clone().unwrap_or_default();
+    let admin_token = config.tokens.admin.clone().unwrap_or_default();
+    // Every client of `dev` comes from loopback: the per-IP connect limit
+    // would stop a newcomer's eleventh wscat line.
+    config
+        .limits
+        .loopback_connects_unlimited
+        .get_or_insert(true);
+
+    let delivery = Arc::new(ManagementApi::new(
+        local_sdk_config().await,
+        config.delivery.clone(),
+    ));
+    let app = App::build(&config, Some(&jwt), delivery).await?;
+    let grpc_listener = bind(config.server.grpc_addr, "gRPC", &settings::GRPC_ADDR).await?;
+    let gateway_listener =
+        bind(config.gateway.addr, "the gateway", &settings::GATEWAY_ADDR).await?;
+    raise_open_file_limit();
+    let metrics_listener = match config.server.metrics_addr {
+        Some(addr) => Some(bind(addr, "metrics", &settings::METRICS_ADDR).await?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let stage = config.gateway.stage.clone();
+
+    let handler = EdgeHandler::new(
+        edge_client(&format!("http://{grpc_addr}"), &edge_token)?,
+        Some(format!("http://{gateway_addr}/{stage}")),
+    );
+    let gateway = Gateway::new(
+        handler,
+        GatewayOptions {
+            stage: stage.clone(),
+            max_message_bytes: config.gateway.max_message_bytes,
+            idle_timeout: config.gateway.idle_timeout,
+            max_duration: config.gateway.max_duration,
+        },
+    );
+
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let grpc_task = tokio::spawn(app.clone().serve(grpc_listener, stopped(stop_rx.clone())));
+    let gateway_task = tokio::spawn(gateway.serve(gateway_listener, stopped(stop_rx.clone())));
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(streamer_control_plane::metrics::serve(
+            listener,
+            stopped(stop_rx.clone()),
+        ));
+    }
+    if config.dev.demo_processor {
+        let demo = crate::demo::processor(
+            &format!("http://{grpc_addr}"),
+            &admin_token,
+            config.dev.demo_duration,
+        );
+        tokio::spawn(demo.run(stopped(stop_rx)));
+        let waited = tokio::time::timeout(DEMO_READY_TIMEOUT, async {
+            while app.processor_count() == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(
+                "the demo processor did not register in time; its actions may answer INVALID_ACTION for a moment"
+            );
+        }
+    }
+    Ok(DevStack {
+        ready: Ready {
+            grpc: grpc_addr,
+            gateway: gateway_addr,
+            stage,
+            metrics: metrics_addr,
+        },
+        admin_token,
+        admin_token_made,
+        sample_token,
+        private_key,
+        stop,
+        grpc_task,
+        gateway_task,
+    })
+}
+
+/// Runs `dev` until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let stack = start(config).await?;
+    crate::banner::print(&stack);
+    streamer_control_plane::app::shutdown_signal().await;
+    tracing::info!("shutting down");
+    stack.stop().await
+}

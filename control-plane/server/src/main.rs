@@ -1,0 +1,178 @@
+//! `streamer-control-plane`: `serve` runs the control plane for production;
+//! `dev` runs it with the embedded store, the local API Gateway emulator and
+//! a demo processor; `tables create` makes the DynamoDB tables.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::{Parser, Subcommand};
+use streamer_control_plane::{
+    app::{App, raise_open_file_limit, shutdown_signal},
+    config::{Config, ConfigError, settings},
+    delivery::management_api::ManagementApi,
+};
+
+/// mimalloc instead of glibc malloc: the broadcast profile (perf) showed
+/// glibc's arena lock and malloc/free among the top costs under fan-out.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "streamer-control-plane",
+    version,
+    about = "The Streamer control plane"
+)]
+struct Cli {
+    /// TOML config file (default: $STREAMER_CONFIG, if set).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gRPC API (production: AWS credentials from the environment).
+    Serve,
+    /// Run the control plane with the embedded store plus the local API
+    /// Gateway emulator, on loopback.
+    Dev,
+    /// Manage the DynamoDB tables (for local use and tests; production
+    /// tables come from deploy/).
+    Tables {
+        #[command(subcommand)]
+        command: TablesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TablesCommand {
+    /// Create the configured tables with their indexes and TTL (idempotent).
+    Create,
+}
+
+fn config_error(err: &ConfigError) -> ExitCode {
+    eprintln!("streamer-control-plane: configuration error:");
+    for problem in &err.problems {
+        eprintln!("  {problem}");
+    }
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let production = matches!(cli.command, Command::Serve);
+    let config = match Config::from_process_env(cli.config, production) {
+        Ok(config) => config,
+        Err(err) => return config_error(&err),
+    };
+    // Everything that can be wrong with the configuration is reported (exit
+    // 2) before any AWS lookup or port.
+    if let Err(err) = check(&config) {
+        return config_error(&err);
+    }
+    if matches!(
+        cli.command,
+        Command::Tables {
+            command: TablesCommand::Create
+        }
+    ) && let Err(err) = aws_ready()
+    {
+        return config_error(&err);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("streamer-control-plane: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let telemetry =
+            streamer_telemetry::init(config.server.log_format, "streamer-control-plane");
+        let result = match cli.command {
+            Command::Dev => streamer_server::dev::run(config).await,
+            Command::Serve => serve(config).await,
+            Command::Tables {
+                command: TablesCommand::Create,
+            } => streamer_control_plane::app::stores::create_tables(&config)
+                .await
+                .map(|tables| {
+                    for table in tables {
+                        println!("table {table} is ready");
+                    }
+                })
+                .map_err(anyhow::Error::msg),
+        };
+        telemetry.shutdown();
+        result
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("streamer-control-plane: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The key parses and the actions compile; every problem at once.
+fn check(config: &Config) -> Result<(), ConfigError> {
+    let mut problems = Vec::new();
+    if let Some(jwt) = &config.jwt
+        && let Err(err) = streamer_control_plane::connections::auth::JwtVerifier::new(jwt)
+    {
+        problems.push(err.to_string());
+    }
+    if let Err(err) = streamer_control_plane::actions::Actions::new(&config.actions) {
+        problems.push(format!("invalid value for actions: {err}"));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+/// `tables create` talks to DynamoDB: without a region (or an endpoint) the
+/// SDK would fail with an unhelpful dispatch error, so say what is missing.
+fn aws_ready() -> Result<(), ConfigError> {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty());
+    if set("AWS_REGION") || set("AWS_DEFAULT_REGION") || set("AWS_PROFILE") {
+        return Ok(());
+    }
+    Err(ConfigError::one(format!(
+        "missing setting AWS_REGION: `tables create` needs the region of the tables ({} names them; \
+         for a local DynamoDB-compatible server also set AWS_ENDPOINT_URL_DYNAMODB)",
+        settings::CONNECTIONS_TABLE.name()
+    )))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let delivery = Arc::new(ManagementApi::new(sdk, config.delivery.clone()));
+    let app = App::build(&config, None, delivery).await?;
+    let listener = tokio::net::TcpListener::bind(config.server.grpc_addr)
+        .await
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "cannot listen on {} ({err}); set {} to another address",
+                config.server.grpc_addr,
+                settings::GRPC_ADDR.name()
+            )
+        })?;
+    if let Some(addr) = config.server.metrics_addr {
+        let metrics = tokio::net::TcpListener::bind(addr).await.map_err(|err| {
+            anyhow::anyhow!(
+                "cannot listen on {addr} ({err}); set {} to another address",
+                settings::METRICS_ADDR.name()
+            )
+        })?;
+        tokio::spawn(streamer_control_plane::metrics::serve(
+            metrics,
+            std::future::pending(),
+        ));
+    }
+    raise_open_file_limit();
+    app.serve(listener, shutdown_signal()).await
+}

@@ -1,0 +1,147 @@
+//! `GroupService`: membership from the server side, through the same
+//! domain calls as a client's own `join` / `leave`.
+
+use std::sync::Arc;
+
+use streamer_proto::v1::{self, group_service_server::GroupService};
+use tonic::{Request, Response, Status};
+
+use super::{auth::Caller, convert, pagetoken::PageTokens};
+use crate::{
+    connections::{
+        ControlPlane,
+        groups::{Groups, Member},
+    },
+    error::Fault,
+    registry::{Registry, Scope},
+};
+
+/// Group membership from the server side.
+#[derive(Clone)]
+pub struct GroupApi {
+    groups: Arc<Groups>,
+    control: Arc<ControlPlane>,
+    registry: Arc<dyn Registry>,
+    page_tokens: PageTokens,
+}
+
+impl std::fmt::Debug for GroupApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupApi").finish_non_exhaustive()
+    }
+}
+
+impl GroupApi {
+    /// Serves the group API.
+    pub fn new(
+        groups: Arc<Groups>,
+        control: Arc<ControlPlane>,
+        registry: Arc<dyn Registry>,
+        page_tokens: PageTokens,
+    ) -> Self {
+        Self {
+            groups,
+            control,
+            registry,
+            page_tokens,
+        }
+    }
+}
+
+/// The two requests' identical `oneof member`, as the domain's [`Member`].
+macro_rules! member_of {
+    ($oneof:path, $member:expr) => {{
+        use $oneof as M;
+        match $member {
+            Some(M::ConnectionId(id)) => Ok(Member::Connection(convert::connection(id)?)),
+            Some(M::UserId(user)) => Ok(Member::User(convert::user(user)?)),
+            None => Err(Fault::invalid("connection_id or user_id is required")),
+        }
+    }};
+}
+
+/// The tenant and group of a membership change, checked against the caller.
+fn target<'a>(
+    caller: &Caller,
+    tenant_id: &'a str,
+    group: &'a str,
+) -> Result<(&'a str, &'a str), Fault> {
+    let Scope::Group { .. } = convert::group_scope(tenant_id, group)? else {
+        return Err(Fault::internal("group_scope gave another scope"));
+    };
+    caller.check_tenant(tenant_id)?;
+    Ok((tenant_id, group))
+}
+
+#[tonic::async_trait]
+impl GroupService for GroupApi {
+    async fn add_to_group(
+        &self,
+        request: Request<v1::AddToGroupRequest>,
+    ) -> Result<Response<v1::AddToGroupResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.get_ref();
+        let (tenant_id, group) = target(caller, &r.tenant_id, &r.group)?;
+        let member = member_of!(v1::add_to_group_request::Member, &r.member)?;
+        let added = self.groups.add(tenant_id, group, member).await?;
+        Ok(Response::new(v1::AddToGroupResponse { added }))
+    }
+
+    async fn remove_from_group(
+        &self,
+        request: Request<v1::RemoveFromGroupRequest>,
+    ) -> Result<Response<v1::RemoveFromGroupResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.get_ref();
+        let (tenant_id, group) = target(caller, &r.tenant_id, &r.group)?;
+        let member = member_of!(v1::remove_from_group_request::Member, &r.member)?;
+        let removed = self.groups.remove(tenant_id, group, member).await?;
+        Ok(Response::new(v1::RemoveFromGroupResponse { removed }))
+    }
+
+    async fn list_group_members(
+        &self,
+        request: Request<v1::ListGroupMembersRequest>,
+    ) -> Result<Response<v1::ListGroupMembersResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.get_ref();
+        let scope = convert::group_scope(&r.tenant_id, &r.group)?;
+        caller.check_tenant(scope.tenant_id())?;
+        let (connections, next_page_token) = convert::connections_page(
+            self.registry.as_ref(),
+            &self.page_tokens,
+            &scope,
+            &r.page_token,
+            r.page_size,
+        )
+        .await?;
+        Ok(Response::new(v1::ListGroupMembersResponse {
+            connections,
+            next_page_token,
+        }))
+    }
+
+    async fn count_group_members(
+        &self,
+        request: Request<v1::CountGroupMembersRequest>,
+    ) -> Result<Response<v1::CountGroupMembersResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.get_ref();
+        let scope = convert::group_scope(&r.tenant_id, &r.group)?;
+        caller.check_tenant(scope.tenant_id())?;
+        let count = self.registry.count(&scope).await.map_err(Fault::from)?;
+        Ok(Response::new(v1::CountGroupMembersResponse { count }))
+    }
+
+    async fn list_connection_groups(
+        &self,
+        request: Request<v1::ListConnectionGroupsRequest>,
+    ) -> Result<Response<v1::ListConnectionGroupsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let id = convert::connection(&request.get_ref().connection_id)?;
+        let connection = self.control.visible(id, caller.tenant_filter()).await?;
+        let mut groups: Vec<String> = connection.groups.iter().map(|g| g.to_string()).collect();
+        groups.sort();
+        Ok(Response::new(v1::ListConnectionGroupsResponse { groups }))
+    }
+}

@@ -1,0 +1,380 @@
+//! Assembling the control plane from its configuration and serving it:
+//! [`App::build`] checks everything that can be wrong before any port is
+//! bound and wires every room to what it needs; [`App::serve`] runs until
+//! its shutdown future resolves, then drains in-flight calls for a bounded
+//! time.
+
+pub mod stores;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use streamer_proto::v1::{
+    admin_service_server::AdminServiceServer, broadcast_service_server::BroadcastServiceServer,
+    connection_service_server::ConnectionServiceServer, edge_service_server::EdgeServiceServer,
+    group_service_server::GroupServiceServer, processor_service_server::ProcessorServiceServer,
+    request_service_server::RequestServiceServer,
+};
+use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::{
+    actions::{Actions, ActionsError},
+    api::{
+        AdminApi, BroadcastApi, ConnectionApi, EdgeApi, GroupApi, ProcessorApi, RequestApi,
+        auth::{Audience, TokenTable, interceptor},
+        pagetoken::PageTokens,
+        transport,
+    },
+    clock::Clock,
+    config::{Config, JwtConfig, ReconcileConfig, TransportConfig},
+    connections::{
+        ControlPlane, Parts,
+        auth::{JwtVerifier, KeyError},
+        groups::Groups,
+        limits::{LocalLimits, RateLimiter},
+        shared_limits::SharedLimits,
+    },
+    delivery::{Delivery, broadcast::Broadcaster, presence::Presence, reconcile::Reconciler},
+    registry::Registry,
+    requests::{Jobs, JobsParts},
+};
+
+/// How long in-flight calls may run after a shutdown signal.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the control plane could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(
+        "no JWT public key configured: set STREAMER_JWT_PUBLIC_KEY or STREAMER_JWT_PUBLIC_KEY_FILE"
+    )]
+    NoJwtKey,
+    #[error(transparent)]
+    Jwt(#[from] KeyError),
+    #[error(transparent)]
+    Actions(#[from] ActionsError),
+    #[error(
+        "no gRPC tokens configured: set STREAMER_EDGE_TOKEN and STREAMER_ADMIN_TOKEN (or service tokens)"
+    )]
+    NoTokens,
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// A fully assembled control plane, ready to serve.
+#[derive(Clone)]
+pub struct App {
+    control: Arc<ControlPlane>,
+    registry: Arc<dyn Registry>,
+    broadcaster: Arc<Broadcaster>,
+    groups: Arc<Groups>,
+    jobs: Arc<Jobs>,
+    actions: Arc<Actions>,
+    reconciler: Arc<Reconciler>,
+    reconcile: ReconcileConfig,
+    transport: TransportConfig,
+    presence: Arc<Presence>,
+    departures: Arc<
+        std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::registry::Connection>>>,
+    >,
+    tokens: Arc<TokenTable>,
+    page_tokens: PageTokens,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Builds the control plane on the configured store. `jwt` overrides
+    /// the configured key (used by `dev` for its own key); `delivery` is the
+    /// Management API.
+    pub async fn build(
+        config: &Config,
+        jwt: Option<&JwtConfig>,
+        delivery: Arc<dyn Delivery>,
+    ) -> Result<Self, BuildError> {
+        let jwt = jwt.or(config.jwt.as_ref()).ok_or(BuildError::NoJwtKey)?;
+        let verifier = JwtVerifier::new(jwt)?;
+        let actions = Arc::new(Actions::new(&config.actions)?);
+        if config.tokens.edge.is_none()
+            && config.tokens.admin.is_none()
+            && config.tokens.services.is_empty()
+        {
+            return Err(BuildError::NoTokens);
+        }
+        let clock = Clock::new();
+        let stores = stores::open(config, clock).await;
+        let registry = stores.registry;
+        let limiter: Arc<dyn RateLimiter> =
+            match (&stores.dynamodb, config.store.shared_rate_limits) {
+                (Some(client), true) => Arc::new(SharedLimits::new(
+                    client.clone(),
+                    &config.store.rate_limits_table,
+                    &config.limits,
+                    clock,
+                )),
+                _ => Arc::new(LocalLimits::new(&config.limits)),
+            };
+        let broadcaster = Arc::new(Broadcaster::new(registry.clone(), delivery.clone()));
+        let presence = Arc::new(Presence::new(broadcaster.clone(), config.groups.clone()));
+        let groups = Arc::new(Groups::new(
+            registry.clone(),
+            presence.clone(),
+            config.groups.clone(),
+        ));
+        let jobs = Arc::new(Jobs::new(JobsParts {
+            queue: stores.queue,
+            registry: registry.clone(),
+            delivery: delivery.clone(),
+            actions: actions.clone(),
+            config: config.jobs.clone(),
+            clock,
+        }));
+        let control = Arc::new(ControlPlane::new(Parts {
+            registry: registry.clone(),
+            verifier,
+            limiter,
+            limits: config.limits.clone(),
+            loopback_unlimited: config.limits.loopback_connects_unlimited.unwrap_or(false),
+            actions: actions.clone(),
+            jobs: jobs.clone(),
+            groups: groups.clone(),
+            delivery: delivery.clone(),
+            clock,
+            touch_interval: config.store.touch_interval,
+        }));
+        Ok(Self {
+            control,
+            reconciler: Arc::new(Reconciler::new(
+                registry.clone(),
+                delivery,
+                clock,
+                config.reconcile.idle_threshold,
+            )),
+            registry,
+            broadcaster,
+            groups,
+            jobs,
+            actions,
+            reconcile: config.reconcile.clone(),
+            transport: config.server.transport.clone(),
+            presence,
+            departures: Arc::new(std::sync::Mutex::new(Some(stores.departures))),
+            tokens: Arc::new(TokenTable::new(&config.tokens)),
+            page_tokens: PageTokens::new(config.server.page_token_secret.as_deref()),
+        })
+    }
+
+    /// The processor sessions connected now (for readiness checks).
+    pub fn processor_count(&self) -> usize {
+        self.jobs.sessions().len()
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` resolves; in-flight calls
+    /// then get [`DRAIN_TIMEOUT`] to finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), anyhow::Error> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<EdgeServiceServer<EdgeApi>>()
+            .await;
+        health_reporter
+            .set_serving::<ConnectionServiceServer<ConnectionApi>>()
+            .await;
+        health_reporter
+            .set_serving::<BroadcastServiceServer<BroadcastApi>>()
+            .await;
+        health_reporter
+            .set_serving::<AdminServiceServer<AdminApi>>()
+            .await;
+        health_reporter
+            .set_serving::<GroupServiceServer<GroupApi>>()
+            .await;
+        health_reporter
+            .set_serving::<RequestServiceServer<RequestApi>>()
+            .await;
+        health_reporter
+            .set_serving::<ProcessorServiceServer<ProcessorApi>>()
+            .await;
+
+        let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+            builder
+                .register_encoded_file_descriptor_set(streamer_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1()
+            .map_err(|e| BuildError::Reflection(e.to_string()))?;
+        // grpcurl releases before 1.8.8 only speak v1alpha reflection.
+        let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1alpha()
+            .map_err(|e| BuildError::Reflection(e.to_string()))?;
+
+        let edge = EdgeServiceServer::new(EdgeApi::new(self.control.clone()));
+        let connections = ConnectionServiceServer::new(ConnectionApi::new(
+            self.control.clone(),
+            self.registry.clone(),
+            self.page_tokens.clone(),
+        ));
+        let broadcast = BroadcastServiceServer::new(BroadcastApi::new(self.broadcaster.clone()));
+        let admin = AdminServiceServer::new(AdminApi::new(
+            self.reconciler.clone(),
+            self.reconcile.interval,
+            self.reconcile.idle_threshold,
+        ));
+        let processors =
+            ProcessorServiceServer::new(ProcessorApi::new(self.jobs.clone(), self.actions.clone()));
+        let requests =
+            RequestServiceServer::new(RequestApi::new(self.jobs.clone(), self.page_tokens.clone()));
+        let groups = GroupServiceServer::new(GroupApi::new(
+            self.groups.clone(),
+            self.control.clone(),
+            self.registry.clone(),
+            self.page_tokens.clone(),
+        ));
+
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(self.jobs.clone().run_sweeper());
+        if let Some(rx) = self.departures.lock().ok().and_then(|mut rx| rx.take()) {
+            background.spawn(self.presence.clone().run_departures(rx));
+        }
+        if !self.reconcile.interval.is_zero() {
+            let reconciler = self.reconciler.clone();
+            let interval = self.reconcile.interval;
+            background.spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(err) = reconciler.run_once().await {
+                        tracing::warn!(error = %err, "reconcile run failed");
+                    }
+                }
+            });
+        }
+        let control = self.control.clone();
+        background.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                control.housekeeping();
+            }
+        });
+
+        let tokens = &self.tokens;
+        let transport = &self.transport;
+        let mut server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(transport.keepalive_interval)
+            .http2_keepalive_timeout(Some(transport.keepalive_timeout))
+            .trace_fn(streamer_telemetry::grpc_server_span)
+            .layer(transport::Conventions);
+        if let Some(age) = transport.max_connection_age {
+            server = server
+                .max_connection_age(age)
+                .max_connection_age_grace(DRAIN_TIMEOUT);
+        }
+        tracing::info!(addr = %listener.local_addr()?, "grpc server listening");
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        };
+        let serving = server
+            .add_service(health_service)
+            .add_service(InterceptedService::new(
+                reflection_v1,
+                interceptor(tokens.clone(), Audience::Any),
+            ))
+            .add_service(InterceptedService::new(
+                reflection_v1alpha,
+                interceptor(tokens.clone(), Audience::Any),
+            ))
+            .add_service(InterceptedService::new(
+                edge,
+                interceptor(tokens.clone(), Audience::Edge),
+            ))
+            .add_service(InterceptedService::new(
+                connections,
+                interceptor(tokens.clone(), Audience::Server),
+            ))
+            .add_service(InterceptedService::new(
+                broadcast,
+                interceptor(tokens.clone(), Audience::Server),
+            ))
+            .add_service(InterceptedService::new(
+                processors,
+                interceptor(tokens.clone(), Audience::Server),
+            ))
+            .add_service(InterceptedService::new(
+                requests,
+                interceptor(tokens.clone(), Audience::Server),
+            ))
+            .add_service(InterceptedService::new(
+                groups,
+                interceptor(tokens.clone(), Audience::Server),
+            ))
+            .add_service(InterceptedService::new(
+                admin,
+                interceptor(tokens.clone(), Audience::Admin),
+            ))
+            .serve_with_incoming_shutdown(
+                transport::incoming(listener, transport.clone()),
+                shutdown,
+            );
+        tokio::pin!(serving);
+        let drained = async {
+            let _ = stopping_rx.await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        };
+        let result = tokio::select! {
+            result = &mut serving => result,
+            () = drained => {
+                tracing::warn!(timeout = ?DRAIN_TIMEOUT, "calls still in flight after the drain timeout; stopping anyway");
+                Ok(())
+            }
+        };
+        background.abort_all();
+        result?;
+        tracing::info!("grpc server stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit: each WebSocket and each
+/// pooled Management API connection is a file descriptor.
+pub fn raise_open_file_limit() {
+    #[cfg(unix)]
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open file limit"),
+    }
+}

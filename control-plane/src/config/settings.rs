@@ -1,0 +1,123 @@
+//! Every setting, declared once: its environment variable, its file key, its
+//! default (parsed by the same parser as a configured value) and what it
+//! means. The loader reads settings through this table, and
+//! `docs/configuration.md` is checked against it by a test, so the three
+//! cannot drift apart.
+
+/// One setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// The environment variable, if the setting has one.
+    pub env: Option<&'static str>,
+    /// The key in the TOML file (dotted: `gateway.addr`), if it has one.
+    pub key: Option<&'static str>,
+    /// The default as text, parsed like a configured value; empty when the
+    /// setting is unset by default.
+    pub default: &'static str,
+    /// What the default means when it is not a value (`"none"`, `"dev makes one"`).
+    pub default_doc: Option<&'static str>,
+    /// What the setting does.
+    pub doc: &'static str,
+}
+
+impl Setting {
+    /// How error messages name the setting.
+    pub fn name(&self) -> &'static str {
+        self.env.or(self.key).unwrap_or("setting")
+    }
+}
+
+macro_rules! settings {
+    ($($(#[$meta:meta])* $name:ident = ($env:expr, $key:expr, $default:expr, $default_doc:expr, $doc:expr);)*) => {
+        $(
+            $(#[$meta])*
+            pub const $name: Setting = Setting {
+                env: $env,
+                key: $key,
+                default: $default,
+                default_doc: $default_doc,
+                doc: $doc,
+            };
+        )*
+        /// Every setting, in the order the documentation lists them.
+        pub const ALL: &[Setting] = &[$($name),*];
+    };
+}
+
+settings! {
+    CONFIG = (Some("STREAMER_CONFIG"), None, "", Some("none"), "path of the TOML config file (also `--config`)");
+    GRPC_ADDR = (Some("STREAMER_GRPC_ADDR"), Some("grpc_addr"), "127.0.0.1:50051", None, "gRPC listen address");
+    GRPC_HANDSHAKE_TIMEOUT_MS = (Some("STREAMER_GRPC_HANDSHAKE_TIMEOUT_MS"), Some("grpc.handshake_timeout_ms"), "10000", None, "a gRPC connection that has not sent its HTTP/2 preface and SETTINGS within this long is closed");
+    GRPC_IDLE_TIMEOUT_SECS = (Some("STREAMER_GRPC_IDLE_TIMEOUT_SECS"), Some("grpc.idle_timeout_secs"), "300", None, "a gRPC connection with no call in flight for this long is closed; `0` keeps idle connections");
+    GRPC_KEEPALIVE_INTERVAL_SECS = (Some("STREAMER_GRPC_KEEPALIVE_INTERVAL_SECS"), Some("grpc.keepalive_interval_secs"), "30", None, "HTTP/2 PING sent to a quiet connection this often; `0` turns keepalive off");
+    GRPC_KEEPALIVE_TIMEOUT_SECS = (Some("STREAMER_GRPC_KEEPALIVE_TIMEOUT_SECS"), Some("grpc.keepalive_timeout_secs"), "10", None, "a connection whose PING is not answered within this long is closed");
+    GRPC_MAX_CONNECTION_AGE_SECS = (Some("STREAMER_GRPC_MAX_CONNECTION_AGE_SECS"), Some("grpc.max_connection_age_secs"), "0", Some("`0` (no limit)"), "connections are asked to go away (GOAWAY) after this long, so clients spread over new replicas");
+    METRICS_ADDR = (Some("STREAMER_METRICS_ADDR"), Some("metrics_addr"), "", Some("off"), "serve Prometheus `/metrics` on this address");
+    LOG_FORMAT = (Some("STREAMER_LOG_FORMAT"), Some("log_format"), "pretty", None, "`pretty` or `json`");
+    PAGE_TOKEN_SECRET = (Some("STREAMER_PAGE_TOKEN_SECRET"), Some("page_token_secret"), "", Some("random per process"), "signs list page tokens (set it when several replicas serve one API)");
+    GATEWAY_ADDR = (Some("STREAMER_GATEWAY_ADDR"), Some("gateway.addr"), "127.0.0.1:8080", None, "`dev`: WebSocket + Management API address");
+    STAGE = (Some("STREAMER_STAGE"), Some("gateway.stage"), "local", None, "`dev`: stage (first path segment)");
+    GATEWAY_MAX_MESSAGE_BYTES = (Some("STREAMER_GATEWAY_MAX_MESSAGE_BYTES"), Some("gateway.max_message_bytes"), "131072", None, "`dev`: gateway message limit (close 1009 above)");
+    GATEWAY_IDLE_TIMEOUT_SECS = (Some("STREAMER_GATEWAY_IDLE_TIMEOUT_SECS"), Some("gateway.idle_timeout_secs"), "600", None, "`dev`: idle connections are closed (1001)");
+    GATEWAY_MAX_DURATION_SECS = (Some("STREAMER_GATEWAY_MAX_DURATION_SECS"), Some("gateway.max_duration_secs"), "7200", None, "`dev`: maximum connection duration (1001)");
+    JWT_PUBLIC_KEY = (Some("STREAMER_JWT_PUBLIC_KEY"), Some("jwt.public_key"), "", Some("none (`dev` makes one)"), "PEM public key (RSA, EC or Ed25519); `\\n` escapes allowed");
+    JWT_PUBLIC_KEY_FILE = (Some("STREAMER_JWT_PUBLIC_KEY_FILE"), Some("jwt.public_key_file"), "", Some("none"), "the same, from a file");
+    JWT_ALGORITHMS = (Some("STREAMER_JWT_ALGORITHMS"), Some("jwt.algorithms"), "RS256", None, "accepted algorithms (comma list; one key family)");
+    JWT_ISSUER = (Some("STREAMER_JWT_ISSUER"), Some("jwt.issuer"), "", Some("none"), "required `iss`");
+    JWT_AUDIENCE = (Some("STREAMER_JWT_AUDIENCE"), Some("jwt.audience"), "", Some("none"), "required `aud`");
+    JWT_LEEWAY_SECS = (Some("STREAMER_JWT_LEEWAY_SECS"), Some("jwt.leeway_secs"), "5", None, "clock skew allowed on `exp` / `nbf`");
+    EDGE_TOKEN = (Some("STREAMER_EDGE_TOKEN"), Some("tokens.edge"), "", Some("none (`dev` makes one)"), "edge role token (at least 16 characters)");
+    ADMIN_TOKEN = (Some("STREAMER_ADMIN_TOKEN"), Some("tokens.admin"), "", Some("none (`dev` makes one)"), "admin role token (at least 16 characters)");
+    SERVICE_TOKENS = (None, Some("tokens.services"), "", Some("none"), "`[[tokens.services]]` tables: `name`, `token`, optional `tenant_id` (a service token bound to that tenant)");
+    MAX_MESSAGE_BYTES = (Some("STREAMER_MAX_MESSAGE_BYTES"), Some("limits.max_message_bytes"), "131072", None, "largest client message (`PAYLOAD_TOO_LARGE`)");
+    MESSAGES_PER_MINUTE = (Some("STREAMER_MESSAGES_PER_MINUTE"), Some("limits.messages_per_minute"), "100", None, "per-connection message rate");
+    MESSAGE_BURST = (Some("STREAMER_MESSAGE_BURST"), Some("limits.message_burst"), "20", None, "per-connection burst");
+    CONNECTS_PER_MINUTE_PER_IP = (Some("STREAMER_CONNECTS_PER_MINUTE_PER_IP"), Some("limits.connects_per_minute_per_ip"), "10", None, "connection attempts per source IP (also the burst)");
+    LOOPBACK_CONNECTS_UNLIMITED = (Some("STREAMER_LOOPBACK_CONNECTS_UNLIMITED"), Some("limits.loopback_connects_unlimited"), "", Some("`false` (`dev`: `true`)"), "connects from 127.0.0.0/8 and ::1 skip the per-IP connect limit");
+    MAX_CONNECTIONS_PER_TENANT = (Some("STREAMER_MAX_CONNECTIONS_PER_TENANT"), Some("limits.max_connections_per_tenant"), "0", Some("`0` (none)"), "tenant connection quota");
+    DELIVERY_CONCURRENCY = (Some("STREAMER_DELIVERY_CONCURRENCY"), Some("delivery.concurrency"), "256", None, "`PostToConnection` calls in flight per broadcast");
+    DELIVERY_MAX_ATTEMPTS = (Some("STREAMER_DELIVERY_MAX_ATTEMPTS"), Some("delivery.max_attempts"), "3", None, "attempts per recipient (429 / 5xx / network)");
+    DELIVERY_BASE_BACKOFF_MS = (Some("STREAMER_DELIVERY_BASE_BACKOFF_MS"), Some("delivery.base_backoff_ms"), "25", None, "first retry delay of a delivery (doubled per attempt, full jitter)");
+    DELIVERY_MAX_BACKOFF_MS = (Some("STREAMER_DELIVERY_MAX_BACKOFF_MS"), Some("delivery.max_backoff_ms"), "1000", None, "longest retry delay of a delivery");
+    DELIVERY_CALL_TIMEOUT_MS = (Some("STREAMER_DELIVERY_CALL_TIMEOUT_MS"), Some("delivery.call_timeout_ms"), "5000", None, "timeout of one Management API call");
+    STORE = (Some("STREAMER_STORE"), Some("store.kind"), "memory", None, "`memory` (embedded) or `dynamodb`");
+    CONNECTIONS_TABLE = (Some("STREAMER_CONNECTIONS_TABLE"), Some("store.connections_table"), "streamer-connections", None, "DynamoDB connections table");
+    REQUESTS_TABLE = (Some("STREAMER_REQUESTS_TABLE"), Some("store.requests_table"), "streamer-requests", None, "DynamoDB requests table");
+    RATE_LIMITS_TABLE = (Some("STREAMER_RATE_LIMITS_TABLE"), Some("store.rate_limits_table"), "streamer-rate-limits", None, "DynamoDB table of the shared rate limits");
+    SHARED_RATE_LIMITS = (Some("STREAMER_SHARED_RATE_LIMITS"), Some("store.shared_rate_limits"), "", Some("`true` on DynamoDB, `false` on memory"), "keep the message and connect limits in the store, shared by every replica");
+    CONNECTION_TTL_SECS = (Some("STREAMER_CONNECTION_TTL_SECS"), Some("store.connection_ttl_secs"), "7500", None, "a row expires this long after its last refresh and after connect (API Gateway's 2 h + 5 min)");
+    TOUCH_INTERVAL_SECS = (Some("STREAMER_TOUCH_INTERVAL_SECS"), Some("store.touch_interval_secs"), "60", None, "refresh `last_seen` at most this often per connection");
+    RECONCILE_INTERVAL_SECS = (Some("STREAMER_RECONCILE_INTERVAL_SECS"), Some("reconcile.interval_secs"), "300", None, "stale-connection reconcile period; `0` turns it off");
+    RECONCILE_IDLE_SECS = (Some("STREAMER_RECONCILE_IDLE_SECS"), Some("reconcile.idle_secs"), "900", None, "rows idle longer than this are checked with the gateway");
+    MAX_GROUPS_PER_CONNECTION = (Some("STREAMER_MAX_GROUPS_PER_CONNECTION"), Some("groups.max_per_connection"), "128", None, "most groups one connection may be in");
+    GROUP_JOIN_PERMISSION = (Some("STREAMER_GROUP_JOIN_PERMISSION"), Some("groups.join_permission"), "group:join:{group}", None, "permission a token needs to `join` (`{group}` is the name; a granted `prefix*` matches)");
+    PRESENCE_GROUPS = (Some("STREAMER_PRESENCE_GROUPS"), Some("groups.presence"), "", Some("none"), "groups (names or `prefix*`, comma separated) whose members get presence frames");
+    RETRY_BASE_MS = (Some("STREAMER_RETRY_BASE_MS"), Some("jobs.retry_base_ms"), "1000", None, "first retry delay of a failed attempt (doubled per attempt, jittered)");
+    RETRY_MAX_MS = (Some("STREAMER_RETRY_MAX_MS"), Some("jobs.retry_max_ms"), "60000", None, "longest retry delay");
+    PROGRESS_INTERVAL_MS = (Some("STREAMER_PROGRESS_INTERVAL_MS"), Some("jobs.progress_interval_ms"), "100", None, "at most one progress frame per request per interval (10/s)");
+    ACTIONS = (None, Some("actions"), "", Some("none"), "`[[actions]]` tables: `name`, `mode` (`sync` / `async`), `handler`, `permission`, `schema`, `lease_timeout_ms`, `max_attempts`");
+    STATE_DIR = (Some("STREAMER_STATE_DIR"), Some("dev.state_dir"), ".build/dev", None, "`dev`: where the signing key, its private half (for `streamerctl token`) and the gRPC tokens are kept across restarts");
+    DEMO_PROCESSOR = (Some("STREAMER_DEMO_PROCESSOR"), Some("dev.demo_processor"), "true", None, "`dev`: run the in-process demo processor (`echo_async`, `generate_report`)");
+    DEMO_DURATION_MS = (Some("STREAMER_DEMO_DURATION_MS"), Some("dev.demo_duration_ms"), "3000", None, "`dev`: how long a demo request takes");
+}
+
+/// The settings as the Markdown table `docs/configuration.md` holds.
+pub fn markdown_table() -> String {
+    let cell = |s: Option<&str>| s.map_or_else(|| "—".to_owned(), |s| format!("`{s}`"));
+    let mut out =
+        String::from("| variable | file key | default | meaning |\n| --- | --- | --- | --- |\n");
+    for setting in ALL {
+        let default = match (setting.default_doc, setting.default) {
+            (Some(doc), _) => doc.to_owned(),
+            (None, value) => format!("`{value}`"),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            cell(setting.env),
+            cell(setting.key),
+            default,
+            setting.doc
+        ));
+    }
+    out
+}

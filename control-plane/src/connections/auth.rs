@@ -1,0 +1,397 @@
+//! Client authentication at `$connect`: strict JWT verification.
+//!
+//! Only the configured public-key algorithms are accepted (RS256 by default),
+//! so `alg: none` and RS/HS confusion fail by construction. Every rejection
+//! collapses to one client-facing answer; the reason is only logged.
+
+use std::collections::{HashMap, HashSet};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::config::JwtConfig;
+
+/// Longest token we even try to parse.
+const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Most permissions one token may carry.
+const MAX_PERMISSIONS: usize = 64;
+
+/// Why a key configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("STREAMER_JWT_ALGORITHMS: {0:?} need different key types; configure one family")]
+    MixedFamilies(Vec<Algorithm>),
+    #[error(
+        "STREAMER_JWT_PUBLIC_KEY: not a valid {family} PEM public key (for STREAMER_JWT_ALGORITHMS {algorithms})"
+    )]
+    BadKey {
+        family: &'static str,
+        algorithms: String,
+    },
+}
+
+/// Why a client token was refused. The variants are for logs and metrics;
+/// clients only ever see "missing or invalid token".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token")]
+    Missing,
+    #[error("token too large")]
+    TooLarge,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("algorithm not accepted")]
+    Algorithm,
+    #[error("wrong issuer or audience")]
+    IssuerOrAudience,
+    #[error("missing or invalid claims")]
+    Claims,
+    #[error("malformed token")]
+    Malformed,
+}
+
+/// Who a verified token says the client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The `sub` claim.
+    pub user_id: String,
+    /// The `tenant_id` claim.
+    pub tenant_id: String,
+    /// The `permissions` claim (empty when absent).
+    pub permissions: Vec<String>,
+}
+
+/// The claims Streamer reads.
+#[derive(Debug, Clone, Deserialize)]
+struct Claims {
+    /// The user.
+    pub sub: String,
+    /// The tenant.
+    pub tenant_id: String,
+    /// Granted permissions.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+}
+
+/// Verifies client tokens against one public key.
+pub struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Family {
+    Rsa,
+    Ec,
+    Ed,
+}
+
+fn family(algorithm: Algorithm) -> Option<Family> {
+    use Algorithm::*;
+    match algorithm {
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => Some(Family::Rsa),
+        ES256 | ES384 => Some(Family::Ec),
+        EdDSA => Some(Family::Ed),
+        _ => None,
+    }
+}
+
+impl JwtVerifier {
+    /// Builds a verifier; fails when the key does not parse or the algorithms
+    /// do not all fit it.
+    pub fn new(config: &JwtConfig) -> Result<Self, KeyError> {
+        let families: HashSet<_> = config.algorithms.iter().map(|a| family(*a)).collect();
+        let family = match families.into_iter().collect::<Vec<_>>().as_slice() {
+            [Some(family)] => *family,
+            _ => return Err(KeyError::MixedFamilies(config.algorithms.clone())),
+        };
+        let pem = config.public_key_pem.as_bytes();
+        let bad = |family| KeyError::BadKey {
+            family,
+            algorithms: config
+                .algorithms
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let key = match family {
+            Family::Rsa => DecodingKey::from_rsa_pem(pem).map_err(|_| bad("RSA")),
+            Family::Ec => DecodingKey::from_ec_pem(pem).map_err(|_| bad("EC")),
+            Family::Ed => DecodingKey::from_ed_pem(pem).map_err(|_| bad("Ed25519")),
+        }?;
+        let mut validation = Validation::new(config.algorithms[0]);
+        validation.algorithms = config.algorithms.clone();
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        // A configured issuer or audience must be present, not just right
+        // when present.
+        let mut required = vec!["exp", "sub"];
+        required.extend(config.issuer.as_ref().map(|_| "iss"));
+        required.extend(config.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
+        match &config.issuer {
+            Some(issuer) => validation.set_issuer(&[issuer]),
+            None => validation.iss = None,
+        }
+        match &config.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Self { key, validation })
+    }
+
+    /// Verifies a token and returns the identity it carries.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::TooLarge);
+        }
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|err| {
+                use jsonwebtoken::errors::ErrorKind::*;
+                match err.kind() {
+                    ExpiredSignature => AuthError::Expired,
+                    ImmatureSignature => AuthError::NotYetValid,
+                    InvalidSignature => AuthError::BadSignature,
+                    InvalidAlgorithm | InvalidAlgorithmName | MissingAlgorithm => {
+                        AuthError::Algorithm
+                    }
+                    InvalidIssuer | InvalidAudience => AuthError::IssuerOrAudience,
+                    MissingRequiredClaim(_) | InvalidClaimFormat(_) | Json(_) => AuthError::Claims,
+                    _ => AuthError::Malformed,
+                }
+            })?;
+        let claims = data.claims;
+        if !streamer_proto::ids::valid_user_id(&claims.sub)
+            || !streamer_proto::ids::valid_tenant_id(&claims.tenant_id)
+            || claims.permissions.len() > MAX_PERMISSIONS
+            || claims
+                .permissions
+                .iter()
+                .any(|p| p.is_empty() || p.len() > streamer_proto::ids::MAX_ID_LEN)
+        {
+            return Err(AuthError::Claims);
+        }
+        Ok(Identity {
+            user_id: claims.sub,
+            tenant_id: claims.tenant_id,
+            permissions: claims.permissions,
+        })
+    }
+}
+
+/// Finds the client token in a `$connect` request: query parameter
+/// `Authorization` or `token`, else the `Authorization` header; a `Bearer `
+/// prefix is allowed everywhere.
+pub fn token_from_request<'a>(
+    query: &'a HashMap<String, String>,
+    headers: &'a HashMap<String, String>,
+) -> Option<&'a str> {
+    let raw = query
+        .get("Authorization")
+        .or_else(|| query.get("authorization"))
+        .or_else(|| query.get("token"))
+        .or_else(|| headers.get("authorization"))?;
+    let raw = raw.trim();
+    if raw.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = match raw.get(..7) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("bearer ") => raw[7..].trim_start(),
+        _ => raw,
+    };
+    (!token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use base64::Engine;
+    use jsonwebtoken::{EncodingKey, Header};
+    use streamer_test_kit::token::{Claims, generate_rsa_key_pair, keys, mint_rs256, now_secs};
+
+    use super::*;
+
+    fn verifier(issuer: Option<&str>, audience: Option<&str>) -> JwtVerifier {
+        JwtVerifier::new(&JwtConfig {
+            public_key_pem: keys().public_pem.clone(),
+            algorithms: vec![Algorithm::RS256],
+            issuer: issuer.map(str::to_owned),
+            audience: audience.map(str::to_owned),
+            leeway: Duration::from_secs(0),
+        })
+        .expect("verifier")
+    }
+
+    fn claims() -> Claims {
+        Claims {
+            sub: "alice".into(),
+            tenant_id: "acme".into(),
+            exp: now_secs() + 600,
+            permissions: vec!["reports:*".into()],
+            iss: None,
+            aud: None,
+        }
+    }
+
+    fn b64(v: &serde_json::Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    #[test]
+    fn accepts_a_valid_token() {
+        let token = mint_rs256(&keys().private_pem, &claims()).expect("mint");
+        let identity = verifier(None, None).verify(&token).expect("valid");
+        assert_eq!(identity.user_id, "alice");
+        assert_eq!(identity.tenant_id, "acme");
+        assert_eq!(identity.permissions, vec!["reports:*".to_owned()]);
+    }
+
+    #[test]
+    fn refuses_what_it_must() {
+        let v = verifier(None, None);
+        let expired = Claims {
+            exp: now_secs() - 10,
+            ..claims()
+        };
+        assert_eq!(
+            v.verify(&mint_rs256(&keys().private_pem, &expired).expect("mint")),
+            Err(AuthError::Expired)
+        );
+
+        let other = generate_rsa_key_pair().expect("keygen");
+        assert_eq!(
+            v.verify(&mint_rs256(&other.private_pem, &claims()).expect("mint")),
+            Err(AuthError::BadSignature)
+        );
+
+        let hs = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(),
+            &EncodingKey::from_secret(keys().public_pem.as_bytes()),
+        )
+        .expect("hs");
+        assert_eq!(v.verify(&hs), Err(AuthError::Algorithm));
+
+        let none = format!(
+            "{}.{}.",
+            b64(&serde_json::json!({"alg":"none","typ":"JWT"})),
+            b64(&serde_json::json!(claims()))
+        );
+        assert!(v.verify(&none).is_err());
+
+        let no_tenant = serde_json::json!({"sub": "alice", "exp": now_secs() + 60});
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::RS256),
+            &no_tenant,
+            &EncodingKey::from_rsa_pem(keys().private_pem.as_bytes()).expect("key"),
+        )
+        .expect("mint");
+        assert_eq!(v.verify(&token), Err(AuthError::Claims));
+
+        let bad_tenant = Claims {
+            tenant_id: "a#b".into(),
+            ..claims()
+        };
+        assert_eq!(
+            v.verify(&mint_rs256(&keys().private_pem, &bad_tenant).expect("mint")),
+            Err(AuthError::Claims)
+        );
+
+        assert_eq!(v.verify("not.a.token"), Err(AuthError::Malformed));
+        assert_eq!(v.verify(""), Err(AuthError::Missing));
+        assert_eq!(
+            v.verify(&"a".repeat(MAX_TOKEN_LEN + 1)),
+            Err(AuthError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn checks_issuer_and_audience_when_configured() {
+        let v = verifier(Some("https://issuer"), Some("streamer"));
+        let token = mint_rs256(&keys().private_pem, &claims()).expect("mint");
+        assert!(v.verify(&token).is_err());
+        let good = Claims {
+            iss: Some("https://issuer".into()),
+            aud: Some("streamer".into()),
+            ..claims()
+        };
+        assert!(
+            v.verify(&mint_rs256(&keys().private_pem, &good).expect("mint"))
+                .is_ok()
+        );
+        let wrong = Claims {
+            aud: Some("other".into()),
+            ..good
+        };
+        assert_eq!(
+            v.verify(&mint_rs256(&keys().private_pem, &wrong).expect("mint")),
+            Err(AuthError::IssuerOrAudience)
+        );
+    }
+
+    #[test]
+    fn finds_the_token_where_clients_put_it() {
+        let q = |k: &str, v: &str| {
+            [(k.to_owned(), v.to_owned())]
+                .into_iter()
+                .collect::<HashMap<_, _>>()
+        };
+        let none = HashMap::new();
+        assert_eq!(token_from_request(&q("token", "abc"), &none), Some("abc"));
+        assert_eq!(
+            token_from_request(&q("Authorization", "Bearer abc"), &none),
+            Some("abc")
+        );
+        assert_eq!(
+            token_from_request(&none, &q("authorization", "bearer abc")),
+            Some("abc")
+        );
+        assert_eq!(
+            token_from_request(&none, &q("authorization", "Bearer ")),
+            None
+        );
+        assert_eq!(token_from_request(&none, &none), None);
+    }
+
+    #[test]
+    fn permission_wildcards() {
+        use crate::config::grants;
+        assert!(grants(&["echo"], "echo"));
+        assert!(grants(&["*"], "anything"));
+        assert!(grants(&["group:join:*"], "group:join:room-1"));
+        assert!(!grants(&["group:join:*"], "group:leave:room-1"));
+        let none: [&str; 0] = [];
+        assert!(!grants(&none, "echo"));
+    }
+
+    #[test]
+    fn mixed_key_families_are_a_config_error() {
+        let err = JwtVerifier::new(&JwtConfig {
+            public_key_pem: keys().public_pem.clone(),
+            algorithms: vec![Algorithm::RS256, Algorithm::ES256],
+            issuer: None,
+            audience: None,
+            leeway: Duration::ZERO,
+        })
+        .expect_err("mixed");
+        assert!(matches!(err, KeyError::MixedFamilies(_)));
+    }
+}

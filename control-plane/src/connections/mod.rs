@@ -1,0 +1,164 @@
+//! Connections: who may connect ([`connect`], [`auth`], [`limits`]), what a
+//! client frame does ([`route`], [`builtins`]), group membership
+//! ([`groups`]), and the server side's way to close a connection. Plain
+//! Rust; the gRPC adapters only decode, call and map errors.
+
+pub mod auth;
+pub mod builtins;
+pub mod connect;
+pub mod groups;
+pub mod limits;
+pub mod route;
+pub mod shared_limits;
+
+use std::{sync::Arc, time::Duration};
+
+use self::{auth::JwtVerifier, groups::Groups, limits::RateLimiter};
+use crate::{
+    actions::Actions,
+    clock::Clock,
+    config::LimitsConfig,
+    delivery::Delivery,
+    error::{Fault, RegistryError},
+    metrics::metrics,
+    registry::{Connection, Registry},
+    requests::Jobs,
+};
+
+/// The connect / route logic with everything it needs.
+pub struct ControlPlane {
+    registry: Arc<dyn Registry>,
+    verifier: JwtVerifier,
+    limiter: Arc<dyn RateLimiter>,
+    limits: LimitsConfig,
+    loopback_unlimited: bool,
+    actions: Arc<Actions>,
+    jobs: Arc<Jobs>,
+    groups: Arc<Groups>,
+    delivery: Arc<dyn Delivery>,
+    clock: Clock,
+    touch_interval_ms: i64,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane").finish_non_exhaustive()
+    }
+}
+
+/// What the control plane is assembled from.
+#[allow(missing_debug_implementations)]
+pub struct Parts {
+    /// The connection registry.
+    pub registry: Arc<dyn Registry>,
+    /// Client token verification.
+    pub verifier: JwtVerifier,
+    /// The message and connect limits.
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Message size limit and tenant quota.
+    pub limits: LimitsConfig,
+    /// Whether loopback clients skip the connect limit.
+    pub loopback_unlimited: bool,
+    /// The action table.
+    pub actions: Arc<Actions>,
+    /// Long-running requests.
+    pub jobs: Arc<Jobs>,
+    /// Group membership and presence.
+    pub groups: Arc<Groups>,
+    /// The gateway (to close connections).
+    pub delivery: Arc<dyn Delivery>,
+    /// The clock.
+    pub clock: Clock,
+    /// Refresh `last_seen` at most this often.
+    pub touch_interval: Duration,
+}
+
+impl ControlPlane {
+    /// Assembles the control plane.
+    pub fn new(parts: Parts) -> Self {
+        Self {
+            registry: parts.registry,
+            verifier: parts.verifier,
+            limiter: parts.limiter,
+            limits: parts.limits,
+            loopback_unlimited: parts.loopback_unlimited,
+            actions: parts.actions,
+            jobs: parts.jobs,
+            groups: parts.groups,
+            delivery: parts.delivery,
+            clock: parts.clock,
+            touch_interval_ms: crate::clock::ms(parts.touch_interval),
+        }
+    }
+
+    /// `$disconnect`: forget the connection; `true` when it was registered.
+    pub async fn disconnect(&self, connection_id: &str) -> Result<bool, RegistryError> {
+        let removed = self.registry.remove(connection_id).await?;
+        if let Some(connection) = &removed {
+            let duration_ms = self.clock.now_ms() - connection.connected_at_ms;
+            tracing::info!(connection_id, tenant_id = %connection.tenant_id, duration_ms, "disconnected");
+            metrics().disconnects.inc();
+        }
+        Ok(removed.is_some())
+    }
+
+    /// A connection a caller restricted to `visible_to` (`None`: any tenant)
+    /// may see; `NOT_FOUND` otherwise, so a tenant-bound caller cannot learn
+    /// whether another tenant's connection exists.
+    pub async fn visible(
+        &self,
+        connection_id: &str,
+        visible_to: Option<&str>,
+    ) -> Result<Connection, Fault> {
+        match self.registry.get(connection_id).await? {
+            Some(c) if visible_to.is_none_or(|t| *c.tenant_id == *t) => Ok(c),
+            _ => Err(Fault::not_found("connection")),
+        }
+    }
+
+    /// Closes a connection from the server side: the gateway drops the
+    /// socket, the row goes. `true` when the gateway still had it.
+    pub async fn force_disconnect(
+        &self,
+        connection_id: &str,
+        visible_to: Option<&str>,
+    ) -> Result<bool, Fault> {
+        let connection = self.visible(connection_id, visible_to).await?;
+        let closed = self
+            .delivery
+            .delete(&connection.endpoint, &connection.connection_id)
+            .await?;
+        self.registry.remove(&connection.connection_id).await?;
+        tracing::info!(connection_id, closed, "disconnected by the server api");
+        Ok(closed)
+    }
+
+    /// Refreshes `last_seen` at most once per touch interval, off the reply
+    /// path.
+    fn touch_if_due(&self, connection: &Connection) {
+        let now = self.clock.now_ms();
+        if now - connection.last_seen_ms < self.touch_interval_ms {
+            return;
+        }
+        let registry = self.registry.clone();
+        let id = connection.connection_id.clone();
+        tokio::spawn(async move {
+            if let Err(err) = registry.touch(&id, now).await {
+                tracing::warn!(connection_id = %id, error = %err, "cannot refresh last_seen");
+            }
+        });
+    }
+
+    /// Periodic upkeep of the limiters.
+    pub fn housekeeping(&self) {
+        self.limiter.housekeeping();
+    }
+}
+
+/// The answer when a frame arrives for a connection the registry forgot.
+fn not_registered() -> Fault {
+    Fault::unauthenticated("connection is not registered; reconnect")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+//! One client frame: load the connection's row (tenant, user and
+//! permissions come from it, never from the client), apply the message
+//! limit, parse and validate the envelope, check the action's permission and
+//! schema, then answer (a built-in) or queue (an async action). Every
+//! failure is an `error` frame carrying the request id when the client gave
+//! a usable one.
+
+use base64::Engine;
+use streamer_proto::client::{self, Envelope, Frame};
+
+use super::{ControlPlane, not_registered};
+use crate::{
+    actions::{AsyncAction, Resolved},
+    config::grants,
+    error::Fault,
+    metrics::{LimitLabel, MessageLabels, metrics},
+    registry::Connection,
+    requests::queue::Request,
+};
+
+/// Message metric label for frames refused before their action was known.
+const INVALID_ACTION_LABEL: &str = "_invalid";
+/// Message metric label for actions that are not declared.
+const UNKNOWN_ACTION_LABEL: &str = "_unknown";
+
+/// A routed frame: the reply and how to count it.
+struct Routed {
+    reply: String,
+    action: String,
+    outcome: &'static str,
+}
+
+fn failed(request_id: Option<String>, fault: Fault, action: &str) -> Routed {
+    Routed {
+        reply: Frame::error(request_id.as_deref(), &fault.client()).to_json(),
+        action: action.to_owned(),
+        outcome: fault.code().label(),
+    }
+}
+
+/// Checks a permission an action or group needs.
+pub(super) fn permit(connection: &Connection, permission: &str, what: &str) -> Result<(), Fault> {
+    if grants(&connection.permissions, permission) {
+        Ok(())
+    } else {
+        Err(Fault::forbidden(format!(
+            "{what} needs permission {permission:?}"
+        )))
+    }
+}
+
+impl ControlPlane {
+    /// One client frame. Returns the reply frame, if any.
+    pub async fn route(&self, connection_id: &str, body: &str, is_base64: bool) -> Option<String> {
+        let routed = self.route_inner(connection_id, body, is_base64).await;
+        metrics()
+            .messages
+            .get_or_create(&MessageLabels {
+                action: routed.action,
+                outcome: routed.outcome,
+            })
+            .inc();
+        Some(routed.reply)
+    }
+
+    async fn route_inner(&self, connection_id: &str, body: &str, is_base64: bool) -> Routed {
+        let connection = match self.registry.get(connection_id).await {
+            Ok(Some(connection)) => connection,
+            Ok(None) => {
+                return failed(
+                    client::peek_request_id(body),
+                    not_registered(),
+                    INVALID_ACTION_LABEL,
+                );
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, connection_id, "registry unavailable during route");
+                return failed(
+                    client::peek_request_id(body),
+                    err.into(),
+                    INVALID_ACTION_LABEL,
+                );
+            }
+        };
+        tracing::Span::current().record("tenant_id", &*connection.tenant_id);
+        self.touch_if_due(&connection);
+        if let Err(wait) = self.limiter.check_message(connection_id).await {
+            tracing::debug!(connection_id, "message rate limited");
+            metrics()
+                .rate_limited
+                .get_or_create(&LimitLabel { limit: "message" })
+                .inc();
+            return failed(
+                client::peek_request_id(body),
+                Fault::rate_limited("rate limit exceeded; slow down", wait),
+                INVALID_ACTION_LABEL,
+            );
+        }
+        let decoded;
+        let text = if is_base64 {
+            match base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+            {
+                Some(text) => {
+                    decoded = text;
+                    decoded.as_str()
+                }
+                None => {
+                    return failed(
+                        None,
+                        Fault::invalid("message must be UTF-8 JSON text"),
+                        INVALID_ACTION_LABEL,
+                    );
+                }
+            }
+        } else {
+            body
+        };
+        if text.len() > self.limits.max_message_bytes {
+            let fault = Fault::too_large(format!(
+                "message exceeds {} bytes",
+                self.limits.max_message_bytes
+            ));
+            return failed(client::peek_request_id(text), fault, INVALID_ACTION_LABEL);
+        }
+        let envelope = match client::parse_envelope(text) {
+            Ok(envelope) => envelope,
+            Err((request_id, error)) => {
+                return Routed {
+                    reply: Frame::error(request_id.as_deref(), &error).to_json(),
+                    action: INVALID_ACTION_LABEL.to_owned(),
+                    outcome: error.code.label(),
+                };
+            }
+        };
+        tracing::Span::current().record("request_id", envelope.request_id.as_str());
+        // Only declared actions become label values, never client text.
+        let action = if self.actions.resolve(&envelope.action).is_ok() {
+            envelope.action.as_str()
+        } else {
+            UNKNOWN_ACTION_LABEL
+        };
+        match self.run_action(&connection, &envelope).await {
+            Ok(reply) => Routed {
+                reply: reply.to_json(),
+                action: action.to_owned(),
+                outcome: "ok",
+            },
+            Err(fault) => failed(Some(envelope.request_id.clone()), fault, action),
+        }
+    }
+
+    async fn run_action(
+        &self,
+        connection: &Connection,
+        envelope: &Envelope,
+    ) -> Result<Frame, Fault> {
+        let action = match self.actions.resolve(&envelope.action)? {
+            Resolved::Sync(action) => action,
+            Resolved::Async(action) => {
+                return self.queue_request(connection, envelope, &action).await;
+            }
+        };
+        if let Some(permission) = &action.permission {
+            permit(connection, permission, &format!("action {:?}", action.name))?;
+        }
+        action.validate(&envelope.payload)?;
+        self.builtin(action.handler, connection, envelope).await
+    }
+
+    /// Queues a request for an async action and acknowledges it.
+    async fn queue_request(
+        &self,
+        connection: &Connection,
+        envelope: &Envelope,
+        action: &AsyncAction,
+    ) -> Result<Frame, Fault> {
+        if let Some(permission) = &action.permission {
+            permit(connection, permission, &format!("action {:?}", action.name))?;
+        }
+        action.validate(&envelope.payload)?;
+        let request = Request::queued(
+            &connection.tenant_id,
+            &envelope.request_id,
+            &action.name,
+            envelope.payload.clone(),
+            &connection.user_id,
+            &connection.connection_id,
+            action.max_attempts,
+            action.lease_timeout_ms,
+            self.jobs.now_ms(),
+        );
+        self.jobs
+            .submit(request)
+            .await
+            .map_err(|err| err.seen_by(&connection.user_id))?;
+        tracing::info!(request_id = %envelope.request_id, action = %action.name, "request queued");
+        Ok(Frame::acknowledgment(&envelope.request_id))
+    }
+}

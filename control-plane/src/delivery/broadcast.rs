@@ -1,0 +1,274 @@
+//! Broadcast: resolve the targets from the registry in one paginated pass,
+//! fan the frame out through the gateway with bounded concurrency, remove
+//! connections the gateway reports gone, and report what happened.
+
+use std::{collections::HashSet, sync::Arc};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use serde_json::Value;
+use streamer_proto::client::Frame;
+
+use super::{Delivery, Outcome};
+use crate::{
+    error::Fault,
+    metrics::{OutcomeLabel, metrics},
+    registry::{Connection, Registry, Scope, collect_all},
+};
+
+/// Who receives a broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One connection.
+    Connection(String),
+    /// A user's connections, a group's members, or a whole tenant's.
+    Scope(Scope),
+}
+
+/// One application message to send.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Who receives it.
+    pub target: Target,
+    /// The body (the frame's `data`).
+    pub data: Value,
+    /// The topic copied into the frame.
+    pub topic: Option<String>,
+    /// Connections that must not receive it.
+    pub exclude: HashSet<String>,
+    /// The only tenant the sender may reach (`None`: any). A connection
+    /// target outside it resolves to nothing, as if absent.
+    pub visible_to: Option<String>,
+}
+
+/// Counts of what happened to each recipient.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// Recipients after exclusions.
+    pub targeted: u32,
+    /// Accepted by the gateway.
+    pub delivered: u32,
+    /// Gone (410); removed from the registry.
+    pub gone: u32,
+    /// Throttled after every retry.
+    pub throttled: u32,
+    /// Over the gateway's size limit.
+    pub too_large: u32,
+    /// Failed otherwise.
+    pub failed: u32,
+}
+
+/// Resolves targets and fans out.
+pub struct Broadcaster {
+    registry: Arc<dyn Registry>,
+    delivery: Arc<dyn Delivery>,
+}
+
+impl std::fmt::Debug for Broadcaster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broadcaster").finish_non_exhaustive()
+    }
+}
+
+impl Broadcaster {
+    /// A broadcaster over `registry` delivering through `delivery`.
+    pub fn new(registry: Arc<dyn Registry>, delivery: Arc<dyn Delivery>) -> Self {
+        Self { registry, delivery }
+    }
+
+    /// Sends one application message and reports what happened.
+    pub async fn send(&self, message: Message) -> Result<DeliveryReport, Fault> {
+        let targets = self
+            .resolve(
+                &message.target,
+                &message.exclude,
+                message.visible_to.as_deref(),
+            )
+            .await?;
+        let frame = Frame::message(message.data, message.topic.as_deref(), None);
+        let report = self.deliver(targets, Bytes::from(frame.to_json())).await;
+        tracing::info!(
+            targeted = report.targeted,
+            delivered = report.delivered,
+            gone = report.gone,
+            throttled = report.throttled,
+            too_large = report.too_large,
+            failed = report.failed,
+            "broadcast"
+        );
+        Ok(report)
+    }
+
+    /// The connections `target` covers, minus `exclude`. A connection target
+    /// outside `tenant_filter` resolves to nothing (it is treated as absent).
+    pub async fn resolve(
+        &self,
+        target: &Target,
+        exclude: &HashSet<String>,
+        tenant_filter: Option<&str>,
+    ) -> Result<Vec<Connection>, Fault> {
+        let mut targets = match target {
+            Target::Connection(id) => match self.registry.get(id).await? {
+                Some(connection) if tenant_filter.is_none_or(|t| *connection.tenant_id == *t) => {
+                    vec![connection]
+                }
+                _ => Vec::new(),
+            },
+            Target::Scope(scope) => collect_all(self.registry.as_ref(), scope).await?,
+        };
+        if !exclude.is_empty() {
+            targets.retain(|c| !exclude.contains(&*c.connection_id));
+        }
+        Ok(targets)
+    }
+
+    /// Sends `frame` to every target and reports the outcome: one span per
+    /// broadcast carrying the counts, never one per recipient.
+    #[tracing::instrument(
+        name = "control.broadcast.fan_out",
+        skip_all,
+        fields(targeted = targets.len(), delivered, gone, throttled, too_large, failed)
+    )]
+    pub async fn deliver(&self, targets: Vec<Connection>, frame: Bytes) -> DeliveryReport {
+        let mut report = DeliveryReport {
+            targeted: u32::try_from(targets.len()).unwrap_or(u32::MAX),
+            ..Default::default()
+        };
+        let delivery = &self.delivery;
+        let mut outcomes = stream::iter(targets)
+            .map(|connection| {
+                let frame = frame.clone();
+                async move {
+                    let outcome = delivery
+                        .post(&connection.endpoint, &connection.connection_id, frame)
+                        .await;
+                    (connection, outcome)
+                }
+            })
+            .buffer_unordered(delivery.concurrency());
+        let mut gone = Vec::new();
+        while let Some((connection, outcome)) = outcomes.next().await {
+            match outcome {
+                Outcome::Delivered => report.delivered += 1,
+                Outcome::Gone => {
+                    report.gone += 1;
+                    gone.push(connection.connection_id);
+                }
+                Outcome::Throttled => report.throttled += 1,
+                Outcome::TooLarge => report.too_large += 1,
+                Outcome::Failed => report.failed += 1,
+            }
+        }
+        drop(outcomes);
+        let span = tracing::Span::current();
+        let m = metrics();
+        m.broadcasts.inc();
+        for (outcome, count) in [
+            ("delivered", report.delivered),
+            ("gone", report.gone),
+            ("throttled", report.throttled),
+            ("too_large", report.too_large),
+            ("failed", report.failed),
+        ] {
+            span.record(outcome, count);
+            if count > 0 {
+                m.broadcast_recipients
+                    .get_or_create(&OutcomeLabel { outcome })
+                    .inc_by(u64::from(count));
+            }
+        }
+        for connection_id in gone {
+            match self.registry.remove(&connection_id).await {
+                Ok(_) => {
+                    tracing::info!(connection_id = %connection_id, "removed connection the gateway reports gone")
+                }
+                Err(err) => {
+                    tracing::warn!(connection_id = %connection_id, error = %err, "cannot remove gone connection")
+                }
+            }
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        clock::Clock,
+        delivery::fake::FakeGateway,
+        registry::{Ttl, conformance::sample, memory::MemoryRegistry},
+    };
+
+    async fn setup() -> (Arc<MemoryRegistry>, Arc<FakeGateway>, Broadcaster) {
+        let registry = Arc::new(MemoryRegistry::with_ttl(Ttl::default(), Clock::new()));
+        let gateway = Arc::new(FakeGateway::new());
+        for (id, tenant, user) in [
+            ("c1", "acme", "alice"),
+            ("c2", "acme", "alice"),
+            ("c3", "acme", "bob"),
+            ("c4", "other", "alice"),
+        ] {
+            registry
+                .insert(sample(id, tenant, user), 0)
+                .await
+                .expect("insert");
+            gateway.open(id);
+        }
+        let broadcaster = Broadcaster::new(registry.clone(), gateway.clone());
+        (registry, gateway, broadcaster)
+    }
+
+    fn to(target: Target) -> Message {
+        Message {
+            target,
+            data: json!({"hello": "world"}),
+            topic: Some("news".into()),
+            exclude: HashSet::new(),
+            visible_to: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_user_target_reaches_only_that_users_connections() {
+        let (_, gateway, broadcaster) = setup().await;
+        let report = broadcaster
+            .send(to(Target::Scope(Scope::User {
+                tenant_id: "acme".into(),
+                user_id: "alice".into(),
+            })))
+            .await
+            .expect("send");
+        assert_eq!((report.targeted, report.delivered), (2, 2));
+        assert_eq!(gateway.received("c3").len(), 0);
+        assert_eq!(gateway.received("c4").len(), 0, "another tenant's alice");
+        let frame: Value = serde_json::from_str(&gateway.received("c1")[0]).expect("json");
+        assert_eq!(frame["type"], "message");
+        assert_eq!(frame["topic"], "news");
+        assert_eq!(frame["data"], json!({"hello": "world"}));
+    }
+
+    #[tokio::test]
+    async fn exclusions_tenant_filters_and_gone_connections() {
+        let (registry, gateway, broadcaster) = setup().await;
+        let mut message = to(Target::Scope(Scope::Tenant("acme".into())));
+        message.exclude.insert("c2".into());
+        gateway.forget("c3");
+        let report = broadcaster.send(message).await.expect("send");
+        assert_eq!((report.targeted, report.delivered, report.gone), (2, 1, 1));
+        assert!(
+            registry.get("c3").await.expect("get").is_none(),
+            "gone is removed"
+        );
+
+        let mut foreign = to(Target::Connection("c4".into()));
+        foreign.visible_to = Some("acme".into());
+        let report = broadcaster.send(foreign).await.expect("send");
+        assert_eq!(
+            report.targeted, 0,
+            "another tenant's connection is invisible"
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! Stale-connection cleanup. `$disconnect` is best-effort in AWS, so rows
+//! whose connection is gone linger. Every `interval`, rows idle longer than
+//! the threshold are checked with the gateway (`GetConnection`): a 410 or an
+//! expired row removes the row (and frees its tenant quota); a live one is
+//! refreshed so it is not checked again until it idles once more. Then the
+//! registry repairs its derived state (tenant counters, membership index
+//! items), so an outage's drift is gone after one pass.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::{StreamExt, stream};
+use tokio::sync::Mutex;
+
+use super::Delivery;
+use crate::{
+    clock::Clock,
+    registry::{Registry, RegistryError, Repair},
+};
+
+/// Most rows checked in one run (the rest wait for the next run).
+const MAX_PER_RUN: usize = 10_000;
+/// `GetConnection` calls in flight during a run.
+const CONCURRENCY: usize = 16;
+
+/// What one run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Idle rows examined.
+    pub checked: u32,
+    /// Rows removed because the gateway no longer had the connection or the
+    /// row had expired.
+    pub removed: u32,
+    /// Rows whose connection is alive (refreshed).
+    pub alive: u32,
+    /// Rows that could not be checked (gateway or store errors).
+    pub errors: u32,
+    /// What the registry's repair found and fixed.
+    pub repair: Repair,
+    /// When the run started, ms since the epoch.
+    pub started_at_ms: i64,
+    /// How long it took.
+    pub duration_ms: u64,
+}
+
+/// Runs reconcile passes and remembers the last one.
+pub struct Reconciler {
+    registry: Arc<dyn Registry>,
+    delivery: Arc<dyn Delivery>,
+    clock: Clock,
+    idle_threshold: Duration,
+    last: Mutex<Option<ReconcileReport>>,
+    running: Mutex<()>,
+}
+
+impl std::fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("idle_threshold", &self.idle_threshold)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Verdict {
+    Removed,
+    Alive,
+    Error,
+}
+
+impl Reconciler {
+    /// A reconciler checking rows idle longer than `idle_threshold`.
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        delivery: Arc<dyn Delivery>,
+        clock: Clock,
+        idle_threshold: Duration,
+    ) -> Self {
+        Self {
+            registry,
+            delivery,
+            clock,
+            idle_threshold,
+            last: Mutex::new(None),
+            running: Mutex::new(()),
+        }
+    }
+
+    /// The last run's report, if any run happened.
+    pub async fn last(&self) -> Option<ReconcileReport> {
+        *self.last.lock().await
+    }
+
+    /// Runs one pass now (one at a time: a second caller waits for the first).
+    pub async fn run_once(&self) -> Result<ReconcileReport, RegistryError> {
+        let _one_at_a_time = self.running.lock().await;
+        let started = tokio::time::Instant::now();
+        let now = self.clock.now_ms();
+        let threshold = i64::try_from(self.idle_threshold.as_millis()).unwrap_or(i64::MAX);
+        let candidates = self
+            .registry
+            .idle(now.saturating_sub(threshold), MAX_PER_RUN)
+            .await?;
+        let mut report = ReconcileReport {
+            started_at_ms: now,
+            ..Default::default()
+        };
+        let mut verdicts = stream::iter(candidates)
+            .map(|row| async move {
+                let gone = if row.expired(now) {
+                    Ok(true)
+                } else {
+                    self.delivery.is_connected(&row.endpoint, &row.connection_id).await.map(|alive| !alive)
+                };
+                match gone {
+                    Ok(true) => match self.registry.remove(&row.connection_id).await {
+                        Ok(_) => {
+                            tracing::info!(connection_id = %row.connection_id, tenant_id = %row.tenant_id, "reconcile removed a stale connection");
+                            Verdict::Removed
+                        }
+                        Err(err) => {
+                            tracing::warn!(connection_id = %row.connection_id, error = %err, "reconcile could not remove a row");
+                            Verdict::Error
+                        }
+                    },
+                    Ok(false) => match self.registry.touch(&row.connection_id, self.clock.now_ms()).await {
+                        Ok(_) => Verdict::Alive,
+                        Err(err) => {
+                            tracing::warn!(connection_id = %row.connection_id, error = %err, "reconcile could not refresh a row");
+                            Verdict::Error
+                        }
+                    },
+                    Err(err) => {
+                        tracing::warn!(connection_id = %row.connection_id, error = %err, "reconcile could not ask the gateway");
+                        Verdict::Error
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENCY);
+        while let Some(verdict) = verdicts.next().await {
+            report.checked += 1;
+            match verdict {
+                Verdict::Removed => report.removed += 1,
+                Verdict::Alive => report.alive += 1,
+                Verdict::Error => report.errors += 1,
+            }
+        }
+        report.repair = self.registry.repair().await?;
+        crate::metrics::metrics()
+            .reconcile_removed
+            .inc_by(u64::from(report.removed));
+        report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(
+            checked = report.checked,
+            removed = report.removed,
+            alive = report.alive,
+            errors = report.errors,
+            counters_fixed = report.repair.counters_fixed,
+            orphans_removed = report.repair.orphans_removed,
+            memberships_restored = report.repair.memberships_restored,
+            duration_ms = report.duration_ms,
+            "reconcile run finished"
+        );
+        *self.last.lock().await = Some(report);
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        delivery::fake::FakeGateway,
+        registry::{Scope, Ttl, conformance::sample, memory::MemoryRegistry},
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn forgotten_rows_go_live_ones_stay_and_are_refreshed() {
+        let clock = Clock::new();
+        let registry = Arc::new(MemoryRegistry::with_ttl(Ttl::default(), clock));
+        let gateway = Arc::new(FakeGateway::new());
+        for id in ["live", "ghost"] {
+            let mut row = sample(id, "acme", "alice");
+            row.connected_at_ms = clock.now_ms();
+            row.last_seen_ms = clock.now_ms();
+            registry.insert(row, 0).await.expect("insert");
+        }
+        gateway.open("live");
+        let reconciler = Reconciler::new(
+            registry.clone(),
+            gateway.clone(),
+            clock,
+            Duration::from_secs(60),
+        );
+        let report = reconciler.run_once().await.expect("run");
+        assert_eq!(report.checked, 0, "nothing is idle yet");
+
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let report = reconciler.run_once().await.expect("run");
+        assert_eq!(
+            (report.checked, report.removed, report.alive, report.errors),
+            (2, 1, 1, 0)
+        );
+        assert!(registry.get("ghost").await.expect("get").is_none());
+        let live = registry.get("live").await.expect("get").expect("live");
+        assert_eq!(live.last_seen_ms, clock.now_ms(), "refreshed");
+        assert_eq!(
+            registry
+                .count(&Scope::Tenant("acme".into()))
+                .await
+                .expect("count"),
+            1
+        );
+        assert_eq!(reconciler.last().await, Some(report));
+    }
+}

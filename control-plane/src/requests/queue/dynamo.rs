@@ -1,0 +1,578 @@
+//! The request queue on DynamoDB (`STREAMER_REQUESTS_TABLE`).
+//!
+//! One item per request, key `pk` = `tenant#request_id` (tenant ids never
+//! contain `#`, so ids are scoped to their tenant). Four GSIs, two of them
+//! sparse: `by-tenant` (`tenant_id`, `request_id`) and `by-tenant-status`
+//! (`tenant_status` = `tenant#status`, `request_id`) for listing;
+//! `by-queue` (`queue_key` = the action, `ready_at`) holding only queued
+//! requests, in the order they may be leased; `by-lease` (`lease_key`,
+//! `lease_expires`) holding only running ones, for expired leases. Every
+//! transition is an UpdateItem conditioned on the current status (and the
+//! lease owner), so a redelivered or late message never acts twice.
+//! Finished requests get a TTL (`expires_at`, 7 days).
+
+use std::{collections::HashMap, sync::Arc};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::{
+    Client,
+    error::{ProvideErrorMetadata, SdkError},
+    operation::update_item::builders::UpdateItemFluentBuilder,
+    types::{AttributeValue, ReturnValue},
+};
+use serde_json::Value;
+
+use super::{Failure, ProgressState, QueueError, Request, RequestQueue, Status};
+use crate::store::dynamo::{Item, TableSpec, condition_failed, describe, n, numeric, s, string};
+
+/// Listing index.
+pub const TENANT_INDEX: &str = "by-tenant";
+/// Listing of one status.
+pub const STATUS_INDEX: &str = "by-tenant-status";
+/// Queued requests by action and readiness.
+pub const QUEUE_INDEX: &str = "by-queue";
+/// Running requests by lease expiry.
+pub const LEASE_INDEX: &str = "by-lease";
+/// How long finished requests are kept.
+const FINISHED_TTL_SECS: i64 = 7 * 24 * 3600;
+
+fn tenant_status(tenant_id: &str, status: Status) -> String {
+    format!("{tenant_id}#{}", status.as_str())
+}
+
+fn pk(tenant_id: &str, request_id: &str) -> String {
+    format!("{tenant_id}#{request_id}")
+}
+
+fn unavailable<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+    err: SdkError<E, R>,
+) -> QueueError {
+    QueueError::Unavailable(describe(&err))
+}
+
+fn to_item(r: &Request) -> Item {
+    let mut item = HashMap::from([
+        ("pk".to_owned(), s(&pk(&r.tenant_id, &r.request_id))),
+        ("tenant_id".to_owned(), s(&r.tenant_id)),
+        ("request_id".to_owned(), s(&r.request_id)),
+        ("action".to_owned(), s(&r.action)),
+        ("payload".to_owned(), s(&r.payload.to_string())),
+        ("user_id".to_owned(), s(&r.user_id)),
+        ("status".to_owned(), s(r.status.as_str())),
+        (
+            "tenant_status".to_owned(),
+            s(&tenant_status(&r.tenant_id, r.status)),
+        ),
+        ("attempts".to_owned(), n(i64::from(r.attempts))),
+        ("max_attempts".to_owned(), n(i64::from(r.max_attempts))),
+        (
+            "lease_timeout_ms".to_owned(),
+            n(i64::try_from(r.lease_timeout_ms).unwrap_or(i64::MAX)),
+        ),
+        ("lease_expires".to_owned(), n(r.lease_expires_ms)),
+        ("not_before".to_owned(), n(r.not_before_ms)),
+        (
+            "subscribers".to_owned(),
+            AttributeValue::L(r.subscribers.iter().map(|c| s(c)).collect()),
+        ),
+        ("created".to_owned(), n(r.created_ms)),
+        ("updated".to_owned(), n(r.updated_ms)),
+    ]);
+    if r.status == Status::Queued {
+        item.insert("queue_key".to_owned(), s(&r.action));
+        item.insert("ready_at".to_owned(), n(r.not_before_ms.max(r.created_ms)));
+    }
+    item
+}
+
+fn from_item(item: &Item) -> Option<Request> {
+    let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    let num = |k: &str| {
+        item.get(k)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    let json = |k: &str| text(k).and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    let progress = json("progress").and_then(|p| {
+        Some(ProgressState {
+            percentage: u32::try_from(p.get("percentage")?.as_u64()?).ok()?,
+            message: p.get("message")?.as_str()?.to_owned(),
+            details: p.get("details").filter(|d| !d.is_null()).cloned(),
+        })
+    });
+    let error = match (text("error_code"), text("error_message")) {
+        (Some(code), Some(message)) => Some(Failure { code, message }),
+        _ => None,
+    };
+    Some(Request {
+        tenant_id: text("tenant_id")?,
+        request_id: text("request_id")?,
+        action: text("action")?,
+        payload: json("payload").unwrap_or(Value::Null),
+        user_id: text("user_id").unwrap_or_default(),
+        status: Status::parse(&text("status")?)?,
+        attempts: u32::try_from(num("attempts")?).ok()?,
+        max_attempts: u32::try_from(num("max_attempts")?).ok()?,
+        lease_timeout_ms: u64::try_from(num("lease_timeout_ms")?).ok()?,
+        lease_owner: text("lease_owner"),
+        lease_expires_ms: num("lease_expires").unwrap_or(0),
+        not_before_ms: num("not_before").unwrap_or(0),
+        progress,
+        result: json("result"),
+        error,
+        subscribers: match item.get("subscribers") {
+            Some(AttributeValue::L(list)) => {
+                list.iter().filter_map(|v| v.as_s().ok().cloned()).collect()
+            }
+            _ => Vec::new(),
+        },
+        created_ms: num("created")?,
+        updated_ms: num("updated")?,
+    })
+}
+
+/// The table as `tables create` makes it.
+pub fn table_spec() -> TableSpec {
+    TableSpec {
+        hash: string("pk"),
+        range: None,
+        indexes: vec![
+            (TENANT_INDEX, string("tenant_id"), string("request_id")),
+            (STATUS_INDEX, string("tenant_status"), string("request_id")),
+            (QUEUE_INDEX, string("queue_key"), numeric("ready_at")),
+            (LEASE_INDEX, string("lease_key"), numeric("lease_expires")),
+        ],
+        ttl: Some("expires_at"),
+    }
+}
+
+/// Creates the requests table (idempotent): key, GSIs, on-demand, TTL.
+pub async fn create_table(client: &Client, table: &str) -> Result<(), QueueError> {
+    table_spec()
+        .create(client, table)
+        .await
+        .map_err(QueueError::Unavailable)
+}
+
+/// The DynamoDB request queue.
+#[derive(Clone)]
+pub struct DynamoQueue {
+    client: Client,
+    table: Arc<str>,
+}
+
+impl std::fmt::Debug for DynamoQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoQueue")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DynamoQueue {
+    /// A queue on `table`.
+    pub fn new(client: Client, table: &str) -> Self {
+        Self {
+            client,
+            table: Arc::from(table),
+        }
+    }
+
+    fn update(&self, tenant_id: &str, request_id: &str) -> UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&*self.table)
+            .key("pk", s(&pk(tenant_id, request_id)))
+            .expression_attribute_names("#status", "status")
+            .return_values(ReturnValue::AllNew)
+    }
+
+    /// Runs a conditional transition; a failed condition reads the request
+    /// back to tell `NotFound` from `Conflict`.
+    async fn transition(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        update: UpdateItemFluentBuilder,
+    ) -> Result<Request, QueueError> {
+        match update.send().await {
+            Ok(out) => out
+                .attributes()
+                .and_then(from_item)
+                .ok_or_else(|| QueueError::Unavailable("unreadable request item".into())),
+            Err(e) if condition_failed(&e) => match self.get(tenant_id, request_id).await? {
+                Some(current) => Err(QueueError::Conflict {
+                    status: current.status.as_str(),
+                }),
+                None => Err(QueueError::NotFound),
+            },
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+fn finished_ttl(now_ms: i64) -> AttributeValue {
+    n(now_ms / 1000 + FINISHED_TTL_SECS)
+}
+
+#[async_trait]
+impl RequestQueue for DynamoQueue {
+    async fn create(&self, request: Request) -> Result<(), QueueError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&*self.table)
+            .set_item(Some(to_item(&request)))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(()),
+            Err(e) if condition_failed(&e) => {
+                match self.get(&request.tenant_id, &request.request_id).await? {
+                    Some(existing) => Err(QueueError::Duplicate {
+                        status: existing.status.as_str(),
+                        user_id: existing.user_id,
+                    }),
+                    None => Err(QueueError::Unavailable(
+                        "request vanished during create".into(),
+                    )),
+                }
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn get(&self, tenant_id: &str, request_id: &str) -> Result<Option<Request>, QueueError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&*self.table)
+            .key("pk", s(&pk(tenant_id, request_id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out.item().and_then(from_item))
+    }
+
+    async fn list(
+        &self,
+        tenant_id: &str,
+        status: Option<Status>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Request>, Option<String>), QueueError> {
+        let limit = limit.max(1);
+        let mut found = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            // One status: its own index; all: the tenant index.
+            let (index, key, value) = match status {
+                Some(status) => (
+                    STATUS_INDEX,
+                    "tenant_status",
+                    tenant_status(tenant_id, status),
+                ),
+                None => (TENANT_INDEX, "tenant_id", tenant_id.to_owned()),
+            };
+            let mut query = self
+                .client
+                .query()
+                .table_name(&*self.table)
+                .index_name(index)
+                .expression_attribute_names("#pk", key)
+                .expression_attribute_values(":t", s(&value))
+                .limit(i32::try_from(limit - found.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take());
+            query = match after {
+                Some(after) => query
+                    .key_condition_expression("#pk = :t AND request_id > :after")
+                    .expression_attribute_values(":after", s(after)),
+                None => query.key_condition_expression("#pk = :t"),
+            };
+            let out = query.send().await.map_err(unavailable)?;
+            found.extend(out.items().iter().filter_map(from_item));
+            match out.last_evaluated_key() {
+                Some(key) if found.len() < limit => start = Some(key.clone()),
+                Some(_) => {
+                    let next = found.last().map(|r: &Request| r.request_id.clone());
+                    return Ok((found, next));
+                }
+                None => return Ok((found, None)),
+            }
+        }
+    }
+
+    async fn lease(
+        &self,
+        actions: &[String],
+        tenant: Option<&str>,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<Option<Request>, QueueError> {
+        let mut candidates: Vec<Request> = Vec::new();
+        for action in actions {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&*self.table)
+                .index_name(QUEUE_INDEX)
+                .key_condition_expression("queue_key = :a AND ready_at <= :now")
+                .expression_attribute_values(":a", s(action))
+                .expression_attribute_values(":now", n(now_ms))
+                .limit(10);
+            if let Some(tenant) = tenant {
+                query = query
+                    .filter_expression("tenant_id = :t")
+                    .expression_attribute_values(":t", s(tenant));
+            }
+            let out = query.send().await.map_err(unavailable)?;
+            candidates.extend(out.items().iter().filter_map(from_item));
+        }
+        candidates.sort_by_key(|r| (r.not_before_ms.max(r.created_ms), r.created_ms));
+        for candidate in candidates {
+            let lease_until =
+                now_ms + i64::try_from(candidate.lease_timeout_ms).unwrap_or(i64::MAX / 2);
+            let update = self
+                .update(&candidate.tenant_id, &candidate.request_id)
+                .update_expression(
+                    "SET #status = :running, tenant_status = :ts, lease_owner = :o, lease_expires = :le, lease_key = :lk, \
+                     attempts = attempts + :one, updated = :now REMOVE queue_key, ready_at",
+                )
+                .condition_expression("#status = :queued AND ready_at <= :now")
+                .expression_attribute_values(":running", s(Status::Running.as_str()))
+                .expression_attribute_values(":queued", s(Status::Queued.as_str()))
+                .expression_attribute_values(":ts", s(&tenant_status(&candidate.tenant_id, Status::Running)))
+                .expression_attribute_values(":o", s(owner))
+                .expression_attribute_values(":le", n(lease_until))
+                .expression_attribute_values(":lk", s("running"))
+                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":now", n(now_ms));
+            match self
+                .transition(&candidate.tenant_id, &candidate.request_id, update)
+                .await
+            {
+                Ok(leased) => return Ok(Some(leased)),
+                // Another processor won this one; try the next.
+                Err(QueueError::Conflict { .. } | QueueError::NotFound) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn progress(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        owner: &str,
+        progress: ProgressState,
+        now_ms: i64,
+    ) -> Result<Request, QueueError> {
+        let encoded = serde_json::json!({
+            "percentage": progress.percentage,
+            "message": progress.message,
+            "details": progress.details,
+        })
+        .to_string();
+        let update = self
+            .update(tenant_id, request_id)
+            .update_expression(
+                "SET progress = :p, lease_expires = lease_timeout_ms + :now, updated = :now",
+            )
+            .condition_expression("#status = :running AND lease_owner = :o")
+            .expression_attribute_values(":p", s(&encoded))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":running", s(Status::Running.as_str()))
+            .expression_attribute_values(":o", s(owner));
+        self.transition(tenant_id, request_id, update).await
+    }
+
+    async fn complete(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        owner: &str,
+        result: Value,
+        now_ms: i64,
+    ) -> Result<Request, QueueError> {
+        let update = self
+            .update(tenant_id, request_id)
+            .update_expression(
+                "SET #status = :done, tenant_status = :ts, #result = :r, updated = :now, expires_at = :ttl REMOVE lease_owner, lease_key",
+            )
+            .condition_expression("#status = :running AND lease_owner = :o")
+            .expression_attribute_names("#result", "result")
+            .expression_attribute_values(":done", s(Status::Completed.as_str()))
+            .expression_attribute_values(":ts", s(&tenant_status(tenant_id, Status::Completed)))
+            .expression_attribute_values(":r", s(&result.to_string()))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":ttl", finished_ttl(now_ms))
+            .expression_attribute_values(":running", s(Status::Running.as_str()))
+            .expression_attribute_values(":o", s(owner));
+        self.transition(tenant_id, request_id, update).await
+    }
+
+    async fn fail(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        owner: Option<&str>,
+        failure: Failure,
+        retry_at: Option<i64>,
+        now_ms: i64,
+    ) -> Result<Request, QueueError> {
+        let mut update = self
+            .update(tenant_id, request_id)
+            .expression_attribute_values(":now", n(now_ms));
+        update = match retry_at {
+            Some(at) => {
+                let current = self.get(tenant_id, request_id).await?.ok_or(QueueError::NotFound)?;
+                update
+                    .update_expression(
+                        "SET #status = :queued, tenant_status = :ts, not_before = :at, queue_key = :a, ready_at = :at, updated = :now \
+                         REMOVE lease_owner, lease_key",
+                    )
+                    .expression_attribute_values(":queued", s(Status::Queued.as_str()))
+                    .expression_attribute_values(":ts", s(&tenant_status(tenant_id, Status::Queued)))
+                    .expression_attribute_values(":at", n(at))
+                    .expression_attribute_values(":a", s(&current.action))
+            }
+            None => update
+                .update_expression(
+                    "SET #status = :failed, tenant_status = :ts, error_code = :c, error_message = :m, updated = :now, expires_at = :ttl \
+                     REMOVE lease_owner, lease_key",
+                )
+                .expression_attribute_values(":failed", s(Status::Failed.as_str()))
+                .expression_attribute_values(":ts", s(&tenant_status(tenant_id, Status::Failed)))
+                .expression_attribute_values(":c", s(&failure.code))
+                .expression_attribute_values(":m", s(&failure.message))
+                .expression_attribute_values(":ttl", finished_ttl(now_ms)),
+        };
+        update = update.expression_attribute_values(":running", s(Status::Running.as_str()));
+        update = match owner {
+            Some(owner) => update
+                .condition_expression("#status = :running AND lease_owner = :o")
+                .expression_attribute_values(":o", s(owner)),
+            None => update.condition_expression("#status = :running"),
+        };
+        self.transition(tenant_id, request_id, update).await
+    }
+
+    async fn cancel(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        now_ms: i64,
+    ) -> Result<Request, QueueError> {
+        let update = self
+            .update(tenant_id, request_id)
+            .update_expression(
+                "SET #status = :cancelled, tenant_status = :ts, error_code = :c, error_message = :m, updated = :now, expires_at = :ttl \
+                 REMOVE lease_owner, lease_key, queue_key, ready_at",
+            )
+            .condition_expression("#status = :queued OR #status = :running")
+            .expression_attribute_values(":cancelled", s(Status::Cancelled.as_str()))
+            .expression_attribute_values(":ts", s(&tenant_status(tenant_id, Status::Cancelled)))
+            .expression_attribute_values(":queued", s(Status::Queued.as_str()))
+            .expression_attribute_values(":running", s(Status::Running.as_str()))
+            .expression_attribute_values(":c", s("CANCELLED"))
+            .expression_attribute_values(":m", s("request cancelled"))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":ttl", finished_ttl(now_ms));
+        self.transition(tenant_id, request_id, update).await
+    }
+
+    async fn subscribe(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        connection_id: &str,
+    ) -> Result<Request, QueueError> {
+        let current = self
+            .get(tenant_id, request_id)
+            .await?
+            .ok_or(QueueError::NotFound)?;
+        if current.subscribers.iter().any(|c| c == connection_id) {
+            return Ok(current);
+        }
+        let update = self
+            .client
+            .update_item()
+            .table_name(&*self.table)
+            .key("pk", s(&pk(tenant_id, request_id)))
+            .return_values(ReturnValue::AllNew)
+            .update_expression("SET subscribers = list_append(subscribers, :c)")
+            .condition_expression("attribute_exists(pk) AND NOT contains(subscribers, :cid)")
+            .expression_attribute_values(":c", AttributeValue::L(vec![s(connection_id)]))
+            .expression_attribute_values(":cid", s(connection_id));
+        match self.transition(tenant_id, request_id, update).await {
+            Ok(r) => Ok(r),
+            // Subscribed meanwhile: read it back.
+            Err(QueueError::Conflict { .. }) => self
+                .get(tenant_id, request_id)
+                .await?
+                .ok_or(QueueError::NotFound),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn expired_leases(&self, now_ms: i64, limit: usize) -> Result<Vec<Request>, QueueError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&*self.table)
+            .index_name(LEASE_INDEX)
+            .key_condition_expression("lease_key = :lk AND lease_expires < :now")
+            .expression_attribute_values(":lk", s("running"))
+            .expression_attribute_values(":now", n(now_ms))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out
+            .items()
+            .iter()
+            .filter_map(from_item)
+            .filter(|r| r.status == Status::Running)
+            .collect())
+    }
+
+    async fn queued_stats(&self, actions: &[String]) -> Result<(u64, Option<i64>), QueueError> {
+        let mut depth = 0u64;
+        let mut oldest: Option<i64> = None;
+        for action in actions {
+            let mut start: Option<Item> = None;
+            loop {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&*self.table)
+                    .index_name(QUEUE_INDEX)
+                    .key_condition_expression("queue_key = :a")
+                    .expression_attribute_values(":a", s(action))
+                    .projection_expression("created")
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                for item in out.items() {
+                    depth += 1;
+                    if let Some(created) = item
+                        .get("created")
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|n| n.parse().ok())
+                    {
+                        oldest = Some(oldest.map_or(created, |o: i64| o.min(created)));
+                    }
+                }
+                match out.last_evaluated_key() {
+                    Some(key) => start = Some(key.clone()),
+                    None => break,
+                }
+            }
+        }
+        Ok((depth, oldest))
+    }
+}

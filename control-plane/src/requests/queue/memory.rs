@@ -1,0 +1,265 @@
+//! The embedded request queue: one ordered map behind a mutex (held only
+//! for in-memory work, never across an await). Nothing survives a restart;
+//! use DynamoDB for durability.
+
+use std::{collections::BTreeMap, sync::Mutex};
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::{Failure, ProgressState, QueueError, Request, RequestQueue, Status};
+
+type Key = (String, String);
+
+/// The embedded queue.
+#[derive(Debug, Default)]
+pub struct MemoryQueue {
+    requests: Mutex<BTreeMap<Key, Request>>,
+}
+
+impl MemoryQueue {
+    /// An empty queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<Key, Request>) -> T) -> Result<T, QueueError> {
+        let mut requests = self
+            .requests
+            .lock()
+            .map_err(|_| QueueError::Unavailable("queue lock poisoned".into()))?;
+        Ok(f(&mut requests))
+    }
+
+    fn update(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        change: impl FnOnce(&mut Request) -> bool,
+    ) -> Result<Request, QueueError> {
+        self.with(|requests| {
+            let Some(request) = requests.get_mut(&(tenant_id.to_owned(), request_id.to_owned()))
+            else {
+                return Err(QueueError::NotFound);
+            };
+            if change(request) {
+                Ok(request.clone())
+            } else {
+                Err(QueueError::Conflict {
+                    status: request.status.as_str(),
+                })
+            }
+        })?
+    }
+}
+
+fn owned_by(request: &Request, owner: Option<&str>) -> bool {
+    request.status == Status::Running
+        && owner.is_none_or(|o| request.lease_owner.as_deref() == Some(o))
+}
+
+#[async_trait]
+impl RequestQueue for MemoryQueue {
+    async fn create(&self, request: Request) -> Result<(), QueueError> {
+        self.with(|requests| {
+            let key = (request.tenant_id.clone(), request.request_id.clone());
+            if let Some(existing) = requests.get(&key) {
+                return Err(QueueError::Duplicate {
+                    status: existing.status.as_str(),
+                    user_id: existing.user_id.clone(),
+                });
+            }
+            requests.insert(key, request);
+            Ok(())
+        })?
+    }
+
+    async fn get(&self, tenant_id: &str, request_id: &str) -> Result<Option<Request>, QueueError> {
+        self.with(|requests| {
+            requests
+                .get(&(tenant_id.to_owned(), request_id.to_owned()))
+                .cloned()
+        })
+    }
+
+    async fn list(
+        &self,
+        tenant_id: &str,
+        status: Option<Status>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Request>, Option<String>), QueueError> {
+        let limit = limit.max(1);
+        self.with(|requests| {
+            let start = (
+                tenant_id.to_owned(),
+                after.map(|a| format!("{a}\0")).unwrap_or_default(),
+            );
+            let page: Vec<Request> = requests
+                .range(start..)
+                .take_while(|((tenant, _), _)| tenant == tenant_id)
+                .map(|(_, r)| r)
+                .filter(|r| status.is_none_or(|s| r.status == s))
+                .take(limit)
+                .cloned()
+                .collect();
+            let next = (page.len() == limit).then(|| page[limit - 1].request_id.clone());
+            (page, next)
+        })
+    }
+
+    async fn lease(
+        &self,
+        actions: &[String],
+        tenant: Option<&str>,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<Option<Request>, QueueError> {
+        self.with(|requests| {
+            let candidate = requests
+                .values_mut()
+                .filter(|r| {
+                    r.status == Status::Queued
+                        && r.not_before_ms <= now_ms
+                        && actions.contains(&r.action)
+                        && tenant.is_none_or(|t| r.tenant_id == t)
+                })
+                .min_by_key(|r| (r.not_before_ms.max(r.created_ms), r.created_ms))?;
+            candidate.status = Status::Running;
+            candidate.attempts += 1;
+            candidate.lease_owner = Some(owner.to_owned());
+            candidate.lease_expires_ms =
+                now_ms + i64::try_from(candidate.lease_timeout_ms).unwrap_or(i64::MAX / 2);
+            candidate.updated_ms = now_ms;
+            Some(candidate.clone())
+        })
+    }
+
+    async fn progress(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        owner: &str,
+        progress: ProgressState,
+        now_ms: i64,
+    ) -> Result<Request, QueueError> {
+        self.update(tenant_id, request_id, |r| {
+            if !owned_by(r, Some(owner)) {
+                return false;
+            }
+            r.progress = Some(progress);
+            r.lease_expires_ms = now_ms + i64::try_from(r.lease_timeout_ms).unwrap_or(i64::MAX / 2);
+            r.updated_ms = now_ms;
+            true
+        })
+    }
+
+    async fn complete(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        owner: &str,
+        result: Value,
+        now_ms: i64,
+    ) -> Result<Request, QueueError> {
+        self.update(tenant_id, request_id, |r| {
+            if !owned_by(r, Some(owner)) {
+                return false;
+            }
+            r.status = Status::Completed;
+            r.result = Some(result);
+            r.lease_owner = None;
+            r.updated_ms = now_ms;
+            true
+        })
+    }
+
+    async fn fail(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        owner: Option<&str>,
+        failure: Failure,
+        retry_at: Option<i64>,
+        now_ms: i64,
+    ) -> Result<Request, QueueError> {
+        self.update(tenant_id, request_id, |r| {
+            if !owned_by(r, owner) {
+                return false;
+            }
+            r.lease_owner = None;
+            r.updated_ms = now_ms;
+            match retry_at {
+                Some(at) => {
+                    r.status = Status::Queued;
+                    r.not_before_ms = at;
+                }
+                None => {
+                    r.status = Status::Failed;
+                    r.error = Some(failure);
+                }
+            }
+            true
+        })
+    }
+
+    async fn cancel(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        now_ms: i64,
+    ) -> Result<Request, QueueError> {
+        self.update(tenant_id, request_id, |r| {
+            if r.status.is_final() {
+                return false;
+            }
+            r.status = Status::Cancelled;
+            r.lease_owner = None;
+            r.error = Some(Failure {
+                code: "CANCELLED".into(),
+                message: "request cancelled".into(),
+            });
+            r.updated_ms = now_ms;
+            true
+        })
+    }
+
+    async fn subscribe(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        connection_id: &str,
+    ) -> Result<Request, QueueError> {
+        self.update(tenant_id, request_id, |r| {
+            if !r.subscribers.iter().any(|s| s == connection_id) {
+                r.subscribers.push(connection_id.to_owned());
+            }
+            true
+        })
+    }
+
+    async fn expired_leases(&self, now_ms: i64, limit: usize) -> Result<Vec<Request>, QueueError> {
+        self.with(|requests| {
+            requests
+                .values()
+                .filter(|r| r.status == Status::Running && r.lease_expires_ms < now_ms)
+                .take(limit)
+                .cloned()
+                .collect()
+        })
+    }
+
+    async fn queued_stats(&self, actions: &[String]) -> Result<(u64, Option<i64>), QueueError> {
+        self.with(|requests| {
+            let queued = requests
+                .values()
+                .filter(|r| r.status == Status::Queued && actions.contains(&r.action));
+            queued.fold((0u64, None), |(n, oldest): (u64, Option<i64>), r| {
+                (
+                    n + 1,
+                    Some(oldest.map_or(r.created_ms, |o| o.min(r.created_ms))),
+                )
+            })
+        })
+    }
+}
