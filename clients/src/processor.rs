@@ -194,6 +194,20 @@ impl JobError {
 type Handler =
     Arc<dyn Fn(Job, Progress) -> BoxFuture<'static, Result<Value, JobError>> + Send + Sync>;
 
+/// A report the control plane refused (bad values, or a request this
+/// processor no longer holds): nothing of it was recorded or relayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The tenant of the request.
+    pub tenant_id: String,
+    /// The request the report was about.
+    pub request_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+type RefusalHook = Arc<dyn Fn(Refusal) + Send + Sync>;
+
 /// A processor: actions and their handlers, and how to reach the control plane.
 pub struct Processor {
     addr: String,
@@ -201,6 +215,7 @@ pub struct Processor {
     name: String,
     concurrency: u32,
     handlers: HashMap<String, (ActionSpec, Handler)>,
+    on_refused: Option<RefusalHook>,
 }
 
 impl std::fmt::Debug for Processor {
@@ -232,6 +247,7 @@ impl Processor {
             name: "processor".into(),
             concurrency: 4,
             handlers: HashMap::new(),
+            on_refused: None,
         }
     }
 
@@ -244,6 +260,13 @@ impl Processor {
     /// Requests worked on at once.
     pub fn concurrency(mut self, concurrency: u32) -> Self {
         self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Called with every report the control plane refuses (each is also
+    /// logged as a warning).
+    pub fn on_refused(mut self, hook: impl Fn(Refusal) + Send + Sync + 'static) -> Self {
+        self.on_refused = Some(Arc::new(hook));
         self
     }
 
@@ -327,6 +350,12 @@ impl Processor {
                     Ok(Some(v1::WorkResponse { message: Some(v1::work_response::Message::Cancelled(c)) })) => {
                         if let Some(cancel) = cancels.get(&(c.tenant_id, c.request_id)) {
                             let _ = cancel.send(true);
+                        }
+                    }
+                    Ok(Some(v1::WorkResponse { message: Some(v1::work_response::Message::Refused(r)) })) => {
+                        tracing::warn!(processor = %self.name, tenant_id = %r.tenant_id, request_id = %r.request_id, reason = %r.reason, "the control plane refused a report");
+                        if let Some(hook) = &self.on_refused {
+                            hook(Refusal { tenant_id: r.tenant_id, request_id: r.request_id, reason: r.reason });
                         }
                     }
                     Ok(Some(_)) => {}

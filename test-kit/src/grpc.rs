@@ -65,3 +65,102 @@ pub fn tenant_target(tenant: &str, data: serde_json::Value) -> v1::SendRequest {
         ..Default::default()
     }
 }
+
+/// A codec that sends and receives raw message bytes, for feeding the
+/// server what no generated client would send.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+/// The encoder and decoder of [`RawCodec`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Raw;
+
+impl tonic::codec::Encoder for Raw {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Self::Item,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Self::Error> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Self::Item>, Self::Error> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = Raw;
+    type Decoder = Raw;
+
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+/// Calls unary `path` (`/streamer.v1.BroadcastService/Send`) with `body` as
+/// the message bytes, authenticated with `token`.
+pub async fn raw_unary(
+    channel: Channel,
+    token: &str,
+    path: &'static str,
+    body: bytes::Bytes,
+) -> Result<bytes::Bytes, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut request = tonic::Request::new(body);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    grpc.unary(
+        request,
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// Waits (with the deadline) until a processor serving `action` is
+/// connected to the control plane at `channel`.
+pub async fn processor_serving(channel: Channel, token: &str, action: &str) {
+    let client = requests(channel, token);
+    crate::eventually(&format!("a processor serving {action}"), || {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_processors(v1::ListProcessorsRequest::default())
+                .await
+                .is_ok_and(|r| {
+                    r.into_inner()
+                        .processors
+                        .iter()
+                        .any(|p| p.actions.iter().any(|a| a == action))
+                })
+        }
+    })
+    .await;
+}

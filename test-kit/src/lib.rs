@@ -68,7 +68,8 @@ pub mod prelude {
         dev::{ADMIN_TOKEN, CONFIG_TOML, Dev, EDGE_TOKEN, SERVICE_A_TOKEN},
         eventually,
         grpc::{
-            Authed, admin, broadcast, channel, connections, edge, groups, requests, tenant_target,
+            Authed, admin, broadcast, channel, connections, edge, groups, processor_serving,
+            requests, tenant_target,
         },
         token::{claims, keys, token},
         ws::{Ws, closed, nothing_pending, recv, recv_type, refused, send, send_json, whoami},

@@ -1,7 +1,7 @@
 //! Long-running requests end to end: the real `dev` binary, real WebSocket
 //! clients, and processors built with the SDK talking over real gRPC.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use streamer_client::processor::{ActionSpec, JobError, Processor};
@@ -17,24 +17,14 @@ async fn request(ws: &mut Ws, frame: Value) -> Value {
     recv(ws).await
 }
 
-/// Sends an async request, retrying while no processor serves the action
-/// yet (INVALID_ACTION), and returns the acknowledgment.
-async fn submit(ws: &mut Ws, frame: Value) -> Value {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let mut pause = Duration::from_millis(10);
-    loop {
-        let reply = request(ws, frame.clone()).await;
-        if reply["type"] == "acknowledgment" {
-            return reply;
-        }
-        assert_eq!(reply["error"]["code"], "INVALID_ACTION", "{reply}");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the action was never served"
-        );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(200));
-    }
+/// Sends an async request once a processor serves its action, and returns
+/// the acknowledgment.
+async fn submit(dev: &Dev, ws: &mut Ws, frame: Value) -> Value {
+    let action = frame["action"].as_str().expect("action");
+    processor_serving(dev.grpc_channel(), ADMIN_TOKEN, action).await;
+    let reply = request(ws, frame).await;
+    assert_eq!(reply["type"], "acknowledgment", "{reply}");
+    reply
 }
 
 /// Frames of one request until its final frame (complete or error).
@@ -57,8 +47,8 @@ fn requests_client(dev: &Dev, token: &str) -> RequestServiceClient<Authed> {
     )
 }
 
-/// Waiting for a processor to register sends retries, which must not run
-/// into the message rate limit on a slow machine.
+/// Tests send many frames from one connection; keep them clear of the
+/// message rate limit.
 const GENEROUS_LIMITS: [(&str, &str); 2] = [
     ("STREAMER_MESSAGES_PER_MINUTE", "100000"),
     ("STREAMER_MESSAGE_BURST", "10000"),
@@ -85,8 +75,8 @@ async fn the_demo_report_flow_from_a_websocket_client() {
     let dev = Dev::start(&env).await;
     let mut ws = dev.connect(&token("alice", "acme", &[])).await;
     let payload = json!({"start_date": "2024-01-01", "end_date": "2024-01-31", "format": "pdf", "report_type": "monthly"});
-    // The demo processor registers a moment after dev starts.
     let ack = submit(
+        &dev,
         &mut ws,
         json!({"request_id": "rep-1", "action": "generate_report", "payload": payload}),
     )
@@ -194,6 +184,7 @@ async fn a_killed_processor_hands_over_and_attempts_run_out_with_one_error() {
             });
     let a_task = tokio::spawn(a.run(std::future::pending()));
     submit(
+        &dev,
         &mut ws,
         json!({"id": "s-1", "action": "slow_job", "payload": {}}),
     )
@@ -229,6 +220,7 @@ async fn a_killed_processor_hands_over_and_attempts_run_out_with_one_error() {
     );
     let _c_task = tokio::spawn(c.run(std::future::pending()));
     submit(
+        &dev,
         &mut ws,
         json!({"id": "f-1", "action": "always_fails", "payload": null}),
     )
@@ -283,6 +275,7 @@ async fn cancel_reaches_the_processor_and_subscribe_resumes_after_a_reconnect() 
     let _task = tokio::spawn(processor.run(std::future::pending()));
     let mut ws = dev.connect(&token("alice", "acme", &[])).await;
     submit(
+        &dev,
         &mut ws,
         json!({"id": "c-1", "action": "cancellable", "payload": {}}),
     )
@@ -410,6 +403,7 @@ async fn a_service_cancels_through_the_request_api() {
     let _task = tokio::spawn(processor.run(std::future::pending()));
     let mut ws = dev.connect(&token("alice", "acme", &[])).await;
     submit(
+        &dev,
         &mut ws,
         json!({"id": "l-1", "action": "long", "payload": {}}),
     )

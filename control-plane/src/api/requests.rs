@@ -134,6 +134,29 @@ impl RequestService for RequestApi {
         }))
     }
 
+    async fn list_processors(
+        &self,
+        request: Request<v1::ListProcessorsRequest>,
+    ) -> Result<Response<v1::ListProcessorsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let mut processors: Vec<v1::ProcessorInfo> = self
+            .jobs
+            .sessions()
+            .iter()
+            .filter(|s| caller.tenant_filter().is_none_or(|t| s.tenant() == Some(t)))
+            .map(|s| v1::ProcessorInfo {
+                session_id: s.id.clone(),
+                name: s.name().to_owned(),
+                actions: s.actions().to_vec(),
+                tenant_id: s.tenant().unwrap_or_default().to_owned(),
+                concurrency: u32::try_from(s.concurrency()).unwrap_or(u32::MAX),
+                in_flight: u32::try_from(s.in_flight()).unwrap_or(u32::MAX),
+            })
+            .collect();
+        processors.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        Ok(Response::new(v1::ListProcessorsResponse { processors }))
+    }
+
     async fn cancel_request(
         &self,
         request: Request<v1::CancelRequestRequest>,

@@ -113,6 +113,16 @@ impl Session {
         &self.actions
     }
 
+    /// The tenant it is bound to, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// Most requests it works on at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
     /// Requests it is working on.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
