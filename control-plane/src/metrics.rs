@@ -79,6 +79,92 @@ impl MetricConstructor<Histogram> for LatencyBuckets {
     }
 }
 
+/// A latency histogram kept in atomics: an observation is a few atomic
+/// adds and never takes a lock, so the delivery path can record every
+/// Management API call without contending on a mutex. Same buckets as
+/// [`LatencyBuckets`].
+#[derive(Debug, Clone)]
+pub struct AtomicHistogram(std::sync::Arc<HistogramCells>);
+
+/// The cells of an [`AtomicHistogram`].
+#[derive(Debug)]
+pub struct HistogramCells {
+    buckets: Vec<(f64, std::sync::atomic::AtomicU64)>,
+    sum_ns: std::sync::atomic::AtomicU64,
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl std::ops::Deref for AtomicHistogram {
+    type Target = HistogramCells;
+
+    fn deref(&self) -> &HistogramCells {
+        &self.0
+    }
+}
+
+impl Default for AtomicHistogram {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(HistogramCells {
+            buckets: exponential_buckets(0.0001, 2.0, 16)
+                .chain(std::iter::once(f64::INFINITY))
+                .map(|upper| (upper, std::sync::atomic::AtomicU64::new(0)))
+                .collect(),
+            sum_ns: std::sync::atomic::AtomicU64::new(0),
+            count: std::sync::atomic::AtomicU64::new(0),
+        }))
+    }
+}
+
+impl AtomicHistogram {
+    /// Records one duration.
+    pub fn observe(&self, duration: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let secs = duration.as_secs_f64();
+        if let Some((_, bucket)) = self.buckets.iter().find(|(upper, _)| secs <= *upper) {
+            bucket.fetch_add(1, Relaxed);
+        }
+        self.sum_ns.fetch_add(
+            u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// Observations so far (for tests and the console).
+    pub fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for AtomicHistogram {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for AtomicHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let buckets: Vec<(f64, u64)> = self
+            .buckets
+            .iter()
+            .map(|(upper, count)| (*upper, count.load(Relaxed)))
+            .collect();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum_ns.load(Relaxed) as f64 / 1e9,
+            self.count.load(Relaxed),
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
 /// Every metric the control plane exports.
 pub struct Metrics {
     registry: Registry,
@@ -100,7 +186,7 @@ pub struct Metrics {
     /// `streamer_broadcast_recipients_total{outcome}`
     pub broadcast_recipients: Family<OutcomeLabel, Counter>,
     /// `streamer_management_api_request_duration_seconds{operation}`
-    pub management_api_duration: Family<OperationLabel, Histogram, LatencyBuckets>,
+    pub management_api_duration: Family<OperationLabel, AtomicHistogram>,
     /// `streamer_store_request_duration_seconds{operation}`
     pub store_duration: Family<OperationLabel, Histogram, LatencyBuckets>,
     /// `streamer_store_errors_total{operation}`
@@ -109,6 +195,9 @@ pub struct Metrics {
     pub reconcile_removed: Counter,
     /// `streamer_requests_total{outcome}`: accepted, completed, failed, cancelled, retried
     pub requests: Family<OutcomeLabel, Counter>,
+    /// `streamer_delivery_concurrency`: Management API calls allowed in flight
+    /// now (adapts to 429s)
+    pub delivery_concurrency: Gauge,
     /// `streamer_processors`: connected processor sessions
     pub processors: Gauge,
     /// `streamer_requests_queued`: requests waiting for a processor
@@ -136,12 +225,13 @@ impl Metrics {
             rate_limited: Family::default(),
             broadcasts: Counter::default(),
             broadcast_recipients: Family::default(),
-            management_api_duration: Family::new_with_constructor(LatencyBuckets),
+            management_api_duration: Family::default(),
             store_duration: Family::new_with_constructor(LatencyBuckets),
             store_errors: Family::default(),
             reconcile_removed: Counter::default(),
             requests: Family::default(),
             processors: Gauge::default(),
+            delivery_concurrency: Gauge::default(),
             requests_queued: Gauge::default(),
             requests_queued_oldest_age: Gauge::default(),
             registry: Registry::default(),
@@ -210,6 +300,21 @@ impl Metrics {
             "streamer_requests",
             "Long-running requests by outcome (accepted, completed, failed, cancelled, retried)",
             m.requests.clone(),
+        );
+        registry.register(
+            "streamer_requests_queued",
+            "Requests waiting for a processor (sampled every 15 s)",
+            m.requests_queued.clone(),
+        );
+        registry.register(
+            "streamer_requests_queued_oldest_age_seconds",
+            "How long the oldest queued request has waited",
+            m.requests_queued_oldest_age.clone(),
+        );
+        registry.register(
+            "streamer_delivery_concurrency",
+            "Management API calls allowed in flight now (halves on 429, grows back one per window of successes)",
+            m.delivery_concurrency.clone(),
         );
         registry.register(
             "streamer_processors",

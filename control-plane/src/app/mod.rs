@@ -34,7 +34,9 @@ use crate::{
         limits::{LocalLimits, RateLimiter},
         shared_limits::SharedLimits,
     },
-    delivery::{Delivery, broadcast::Broadcaster, presence::Presence, reconcile::Reconciler},
+    delivery::{
+        Delivery, broadcast::Broadcaster, fanout::Fanout, presence::Presence, reconcile::Reconciler,
+    },
     registry::Registry,
     requests::{Jobs, JobsParts},
 };
@@ -118,7 +120,8 @@ impl App {
                 )),
                 _ => Arc::new(LocalLimits::new(&config.limits)),
             };
-        let broadcaster = Arc::new(Broadcaster::new(registry.clone(), delivery.clone()));
+        let fanout = Arc::new(Fanout::new(delivery.clone(), config.delivery.clone()));
+        let broadcaster = Arc::new(Broadcaster::new(registry.clone(), fanout.clone()));
         let presence = Arc::new(Presence::new(broadcaster.clone(), config.groups.clone()));
         let groups = Arc::new(Groups::new(
             registry.clone(),
@@ -128,7 +131,7 @@ impl App {
         let jobs = Arc::new(Jobs::new(JobsParts {
             queue: stores.queue,
             registry: registry.clone(),
-            delivery: delivery.clone(),
+            fanout,
             actions: actions.clone(),
             config: config.jobs.clone(),
             clock,

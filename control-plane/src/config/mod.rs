@@ -7,15 +7,30 @@
 //! named) before anything else happens. This module depends on nothing in
 //! the domain: each section's type lives here and its owner imports it.
 
-mod sections;
+mod domain;
+mod process;
 pub mod settings;
 mod source;
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-pub use sections::*;
+pub use domain::*;
+pub use process::*;
 use settings as s;
 pub use source::Source;
+
+fn secs(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}
+
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| "not an ip:port address (e.g. 127.0.0.1:50051)".to_owned())
+}
 
 /// Everything wrong with a configuration, one line per problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -76,9 +76,12 @@ settings! {
     LOOPBACK_CONNECTS_UNLIMITED = (Some("STREAMER_LOOPBACK_CONNECTS_UNLIMITED"), Some("limits.loopback_connects_unlimited"), "", Some("`false` (`dev`: `true`)"), "connects from 127.0.0.0/8 and ::1 skip the per-IP connect limit");
     MAX_CONNECTIONS_PER_TENANT = (Some("STREAMER_MAX_CONNECTIONS_PER_TENANT"), Some("limits.max_connections_per_tenant"), "0", Some("`0` (none)"), "tenant connection quota");
     DELIVERY_CONCURRENCY = (Some("STREAMER_DELIVERY_CONCURRENCY"), Some("delivery.concurrency"), "256", None, "`PostToConnection` calls in flight per broadcast");
-    DELIVERY_MAX_ATTEMPTS = (Some("STREAMER_DELIVERY_MAX_ATTEMPTS"), Some("delivery.max_attempts"), "3", None, "attempts per recipient (429 / 5xx / network)");
+    DELIVERY_MAX_ATTEMPTS = (Some("STREAMER_DELIVERY_MAX_ATTEMPTS"), Some("delivery.max_attempts"), "3", None, "attempts per recipient for 5xx, timeouts and refused connections (429s retry until the deadline)");
     DELIVERY_BASE_BACKOFF_MS = (Some("STREAMER_DELIVERY_BASE_BACKOFF_MS"), Some("delivery.base_backoff_ms"), "25", None, "first retry delay of a delivery (doubled per attempt, full jitter)");
     DELIVERY_MAX_BACKOFF_MS = (Some("STREAMER_DELIVERY_MAX_BACKOFF_MS"), Some("delivery.max_backoff_ms"), "1000", None, "longest retry delay of a delivery");
+    DELIVERY_MAX_RPS = (Some("STREAMER_DELIVERY_MAX_RPS"), Some("delivery.max_rps"), "0", Some("`0` (no budget)"), "Management API calls per second, shared by every send of this replica (broadcasts, relays, presence); set it below the account's quota (AWS: 10,000/s per account and region, shared with every API)");
+    DELIVERY_BURST = (Some("STREAMER_DELIVERY_BURST"), Some("delivery.burst"), "0", Some("`0` (the rate)"), "calls the budget may spend at once");
+    DELIVERY_DEADLINE_MS = (Some("STREAMER_DELIVERY_DEADLINE_MS"), Some("delivery.deadline_ms"), "60000", None, "a send retries throttled calls until this long after it started; what is still undelivered then is reported");
     DELIVERY_CALL_TIMEOUT_MS = (Some("STREAMER_DELIVERY_CALL_TIMEOUT_MS"), Some("delivery.call_timeout_ms"), "5000", None, "timeout of one Management API call");
     STORE = (Some("STREAMER_STORE"), Some("store.kind"), "memory", None, "`memory` (embedded) or `dynamodb`");
     CONNECTIONS_TABLE = (Some("STREAMER_CONNECTIONS_TABLE"), Some("store.connections_table"), "streamer-connections", None, "DynamoDB connections table");

@@ -42,7 +42,11 @@ fn setup(loopback_unlimited: bool) -> Setup {
     let registry = Arc::new(MemoryRegistry::with_ttl(Ttl::default(), clock));
     let gateway = Arc::new(FakeGateway::new());
     let actions = Arc::new(Actions::new(&[]).expect("actions"));
-    let broadcaster = Arc::new(Broadcaster::new(registry.clone(), gateway.clone()));
+    let fanout = Arc::new(crate::delivery::fanout::Fanout::new(
+        gateway.clone(),
+        crate::config::DeliveryConfig::default(),
+    ));
+    let broadcaster = Arc::new(Broadcaster::new(registry.clone(), fanout.clone()));
     let groups_config = GroupsConfig {
         join_permission: "group:join:{group}".into(),
         presence: crate::config::Patterns::new(["room-*"]),
@@ -52,7 +56,7 @@ fn setup(loopback_unlimited: bool) -> Setup {
     let jobs = Arc::new(Jobs::new(JobsParts {
         queue: Arc::new(MemoryQueue::new()),
         registry: registry.clone(),
-        delivery: gateway.clone(),
+        fanout,
         actions: actions.clone(),
         config: JobsConfig::default(),
         clock,

@@ -5,11 +5,13 @@
 use std::{collections::HashSet, sync::Arc};
 
 use bytes::Bytes;
-use futures_util::{StreamExt, stream};
 use serde_json::Value;
 use streamer_proto::client::Frame;
 
-use super::{Delivery, Outcome};
+use super::{
+    PreparedFrame,
+    fanout::{Fanout, Recipient},
+};
 use crate::{
     error::Fault,
     metrics::{OutcomeLabel, metrics},
@@ -61,7 +63,7 @@ pub struct DeliveryReport {
 /// Resolves targets and fans out.
 pub struct Broadcaster {
     registry: Arc<dyn Registry>,
-    delivery: Arc<dyn Delivery>,
+    fanout: Arc<Fanout>,
 }
 
 impl std::fmt::Debug for Broadcaster {
@@ -71,9 +73,9 @@ impl std::fmt::Debug for Broadcaster {
 }
 
 impl Broadcaster {
-    /// A broadcaster over `registry` delivering through `delivery`.
-    pub fn new(registry: Arc<dyn Registry>, delivery: Arc<dyn Delivery>) -> Self {
-        Self { registry, delivery }
+    /// A broadcaster over `registry` delivering through `fanout`.
+    pub fn new(registry: Arc<dyn Registry>, fanout: Arc<Fanout>) -> Self {
+        Self { registry, fanout }
     }
 
     /// Sends one application message and reports what happened.
@@ -134,32 +136,23 @@ impl Broadcaster {
             targeted: u32::try_from(targets.len()).unwrap_or(u32::MAX),
             ..Default::default()
         };
-        let delivery = &self.delivery;
-        let mut outcomes = stream::iter(targets)
-            .map(|connection| {
-                let frame = frame.clone();
-                async move {
-                    let outcome = delivery
-                        .post(&connection.endpoint, &connection.connection_id, frame)
-                        .await;
-                    (connection, outcome)
-                }
+        let recipients = targets
+            .into_iter()
+            .map(|c| Recipient {
+                endpoint: c.endpoint,
+                connection_id: c.connection_id,
             })
-            .buffer_unordered(delivery.concurrency());
-        let mut gone = Vec::new();
-        while let Some((connection, outcome)) = outcomes.next().await {
-            match outcome {
-                Outcome::Delivered => report.delivered += 1,
-                Outcome::Gone => {
-                    report.gone += 1;
-                    gone.push(connection.connection_id);
-                }
-                Outcome::Throttled => report.throttled += 1,
-                Outcome::TooLarge => report.too_large += 1,
-                Outcome::Failed => report.failed += 1,
-            }
-        }
-        drop(outcomes);
+            .collect();
+        let sent = self
+            .fanout
+            .send(recipients, &PreparedFrame::new(frame))
+            .await;
+        report.delivered = sent.delivered;
+        report.gone = u32::try_from(sent.gone.len()).unwrap_or(u32::MAX);
+        report.throttled = sent.throttled;
+        report.too_large = sent.too_large;
+        report.failed = sent.failed;
+        let gone = sent.gone;
         let span = tracing::Span::current();
         let m = metrics();
         m.broadcasts.inc();
@@ -198,6 +191,7 @@ mod tests {
     use super::*;
     use crate::{
         clock::Clock,
+        config::DeliveryConfig,
         delivery::fake::FakeGateway,
         registry::{Ttl, conformance::sample, memory::MemoryRegistry},
     };
@@ -217,7 +211,8 @@ mod tests {
                 .expect("insert");
             gateway.open(id);
         }
-        let broadcaster = Broadcaster::new(registry.clone(), gateway.clone());
+        let fanout = Arc::new(Fanout::new(gateway.clone(), DeliveryConfig::default()));
+        let broadcaster = Broadcaster::new(registry.clone(), fanout);
         (registry, gateway, broadcaster)
     }
 

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
 
-use super::{Delivery, DeliveryError, Outcome};
+use super::{Attempt, Delivery, DeliveryError, Endpoint, Outcome, PreparedFrame};
 
 /// A fake Management API.
 #[derive(Debug, Default)]
@@ -65,16 +65,21 @@ impl FakeGateway {
 
 #[async_trait]
 impl Delivery for FakeGateway {
-    async fn post(&self, _endpoint: &str, connection_id: &str, frame: Bytes) -> Outcome {
+    async fn post(
+        &self,
+        _endpoint: &Endpoint,
+        connection_id: &str,
+        frame: &PreparedFrame,
+    ) -> Attempt {
         if self.unreachable() {
-            return Outcome::Failed;
+            return Attempt::Retryable;
         }
         match self.open.get_mut(connection_id) {
             Some(mut frames) => {
-                frames.push(frame);
-                Outcome::Delivered
+                frames.push(frame.bytes.clone());
+                Attempt::Done(Outcome::Delivered)
             }
-            None => Outcome::Gone,
+            None => Attempt::Done(Outcome::Gone),
         }
     }
 
@@ -97,9 +102,5 @@ impl Delivery for FakeGateway {
             return Err(DeliveryError("connection refused".into()));
         }
         Ok(self.open.contains_key(connection_id))
-    }
-
-    fn concurrency(&self) -> usize {
-        16
     }
 }

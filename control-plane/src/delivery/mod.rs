@@ -1,30 +1,40 @@
 //! Delivery: getting frames to connections through the API Gateway
-//! Management API. The [`Delivery`] trait is the edge of the room (the
-//! Management API on AWS and in the emulator, an in-memory fake in tests);
-//! on top of it sit broadcast fan-out ([`broadcast`]), presence
-//! announcements ([`presence`]) and the stale-connection reconcile
-//! ([`reconcile`]).
+//! Management API.
+//!
+//! Two layers. The [`Delivery`] trait is the transport, one HTTP attempt at
+//! a time: on AWS and in the emulator it is [`management_api`]
+//! (`PostToConnection` on hyper, signed by [`signer`]; the SDK for the rare
+//! `GetConnection` / `DeleteConnection`), in unit tests an in-memory fake.
+//! On top, [`fanout::Fanout`] is the policy every send goes through
+//! (broadcasts, request relays, presence): one process-wide request budget,
+//! a concurrency that adapts to 429s, retries within a deadline, and fair
+//! turns between broadcasts. [`broadcast`], [`presence`] and [`reconcile`]
+//! use it.
 
 pub mod broadcast;
 #[cfg(test)]
 pub mod fake;
+pub mod fanout;
 pub mod management_api;
 pub mod presence;
 pub mod reconcile;
+pub mod signer;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use crate::error::DeliveryError;
 
-/// What happened to one frame sent to one connection.
+/// What happened to one frame sent to one connection, in the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The gateway accepted the frame.
     Delivered,
     /// The gateway no longer has the connection (410).
     Gone,
-    /// Still throttled (429) after every attempt.
+    /// Still throttled (429) when the deadline came.
     Throttled,
     /// The frame is over the gateway's size limit (413).
     TooLarge,
@@ -32,11 +42,86 @@ pub enum Outcome {
     Failed,
 }
 
-/// The gateway's Management API, as delivery needs it.
+/// What one HTTP attempt gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Final: the attempt settled the recipient's outcome.
+    Done(Outcome),
+    /// Throttled (429 / `LimitExceededException`): slow down and retry.
+    Throttled,
+    /// A failure another attempt may not have (5xx, timeout, connection
+    /// refused).
+    Retryable,
+}
+
+/// A Management API endpoint (`https://{domain}/{stage}`), parsed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The endpoint as the registry stores it.
+    pub raw: Arc<str>,
+    /// `https` (else `http`).
+    pub https: bool,
+    /// `host[:port]`.
+    pub authority: String,
+    /// The path before `/@connections` (the stage), without a trailing `/`.
+    pub base_path: String,
+}
+
+impl Endpoint {
+    /// Parses `raw`; `None` when it is not an `http(s)://authority/path` URL.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (https, rest) = if let Some(rest) = raw.strip_prefix("https://") {
+            (true, rest)
+        } else {
+            (false, raw.strip_prefix("http://")?)
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains(['@', ' ', '?', '#']) {
+            return None;
+        }
+        Some(Self {
+            raw: Arc::from(raw),
+            https,
+            authority: authority.to_owned(),
+            base_path: path.trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+/// A frame ready to send: its bytes and their SHA-256 (the same for every
+/// recipient, so hashed once).
+#[derive(Debug, Clone)]
+pub struct PreparedFrame {
+    /// The body.
+    pub bytes: Bytes,
+    /// Hex SHA-256 of the body.
+    pub hash: String,
+}
+
+impl PreparedFrame {
+    /// Prepares `bytes`.
+    pub fn new(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        Self {
+            hash: signer::payload_hash(&bytes),
+            bytes,
+        }
+    }
+}
+
+/// The gateway's Management API, one attempt per call.
 #[async_trait]
 pub trait Delivery: Send + Sync + 'static {
-    /// Posts `frame` to one connection, retrying what is worth retrying.
-    async fn post(&self, endpoint: &str, connection_id: &str, frame: Bytes) -> Outcome;
+    /// One attempt to post `frame` to one connection.
+    async fn post(
+        &self,
+        endpoint: &Endpoint,
+        connection_id: &str,
+        frame: &PreparedFrame,
+    ) -> Attempt;
 
     /// Closes a connection at the gateway; `Ok(false)` when the gateway had
     /// already forgotten it.
@@ -48,7 +133,26 @@ pub trait Delivery: Send + Sync + 'static {
         endpoint: &str,
         connection_id: &str,
     ) -> Result<bool, DeliveryError>;
+}
 
-    /// Calls in flight per broadcast.
-    fn concurrency(&self) -> usize;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_into_their_parts() {
+        let e =
+            Endpoint::parse("https://abc.execute-api.eu-west-1.amazonaws.com/prod").expect("aws");
+        assert!(e.https);
+        assert_eq!(e.authority, "abc.execute-api.eu-west-1.amazonaws.com");
+        assert_eq!(e.base_path, "/prod");
+        let e = Endpoint::parse("http://127.0.0.1:8080/local/").expect("local");
+        assert_eq!(
+            (e.https, e.authority.as_str(), e.base_path.as_str()),
+            (false, "127.0.0.1:8080", "/local")
+        );
+        assert!(Endpoint::parse("ftp://x/y").is_none());
+        assert!(Endpoint::parse("http://user@host/x").is_none());
+        assert!(Endpoint::parse("http:///x").is_none());
+    }
 }

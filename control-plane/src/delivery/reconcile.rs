@@ -67,7 +67,8 @@ enum Verdict {
 }
 
 impl Reconciler {
-    /// A reconciler checking rows idle longer than `idle_threshold`.
+    /// A reconciler checking rows idle longer than `idle_threshold` with the
+    /// gateway through `delivery`.
     pub fn new(
         registry: Arc<dyn Registry>,
         delivery: Arc<dyn Delivery>,

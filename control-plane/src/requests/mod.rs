@@ -27,7 +27,7 @@ use crate::{
     actions::Actions,
     clock::Clock,
     config::JobsConfig,
-    delivery::Delivery,
+    delivery::fanout::Fanout,
     error::JobError,
     metrics::{OutcomeLabel, metrics},
     registry::Registry,
@@ -60,7 +60,7 @@ pub enum Report {
 pub struct Jobs {
     queue: Arc<dyn RequestQueue>,
     registry: Arc<dyn Registry>,
-    delivery: Arc<dyn Delivery>,
+    fanout: Arc<Fanout>,
     actions: Arc<Actions>,
     config: JobsConfig,
     clock: Clock,
@@ -84,7 +84,7 @@ pub struct JobsParts {
     /// Where subscribers are looked up.
     pub registry: Arc<dyn Registry>,
     /// How frames reach subscribers.
-    pub delivery: Arc<dyn Delivery>,
+    pub fanout: Arc<Fanout>,
     /// The action table (processors register into it).
     pub actions: Arc<Actions>,
     /// Retry and relay settings.
@@ -99,7 +99,7 @@ impl Jobs {
         Self {
             queue: parts.queue,
             registry: parts.registry,
-            delivery: parts.delivery,
+            fanout: parts.fanout,
             actions: parts.actions,
             config: parts.config,
             clock: parts.clock,
@@ -375,7 +375,7 @@ impl Jobs {
                 tokio::spawn(relay::run(
                     rx,
                     self.registry.clone(),
-                    self.delivery.clone(),
+                    self.fanout.clone(),
                     self.config.progress_interval,
                 ));
                 tx

@@ -13,7 +13,7 @@ use tokio::{sync::mpsc, time::Instant};
 
 use super::queue::{Failure, ProgressState, Request, Status};
 use crate::{
-    delivery::{Delivery, Outcome},
+    delivery::{Outcome, PreparedFrame, fanout::Fanout},
     error::Fault,
     registry::Registry,
 };
@@ -154,7 +154,7 @@ pub enum Outgoing {
 pub async fn run(
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     registry: Arc<dyn Registry>,
-    delivery: Arc<dyn Delivery>,
+    fanout: Arc<Fanout>,
     interval: Duration,
 ) {
     let mut throttle = Throttle::new(interval);
@@ -165,7 +165,7 @@ pub async fn run(
             out = rx.recv() => out,
             () = async { if let Some(due) = due { tokio::time::sleep_until(due).await } else { std::future::pending().await } } => {
                 if let Some(frame) = throttle.take_due(Instant::now()) {
-                    send(&registry, &delivery, &subscribers, frame).await;
+                    send(&registry, &fanout, &subscribers, frame).await;
                 }
                 continue;
             }
@@ -179,7 +179,7 @@ pub async fn run(
             }) => {
                 subscribers = subs;
                 if let Some(frame) = throttle.offer(Instant::now(), frame, force) {
-                    send(&registry, &delivery, &subscribers, frame).await;
+                    send(&registry, &fanout, &subscribers, frame).await;
                 }
             }
             Some(Outgoing::Final {
@@ -187,9 +187,9 @@ pub async fn run(
                 subscribers: subs,
             }) => {
                 if let Some(last) = throttle.flush() {
-                    send(&registry, &delivery, &subs, last).await;
+                    send(&registry, &fanout, &subs, last).await;
                 }
-                send(&registry, &delivery, &subs, frame).await;
+                send(&registry, &fanout, &subs, frame).await;
                 return;
             }
         }
@@ -198,19 +198,19 @@ pub async fn run(
 
 async fn send(
     registry: &Arc<dyn Registry>,
-    delivery: &Arc<dyn Delivery>,
+    fanout: &Arc<Fanout>,
     subscribers: &[String],
     frame: Bytes,
 ) {
+    let frame = PreparedFrame::new(frame);
     for subscriber in subscribers {
         let Ok(Some(connection)) = registry.get(subscriber).await else {
             continue;
         };
-        if delivery
-            .post(&connection.endpoint, subscriber, frame.clone())
-            .await
-            == Outcome::Gone
-        {
+        let sent = fanout
+            .send_one(&connection.endpoint, &connection.connection_id, &frame)
+            .await;
+        if sent.outcome() == Outcome::Gone {
             let _ = registry.remove(subscriber).await;
         }
     }

@@ -28,7 +28,10 @@ fn setup(retry: Duration) -> Setup {
     let jobs = Arc::new(Jobs::new(JobsParts {
         queue: queue.clone(),
         registry: registry.clone(),
-        delivery: gateway.clone(),
+        fanout: Arc::new(crate::delivery::fanout::Fanout::new(
+            gateway.clone(),
+            crate::config::DeliveryConfig::default(),
+        )),
         actions,
         config: JobsConfig {
             retry_base: retry,

@@ -1,0 +1,54 @@
+//! Exit codes scripts rely on: 0 done; 1 the server refused for another
+//! reason; 2 bad usage or input; 3 control plane unreachable or
+//! unavailable; 4 missing, bad or insufficient token; 5 not found.
+
+use streamer_client::Error;
+
+/// A failure with its exit code.
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Self {
+        use tonic::Code;
+        let code = match &err {
+            Error::Address(_) | Error::Json(_) => 2,
+            Error::Connect(_) => 3,
+            Error::Token => 4,
+            Error::Status { code, .. } => match code {
+                Code::Unavailable | Code::DeadlineExceeded => 3,
+                Code::Unauthenticated | Code::PermissionDenied => 4,
+                Code::NotFound => 5,
+                Code::InvalidArgument => 2,
+                _ => 1,
+            },
+        };
+        let message = match &err {
+            Error::Connect(_) => {
+                "cannot reach the control plane (is it running? check --addr / STREAMER_ADDR)"
+                    .to_owned()
+            }
+            Error::Status {
+                code: tonic::Code::Unauthenticated,
+                message,
+            } => {
+                format!("not authenticated: {message} (check --token / STREAMER_TOKEN)")
+            }
+            Error::Status {
+                code: tonic::Code::NotFound,
+                message,
+            } => format!("not found: {message}"),
+            other => other.to_string(),
+        };
+        Failure { code, message }
+    }
+}
+
+pub(crate) fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
+}

@@ -1,0 +1,333 @@
+//! The domain's sections: client limits, delivery, actions, the store,
+//! reconcile, groups and long-running requests; and name patterns.
+
+use std::{str::FromStr, time::Duration};
+
+use serde::Deserialize;
+
+use super::{Source, millis, secs, settings as s};
+
+/// Names or `prefix*` patterns (`*` alone matches everything): permission
+/// grants, presence groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Patterns(Vec<String>);
+
+impl Patterns {
+    /// Patterns from a list.
+    pub fn new(patterns: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self(patterns.into_iter().map(Into::into).collect())
+    }
+
+    /// Whether any pattern matches `name`.
+    pub fn matches(&self, name: &str) -> bool {
+        grants(&self.0, name)
+    }
+
+    /// The patterns as written.
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// Whether `granted` covers `required`: an exact match, `*`, or a granted
+/// `prefix*` wildcard.
+pub fn grants(granted: &[impl AsRef<str>], required: &str) -> bool {
+    granted.iter().any(|p| {
+        let p = p.as_ref();
+        p == required
+            || p == "*"
+            || p.strip_suffix('*')
+                .is_some_and(|prefix| required.starts_with(prefix))
+    })
+}
+
+/// Limits applied to clients.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Largest client message the control plane accepts.
+    pub max_message_bytes: usize,
+    /// Sustained messages per connection per minute.
+    pub messages_per_minute: u32,
+    /// Messages a connection may send at once before the rate applies.
+    pub message_burst: u32,
+    /// Connection attempts per source IP per minute (also the burst).
+    pub connects_per_minute_per_ip: u32,
+    /// Connects from loopback addresses skip the per-IP limit (unset: off
+    /// for `serve`, on for `dev`).
+    pub loopback_connects_unlimited: Option<bool>,
+    /// Most connections one tenant may hold; 0 means no quota.
+    pub max_connections_per_tenant: u64,
+}
+
+impl LimitsConfig {
+    pub(super) fn resolve(src: &mut Source<'_>) -> Self {
+        Self {
+            max_message_bytes: src.at_least(&s::MAX_MESSAGE_BYTES, 1),
+            messages_per_minute: src.at_least(&s::MESSAGES_PER_MINUTE, 1),
+            message_burst: src.at_least(&s::MESSAGE_BURST, 1),
+            connects_per_minute_per_ip: src.at_least(&s::CONNECTS_PER_MINUTE_PER_IP, 1),
+            loopback_connects_unlimited: src.opt(&s::LOOPBACK_CONNECTS_UNLIMITED),
+            max_connections_per_tenant: src.get(&s::MAX_CONNECTIONS_PER_TENANT),
+        }
+    }
+}
+
+/// Management API fan-out.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Most `PostToConnection` calls in flight per broadcast.
+    pub concurrency: usize,
+    /// Attempts per recipient for 429 / 5xx / network errors.
+    pub max_attempts: u32,
+    /// First retry delay; doubled per attempt, with full jitter.
+    pub base_backoff: Duration,
+    /// Upper bound of a retry delay.
+    pub max_backoff: Duration,
+    /// Timeout of one Management API call.
+    pub call_timeout: Duration,
+    /// Calls per second of the process-wide budget (0: none).
+    pub max_rps: u32,
+    /// Calls the budget may spend at once.
+    pub burst: u32,
+    /// How long one send may keep retrying.
+    pub deadline: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 256,
+            max_attempts: 3,
+            base_backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_millis(1000),
+            call_timeout: Duration::from_millis(5000),
+            max_rps: 0,
+            burst: 0,
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+impl DeliveryConfig {
+    pub(super) fn resolve(src: &mut Source<'_>) -> Self {
+        Self {
+            concurrency: src.at_least(&s::DELIVERY_CONCURRENCY, 1),
+            max_attempts: src.at_least(&s::DELIVERY_MAX_ATTEMPTS, 1),
+            base_backoff: millis(src.get(&s::DELIVERY_BASE_BACKOFF_MS)),
+            max_backoff: millis(src.get(&s::DELIVERY_MAX_BACKOFF_MS)),
+            call_timeout: millis(src.at_least(&s::DELIVERY_CALL_TIMEOUT_MS, 1)),
+            max_rps: src.get(&s::DELIVERY_MAX_RPS),
+            burst: match src.get::<u32>(&s::DELIVERY_BURST) {
+                0 => src.get(&s::DELIVERY_MAX_RPS),
+                burst => burst,
+            },
+            deadline: millis(src.at_least(&s::DELIVERY_DEADLINE_MS, 1)),
+        }
+    }
+}
+
+/// How an action is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionMode {
+    /// Answered at once by a built-in handler.
+    Sync,
+    /// Queued for a processor.
+    Async,
+}
+
+/// An action declared in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionConfig {
+    /// The action name clients send.
+    pub name: String,
+    /// sync or async.
+    pub mode: ActionMode,
+    /// For sync actions, the built-in handler that answers (`echo`, `health`,
+    /// `ping`, `whoami`); defaults to the action's own name.
+    pub handler: Option<String>,
+    /// Permission the token must grant.
+    pub permission: Option<String>,
+    /// JSON Schema for the payload.
+    pub schema: Option<serde_json::Value>,
+    /// Async actions: a lease lasts this long without progress (default 30 s).
+    pub lease_timeout_ms: Option<u64>,
+    /// Async actions: attempts before the request fails (default 3).
+    pub max_attempts: Option<u32>,
+}
+
+impl ActionConfig {
+    pub(super) fn resolve(src: &mut Source<'_>) -> Vec<Self> {
+        match src.table(&s::ACTIONS).cloned() {
+            None => Vec::new(),
+            Some(value) => value.try_into().unwrap_or_else(|err: toml::de::Error| {
+                src.problem(&s::ACTIONS, err.message());
+                Vec::new()
+            }),
+        }
+    }
+}
+
+/// Which registry backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// In-process maps (the default: nothing to install; one replica).
+    Memory,
+    /// DynamoDB (production; several replicas share it).
+    DynamoDb,
+}
+
+impl FromStr for StoreKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "memory" | "embedded" => Ok(StoreKind::Memory),
+            "dynamodb" => Ok(StoreKind::DynamoDb),
+            other => Err(format!("{other:?}: use memory or dynamodb")),
+        }
+    }
+}
+
+/// State storage settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The backend.
+    pub kind: StoreKind,
+    /// Connections table.
+    pub connections_table: String,
+    /// Requests table.
+    pub requests_table: String,
+    /// Rate-limit table.
+    pub rate_limits_table: String,
+    /// Keep the message and connect limits in the store (shared by replicas).
+    pub shared_rate_limits: bool,
+    /// Row expiry after the last refresh, and after connect.
+    pub connection_ttl: Duration,
+    /// Refresh `last_seen` at most this often per connection.
+    pub touch_interval: Duration,
+}
+
+impl StoreConfig {
+    pub(super) fn resolve(src: &mut Source<'_>) -> Self {
+        let kind = src.opt(&s::STORE).unwrap_or(StoreKind::Memory);
+        let shared_rate_limits = src
+            .opt(&s::SHARED_RATE_LIMITS)
+            .unwrap_or(kind == StoreKind::DynamoDb);
+        if shared_rate_limits && kind != StoreKind::DynamoDb {
+            src.problem(
+                &s::SHARED_RATE_LIMITS,
+                "shared rate limits need STREAMER_STORE=dynamodb",
+            );
+        }
+        Self {
+            kind,
+            connections_table: src.get(&s::CONNECTIONS_TABLE),
+            requests_table: src.get(&s::REQUESTS_TABLE),
+            rate_limits_table: src.get(&s::RATE_LIMITS_TABLE),
+            shared_rate_limits,
+            connection_ttl: secs(src.at_least(&s::CONNECTION_TTL_SECS, 60)),
+            touch_interval: secs(src.get(&s::TOUCH_INTERVAL_SECS)),
+        }
+    }
+}
+
+/// The periodic job that removes rows of connections the gateway forgot.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// How often it runs; zero turns it off.
+    pub interval: Duration,
+    /// Rows idle longer than this are checked with the gateway.
+    pub idle_threshold: Duration,
+}
+
+impl ReconcileConfig {
+    pub(super) fn resolve(src: &mut Source<'_>) -> Self {
+        Self {
+            interval: secs(src.get(&s::RECONCILE_INTERVAL_SECS)),
+            idle_threshold: secs(src.get(&s::RECONCILE_IDLE_SECS)),
+        }
+    }
+}
+
+/// Group (room) settings.
+#[derive(Debug, Clone)]
+pub struct GroupsConfig {
+    /// Most groups one connection may be in.
+    pub max_per_connection: usize,
+    /// The permission a token needs to `join` a group (`{group}` is replaced
+    /// by the group name).
+    pub join_permission: String,
+    /// Groups whose members get presence notifications.
+    pub presence: Patterns,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self {
+            max_per_connection: 128,
+            join_permission: "group:join:{group}".into(),
+            presence: Patterns::default(),
+        }
+    }
+}
+
+impl GroupsConfig {
+    pub(super) fn resolve(src: &mut Source<'_>) -> Self {
+        Self {
+            max_per_connection: src.at_least(&s::MAX_GROUPS_PER_CONNECTION, 1),
+            join_permission: src.get(&s::GROUP_JOIN_PERMISSION),
+            presence: Patterns::new(src.list(&s::PRESENCE_GROUPS)),
+        }
+    }
+
+    /// Whether `group` announces joins and leaves.
+    pub fn presence_enabled(&self, group: &str) -> bool {
+        self.presence.matches(group)
+    }
+
+    /// The permission needed to join `group`.
+    pub fn join_permission_for(&self, group: &str) -> String {
+        self.join_permission.replace("{group}", group)
+    }
+}
+
+/// Retry and relay settings of long-running requests.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// First retry delay; doubled per attempt, with jitter.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// At most one progress frame per request per this interval.
+    pub progress_interval: Duration,
+    /// How often expired leases are looked for.
+    pub sweep_interval: Duration,
+    /// How often an idle processor session looks for work anyway (backoffs
+    /// ending, work queued through another replica).
+    pub poll_interval: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            progress_interval: Duration::from_millis(100),
+            sweep_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+impl JobsConfig {
+    pub(super) fn resolve(src: &mut Source<'_>) -> Self {
+        Self {
+            retry_base: millis(src.get(&s::RETRY_BASE_MS)),
+            retry_max: millis(src.get(&s::RETRY_MAX_MS)),
+            progress_interval: millis(src.get(&s::PROGRESS_INTERVAL_MS)),
+            ..Self::default()
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The process-level sections: the gRPC server and its transport, the
+//! emulator (`dev`), client-token verification, caller tokens and `dev`'s
+//! own settings.
+
+use std::{collections::HashSet, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use serde::Deserialize;
+pub use streamer_telemetry::LogFormat;
+
+use super::{Source, millis, secs, settings as s, socket_addr};
+
+/// The gRPC server and the process around it.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the gRPC server listens.
+    pub grpc_addr: SocketAddr,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Key that signs list page tokens; random per process when unset.
+    pub page_token_secret: Option<String>,
+    /// Transport limits of the gRPC port.
+    pub transport: TransportConfig,
+}
+
+/// Limits on the gRPC port's connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportConfig {
+    /// Close a connection that has not completed its HTTP/2 preface and
+    /// first SETTINGS frame within this long.
+    pub handshake_timeout: Duration,
+    /// Close a connection with no call in flight for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// HTTP/2 PING interval (`None`: no keepalive).
+    pub keepalive_interval: Option<Duration>,
+    /// How long a PING may go unanswered.
+    pub keepalive_timeout: Duration,
+    /// GOAWAY after this long (`None`: no limit).
+    pub max_connection_age: Option<Duration>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(300)),
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_timeout: Duration::from_secs(10),
+            max_connection_age: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub(super) fn resolve(src: &mut Source<'_>) -> Self {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        Self {
+            grpc_addr: src
+                .parse_with(&s::GRPC_ADDR, socket_addr)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            metrics_addr: src.parse_with(&s::METRICS_ADDR, socket_addr),
+            log_format: src.opt(&s::LOG_FORMAT).unwrap_or(LogFormat::Pretty),
+            page_token_secret: src.opt(&s::PAGE_TOKEN_SECRET),
+            transport: TransportConfig {
+                handshake_timeout: millis(src.at_least(&s::GRPC_HANDSHAKE_TIMEOUT_MS, 100)),
+                idle_timeout: nonzero(secs(src.get(&s::GRPC_IDLE_TIMEOUT_SECS))),
+                keepalive_interval: nonzero(secs(src.get(&s::GRPC_KEEPALIVE_INTERVAL_SECS))),
+                keepalive_timeout: secs(src.at_least(&s::GRPC_KEEPALIVE_TIMEOUT_SECS, 1)),
+                max_connection_age: nonzero(secs(src.get(&s::GRPC_MAX_CONNECTION_AGE_SECS))),
+            },
+        }
+    }
+}
+
+/// API Gateway's message payload limit.
+pub const API_GATEWAY_MAX_MESSAGE_BYTES: usize = 128 * 1024;
+
+/// The local gateway emulator's address and API Gateway's limits.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// WebSocket and Management API address.
+    pub addr: SocketAddr,
+    /// Stage name, the first path segment.
+    pub stage: String,
+    /// Largest client message the gateway accepts (close 1009 above).
+    pub max_message_bytes: usize,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// A connection is closed after this long, whatever it does.
+    pub max_duration: Duration,
+}
+
+impl GatewayConfig {
+    pub(super) fn resolve(src: &mut Source<'_>) -> Self {
+        let stage: String = src.get(&s::STAGE);
+        if stage.is_empty()
+            || !stage
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            src.problem(&s::STAGE, "use letters, digits, '-' and '_'");
+        }
+        Self {
+            addr: src
+                .parse_with(&s::GATEWAY_ADDR, socket_addr)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            stage,
+            max_message_bytes: src.at_least(&s::GATEWAY_MAX_MESSAGE_BYTES, 1),
+            idle_timeout: secs(src.at_least(&s::GATEWAY_IDLE_TIMEOUT_SECS, 1)),
+            max_duration: secs(src.at_least(&s::GATEWAY_MAX_DURATION_SECS, 1)),
+        }
+    }
+}
+
+/// How client JWTs are verified at `$connect`.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// The verification key, PEM text (RSA, EC or Ed25519 public key).
+    pub public_key_pem: String,
+    /// Accepted algorithms; all must fit the key's type.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Required `aud`, if set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` / `nbf`.
+    pub leeway: Duration,
+}
+
+fn algorithm(name: &str) -> Result<jsonwebtoken::Algorithm, String> {
+    use jsonwebtoken::Algorithm::*;
+    let algorithm = jsonwebtoken::Algorithm::from_str(name)
+        .map_err(|_| format!("unknown algorithm {name:?}"))?;
+    if matches!(algorithm, HS256 | HS384 | HS512) {
+        return Err(format!(
+            "{name} is a shared-secret algorithm; only public-key algorithms are accepted"
+        ));
+    }
+    Ok(algorithm)
+}
+
+impl JwtConfig {
+    pub(super) fn resolve(src: &mut Source<'_>) -> Option<Self> {
+        let inline: Option<String> = src.opt(&s::JWT_PUBLIC_KEY);
+        let path: Option<PathBuf> = src.opt(&s::JWT_PUBLIC_KEY_FILE);
+        let names = src.list(&s::JWT_ALGORITHMS);
+        let mut algorithms = Vec::new();
+        for name in &names {
+            match algorithm(name) {
+                Ok(a) => algorithms.push(a),
+                Err(message) => src.problem(&s::JWT_ALGORITHMS, message),
+            }
+        }
+        if names.is_empty() {
+            src.problem(&s::JWT_ALGORITHMS, "list at least one algorithm");
+        }
+        let leeway = secs(src.get(&s::JWT_LEEWAY_SECS));
+        let issuer = src.opt(&s::JWT_ISSUER);
+        let audience = src.opt(&s::JWT_AUDIENCE);
+        let public_key_pem = match (inline, path) {
+            (Some(_), Some(_)) => {
+                src.problem(
+                    &s::JWT_PUBLIC_KEY,
+                    "set either the key or STREAMER_JWT_PUBLIC_KEY_FILE, not both",
+                );
+                return None;
+            }
+            // Environment variables often carry PEM with literal "\n".
+            (Some(pem), None) => pem.replace("\\n", "\n"),
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(pem) => pem,
+                Err(err) => {
+                    src.problem(
+                        &s::JWT_PUBLIC_KEY_FILE,
+                        format!("cannot read {}: {err}", path.display()),
+                    );
+                    return None;
+                }
+            },
+            (None, None) => return None,
+        };
+        Some(Self {
+            public_key_pem,
+            algorithms,
+            issuer,
+            audience,
+            leeway,
+        })
+    }
+}
+
+/// A service token from the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTokenConfig {
+    /// A name for logs.
+    pub name: String,
+    /// The bearer token.
+    pub token: String,
+    /// When set, the token reaches only this tenant.
+    pub tenant_id: Option<String>,
+}
+
+/// Tokens gRPC callers present as `authorization: Bearer <token>`.
+#[derive(Debug, Clone, Default)]
+pub struct TokenConfig {
+    /// Grants the edge role.
+    pub edge: Option<String>,
+    /// Grants the admin role.
+    pub admin: Option<String>,
+    /// Service tokens, each optionally bound to one tenant.
+    pub services: Vec<ServiceTokenConfig>,
+}
+
+/// Shortest token accepted for any role.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl TokenConfig {
+    pub(super) fn resolve(src: &mut Source<'_>) -> Self {
+        let services: Vec<ServiceTokenConfig> = match src.table(&s::SERVICE_TOKENS).cloned() {
+            None => Vec::new(),
+            Some(value) => value.try_into().unwrap_or_else(|err: toml::de::Error| {
+                src.problem(&s::SERVICE_TOKENS, err.message());
+                Vec::new()
+            }),
+        };
+        let tokens = Self {
+            edge: src.opt(&s::EDGE_TOKEN),
+            admin: src.opt(&s::ADMIN_TOKEN),
+            services,
+        };
+        let mut seen: HashSet<&str> = HashSet::new();
+        let all = [
+            (&s::EDGE_TOKEN, tokens.edge.as_deref()),
+            (&s::ADMIN_TOKEN, tokens.admin.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(setting, token)| token.map(|t| (setting, t)))
+        .chain(
+            tokens
+                .services
+                .iter()
+                .map(|svc| (&s::SERVICE_TOKENS, svc.token.as_str())),
+        );
+        for (setting, token) in all {
+            if token.len() < MIN_TOKEN_LEN {
+                src.problem(
+                    setting,
+                    format!("tokens must be at least {MIN_TOKEN_LEN} characters"),
+                );
+            }
+            if !seen.insert(token) {
+                src.problem(
+                    setting,
+                    "the same token is used for another role; each role needs its own",
+                );
+            }
+        }
+        for service in &tokens.services {
+            if let Some(tenant) = &service.tenant_id
+                && !streamer_proto::ids::valid_tenant_id(tenant)
+            {
+                src.problem(
+                    &s::SERVICE_TOKENS,
+                    format!("service {:?}: invalid tenant_id", service.name),
+                );
+            }
+        }
+        tokens
+    }
+}
+
+/// `dev`'s own settings.
+#[derive(Debug, Clone)]
+pub struct DevConfig {
+    /// Where the key and tokens `dev` makes are kept across restarts.
+    pub state_dir: PathBuf,
+    /// Run the in-process demo processor (`echo_async`, `generate_report`).
+    pub demo_processor: bool,
+    /// How long a demo request takes.
+    pub demo_duration: Duration,
+}
+
+impl DevConfig {
+    pub(super) fn resolve(src: &mut Source<'_>) -> Self {
+        Self {
+            state_dir: src
+                .opt(&s::STATE_DIR)
+                .unwrap_or_else(|| PathBuf::from(".build/dev")),
+            demo_processor: src.opt(&s::DEMO_PROCESSOR).unwrap_or(true),
+            demo_duration: millis(src.get(&s::DEMO_DURATION_MS)),
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! The policy every send goes through, whatever its size:
+//!
+//! - **one budget**: a process-wide token bucket (`STREAMER_DELIVERY_MAX_RPS`
+//!   with its burst), so broadcasts, request relays and presence together
+//!   stay under the account's Management API quota;
+//! - **adaptive concurrency**: calls in flight start at
+//!   `STREAMER_DELIVERY_CONCURRENCY`, halve (at most every 100 ms) when the
+//!   gateway answers 429, and grow back by one per window of successes
+//!   (AIMD);
+//! - **retries within a deadline**: a throttled call is retried with
+//!   exponential backoff and full jitter until `STREAMER_DELIVERY_DEADLINE_MS`;
+//!   a 5xx, timeout or refused connection at most `STREAMER_DELIVERY_MAX_ATTEMPTS`
+//!   times; the report counts only what really failed;
+//! - **fair turns**: every send takes its permits and tokens one at a time
+//!   from FIFO queues, so a send to one connection waits behind at most one
+//!   call of a 100,000-recipient broadcast, not behind all of them.
+//!
+//! Per-recipient work is kept out of the loop: endpoints are parsed once
+//! per send, the frame is one shared buffer with its hash computed once,
+//! and each call runs on its own task, so both cores share the signing and
+//! HTTP work.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use rand::Rng;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+    time::Instant,
+};
+
+use super::{Attempt, Delivery, Endpoint, Outcome, PreparedFrame};
+use crate::{
+    config::DeliveryConfig,
+    metrics::{OperationLabel, metrics},
+};
+
+/// Calls in flight, adapted to 429s (additive increase, multiplicative
+/// decrease).
+#[derive(Debug)]
+pub struct AdaptiveLimit {
+    permits: Arc<Semaphore>,
+    limit: AtomicUsize,
+    max: usize,
+    successes: AtomicUsize,
+    last_cut: Mutex<Option<Instant>>,
+}
+
+/// The shortest time between two cuts: one burst of 429s is one signal.
+const CUT_EVERY: Duration = Duration::from_millis(100);
+
+impl AdaptiveLimit {
+    /// A limit starting (and capped) at `max`.
+    pub fn new(max: usize) -> Self {
+        let max = max.max(1);
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            limit: AtomicUsize::new(max),
+            max,
+            successes: AtomicUsize::new(0),
+            last_cut: Mutex::new(None),
+        }
+    }
+
+    /// The limit now.
+    pub fn current(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().acquire_owned().await.ok()
+    }
+
+    /// A call succeeded: one more in flight per window of successes.
+    pub fn on_success(&self) {
+        let limit = self.limit.load(Ordering::Relaxed);
+        let successes = self.successes.fetch_add(1, Ordering::Relaxed) + 1;
+        if successes >= limit && limit < self.max {
+            self.successes.store(0, Ordering::Relaxed);
+            if self
+                .limit
+                .compare_exchange(limit, limit + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.permits.add_permits(1);
+                metrics()
+                    .delivery_concurrency
+                    .set(i64::try_from(limit + 1).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// The gateway throttled a call: halve the calls in flight.
+    pub fn on_throttle(&self) {
+        let Ok(mut last) = self.last_cut.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < CUT_EVERY) {
+            return;
+        }
+        *last = Some(now);
+        let limit = self.limit.load(Ordering::Relaxed);
+        let cut = (limit / 2).max(1);
+        if cut == limit {
+            return;
+        }
+        self.limit.store(cut, Ordering::Relaxed);
+        self.successes.store(0, Ordering::Relaxed);
+        metrics()
+            .delivery_concurrency
+            .set(i64::try_from(cut).unwrap_or(i64::MAX));
+        // Take the surplus out of circulation as calls finish.
+        let permits = self.permits.clone();
+        let surplus = u32::try_from(limit - cut).unwrap_or(u32::MAX);
+        tokio::spawn(async move {
+            if let Ok(taken) = permits.acquire_many_owned(surplus).await {
+                taken.forget();
+            }
+        });
+    }
+}
+
+/// A requests-per-second budget with a burst, served first come first
+/// served.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    state: tokio::sync::Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    /// `rate` tokens a second, at most `burst` saved up (full at start).
+    pub fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate: f64::from(rate.max(1)),
+            burst,
+            state: tokio::sync::Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// Waits for one token. The lock is held while waiting, so tokens go
+    /// to waiters in the order they asked.
+    pub async fn take(&self) {
+        let mut state = self.state.lock().await;
+        let refill = |state: &mut (f64, Instant)| {
+            let now = Instant::now();
+            state.0 =
+                (state.0 + now.duration_since(state.1).as_secs_f64() * self.rate).min(self.burst);
+            state.1 = now;
+        };
+        refill(&mut state);
+        if state.0 < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - state.0) / self.rate);
+            tokio::time::sleep(wait).await;
+            refill(&mut state);
+        }
+        state.0 -= 1.0;
+    }
+}
+
+/// One recipient: where and who.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    /// The Management API endpoint that reaches it.
+    pub endpoint: Arc<str>,
+    /// Its connection id.
+    pub connection_id: Arc<str>,
+}
+
+/// What a send did, recipient by recipient, counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Accepted by the gateway.
+    pub delivered: u32,
+    /// Connections the gateway no longer has (410).
+    pub gone: Vec<Arc<str>>,
+    /// Still throttled at the deadline.
+    pub throttled: u32,
+    /// Over the gateway's size limit.
+    pub too_large: u32,
+    /// Failed otherwise.
+    pub failed: u32,
+}
+
+impl Sent {
+    fn count(&mut self, outcome: Outcome, connection_id: &Arc<str>) {
+        match outcome {
+            Outcome::Delivered => self.delivered += 1,
+            Outcome::Gone => self.gone.push(connection_id.clone()),
+            Outcome::Throttled => self.throttled += 1,
+            Outcome::TooLarge => self.too_large += 1,
+            Outcome::Failed => self.failed += 1,
+        }
+    }
+
+    /// The single outcome of a one-recipient send.
+    pub fn outcome(&self) -> Outcome {
+        if self.delivered > 0 {
+            Outcome::Delivered
+        } else if !self.gone.is_empty() {
+            Outcome::Gone
+        } else if self.throttled > 0 {
+            Outcome::Throttled
+        } else if self.too_large > 0 {
+            Outcome::TooLarge
+        } else {
+            Outcome::Failed
+        }
+    }
+}
+
+/// The delivery policy over a transport.
+pub struct Fanout {
+    delivery: Arc<dyn Delivery>,
+    limit: AdaptiveLimit,
+    budget: Option<TokenBucket>,
+    config: DeliveryConfig,
+}
+
+impl std::fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fanout")
+            .field("limit", &self.limit.current())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-recipient state of one send.
+struct Slot {
+    endpoint: u32,
+    connection_id: Arc<str>,
+    attempts: u32,
+    throttled_last: bool,
+    settled: bool,
+}
+
+impl Fanout {
+    /// The policy of `config` over `delivery`.
+    pub fn new(delivery: Arc<dyn Delivery>, config: DeliveryConfig) -> Self {
+        let budget =
+            (config.max_rps > 0).then(|| TokenBucket::new(config.max_rps, config.burst.max(1)));
+        metrics()
+            .delivery_concurrency
+            .set(i64::try_from(config.concurrency).unwrap_or(i64::MAX));
+        Self {
+            delivery,
+            limit: AdaptiveLimit::new(config.concurrency),
+            budget,
+            config,
+        }
+    }
+
+    /// The transport (for calls outside the fan-out: close, check).
+    pub fn delivery(&self) -> &Arc<dyn Delivery> {
+        &self.delivery
+    }
+
+    /// Calls in flight allowed now.
+    pub fn concurrency(&self) -> usize {
+        self.limit.current()
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .config
+            .base_backoff
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.config.max_backoff);
+        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(0..=millis))
+    }
+
+    /// Sends one frame to one connection under the same policy.
+    pub async fn send_one(
+        self: &Arc<Self>,
+        endpoint: &Arc<str>,
+        connection_id: &Arc<str>,
+        frame: &PreparedFrame,
+    ) -> Sent {
+        self.send(
+            vec![Recipient {
+                endpoint: endpoint.clone(),
+                connection_id: connection_id.clone(),
+            }],
+            frame,
+        )
+        .await
+    }
+
+    /// Sends `frame` to every recipient and counts what happened.
+    pub async fn send(self: &Arc<Self>, recipients: Vec<Recipient>, frame: &PreparedFrame) -> Sent {
+        let deadline = Instant::now() + self.config.deadline;
+        let mut sent = Sent::default();
+        // Endpoints parsed once per send; recipients mapped to (endpoint, id).
+        let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
+        let mut index: HashMap<Arc<str>, u32> = HashMap::new();
+        let mut slots: Vec<Slot> = Vec::with_capacity(recipients.len());
+        for recipient in recipients {
+            let endpoint = match index.get(&recipient.endpoint) {
+                Some(i) => *i,
+                None => match Endpoint::parse(&recipient.endpoint) {
+                    Some(parsed) => {
+                        let i = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
+                        endpoints.push(Arc::new(parsed));
+                        index.insert(recipient.endpoint.clone(), i);
+                        i
+                    }
+                    None => {
+                        tracing::warn!(endpoint = %recipient.endpoint, "unusable management endpoint");
+                        sent.failed += 1;
+                        continue;
+                    }
+                },
+            };
+            slots.push(Slot {
+                endpoint,
+                connection_id: recipient.connection_id,
+                attempts: 0,
+                throttled_last: false,
+                settled: false,
+            });
+        }
+        let histogram = metrics()
+            .management_api_duration
+            .get_or_create(&OperationLabel {
+                operation: "post_to_connection",
+            })
+            .clone();
+        let frame = Arc::new(frame.clone());
+        let mut in_flight: JoinSet<(usize, Attempt, Duration)> = JoinSet::new();
+        let mut retries: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
+        let mut next_fresh = 0usize;
+        loop {
+            while let Some(done) = in_flight.try_join_next() {
+                self.settle(
+                    done,
+                    &mut slots,
+                    &mut retries,
+                    &mut sent,
+                    deadline,
+                    &histogram,
+                );
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let due = retries.peek().is_some_and(|Reverse((at, _))| *at <= now);
+            if !due && next_fresh >= slots.len() {
+                if in_flight.is_empty() && retries.is_empty() {
+                    return sent;
+                }
+                let wake = retries
+                    .peek()
+                    .map_or(deadline, |Reverse((at, _))| *at)
+                    .min(deadline);
+                tokio::select! {
+                    Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                        self.settle(done, &mut slots, &mut retries, &mut sent, deadline, &histogram);
+                    }
+                    () = tokio::time::sleep_until(wake) => {}
+                }
+                continue;
+            }
+            let Ok(Some(permit)) = tokio::time::timeout_at(deadline, self.limit.acquire()).await
+            else {
+                continue;
+            };
+            if let Some(budget) = &self.budget
+                && tokio::time::timeout_at(deadline, budget.take())
+                    .await
+                    .is_err()
+            {
+                continue;
+            }
+            let slot = if retries
+                .peek()
+                .is_some_and(|Reverse((at, _))| *at <= Instant::now())
+            {
+                retries.pop().map(|Reverse((_, i))| i)
+            } else if next_fresh < slots.len() {
+                next_fresh += 1;
+                Some(next_fresh - 1)
+            } else {
+                retries.pop().map(|Reverse((_, i))| i)
+            };
+            let Some(i) = slot else { continue };
+            slots[i].attempts += 1;
+            let delivery = self.delivery.clone();
+            let endpoint = endpoints[slots[i].endpoint as usize].clone();
+            let id = slots[i].connection_id.clone();
+            let frame = frame.clone();
+            let call_timeout = self.config.call_timeout;
+            in_flight.spawn(async move {
+                let started = Instant::now();
+                let attempt =
+                    tokio::time::timeout(call_timeout, delivery.post(&endpoint, &id, &frame))
+                        .await
+                        .unwrap_or(Attempt::Retryable);
+                drop(permit);
+                (i, attempt, started.elapsed())
+            });
+        }
+        // The deadline: what is still in flight or waiting counts as what it
+        // last was.
+        in_flight.abort_all();
+        while let Some(done) = in_flight.join_next().await {
+            if let Ok(done) = done {
+                self.settle(
+                    Ok(done),
+                    &mut slots,
+                    &mut retries,
+                    &mut sent,
+                    deadline,
+                    &histogram,
+                );
+            }
+        }
+        for slot in slots.iter().filter(|s| !s.settled) {
+            if slot.throttled_last {
+                sent.throttled += 1;
+            } else {
+                sent.failed += 1;
+            }
+        }
+        tracing::warn!(
+            recipients = slots.len(),
+            failed = sent.failed,
+            throttled = sent.throttled,
+            "delivery deadline reached"
+        );
+        sent
+    }
+
+    fn settle(
+        &self,
+        done: Result<(usize, Attempt, Duration), tokio::task::JoinError>,
+        slots: &mut [Slot],
+        retries: &mut BinaryHeap<Reverse<(Instant, usize)>>,
+        sent: &mut Sent,
+        deadline: Instant,
+        histogram: &crate::metrics::AtomicHistogram,
+    ) {
+        let Ok((i, attempt, took)) = done else {
+            return;
+        };
+        histogram.observe(took);
+        let slot = &mut slots[i];
+        match attempt {
+            Attempt::Done(outcome) => {
+                if matches!(outcome, Outcome::Delivered | Outcome::Gone) {
+                    self.limit.on_success();
+                }
+                slot.settled = true;
+                sent.count(outcome, &slot.connection_id);
+            }
+            Attempt::Throttled => {
+                self.limit.on_throttle();
+                slot.throttled_last = true;
+                let at = Instant::now() + self.backoff(slot.attempts);
+                if at < deadline {
+                    retries.push(Reverse((at, i)));
+                } else {
+                    slot.settled = true;
+                    sent.throttled += 1;
+                }
+            }
+            Attempt::Retryable => {
+                slot.throttled_last = false;
+                let at = Instant::now() + self.backoff(slot.attempts);
+                if slot.attempts < self.config.max_attempts && at < deadline {
+                    retries.push(Reverse((at, i)));
+                } else {
+                    slot.settled = true;
+                    sent.failed += 1;
+                }
+            }
+        }
+    }
+}
