@@ -117,6 +117,7 @@ impl Dev {
             .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
             .env("STREAMER_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("STREAMER_CONNECTS_PER_MINUTE_PER_IP", "100000")
+            .env("STREAMER_GATEWAY_CONNECTS_PER_SECOND", "100000")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);

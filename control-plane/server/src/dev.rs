@@ -17,11 +17,11 @@ use streamer_client::token::{Claims, mint_rs256};
 use streamer_control_plane::{
     app::{App, raise_open_file_limit},
     config::{Config, JwtConfig, settings},
-    delivery::management_api::{ManagementApi, local_sdk_config},
+    delivery::management_api::ManagementApi,
 };
 use streamer_edge::{
     client::edge_client,
-    gateway::{Gateway, GatewayOptions},
+    gateway::{Gateway, GatewayOptions, LocalCredentials},
     handler::EdgeHandler,
 };
 use tokio::{net::TcpListener, sync::watch};
@@ -91,6 +91,42 @@ async fn bind(
     })
 }
 
+/// The AWS configuration for talking to the local emulator: its static
+/// credentials and region, so no credential or region lookup ever leaves
+/// the machine (no instance-metadata calls).
+pub async fn local_sdk_config(credentials: &LocalCredentials) -> aws_config::SdkConfig {
+    use aws_config::{BehaviorVersion, Region};
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(credentials.region.clone()))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            &credentials.access_key,
+            &credentials.secret_key,
+            None,
+            None,
+            "streamer-local",
+        ))
+        .load()
+        .await
+}
+
+/// The emulator's options from the configuration.
+pub fn gateway_options(config: &Config) -> GatewayOptions {
+    let gateway = &config.gateway;
+    GatewayOptions {
+        stage: gateway.stage.clone(),
+        max_message_bytes: gateway.max_message_bytes,
+        max_frame_bytes: gateway.max_frame_bytes,
+        idle_timeout: gateway.idle_timeout,
+        max_duration: gateway.max_duration,
+        header_timeout: gateway.header_timeout,
+        connects_per_second: gateway.connects_per_second,
+        management_rps: gateway.management_rps,
+        management_burst: gateway.management_burst,
+        credentials: LocalCredentials::default(),
+        verify_signatures: true,
+    }
+}
+
 /// Starts the control plane and the emulator on the configured addresses.
 pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
     let state = State::open(&config.dev.state_dir)?;
@@ -127,8 +163,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         .loopback_connects_unlimited
         .get_or_insert(true);
 
+    let options = gateway_options(&config);
     let delivery = Arc::new(ManagementApi::new(
-        local_sdk_config().await,
+        local_sdk_config(&options.credentials).await,
         config.delivery.clone(),
     ));
     let app = App::build(&config, Some(&jwt), delivery).await?;
@@ -152,15 +189,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         edge_client(&format!("http://{grpc_addr}"), &edge_token)?,
         Some(format!("http://{gateway_addr}/{stage}")),
     );
-    let gateway = Gateway::new(
-        handler,
-        GatewayOptions {
-            stage: stage.clone(),
-            max_message_bytes: config.gateway.max_message_bytes,
-            idle_timeout: config.gateway.idle_timeout,
-            max_duration: config.gateway.max_duration,
-        },
-    );
+    let gateway = Gateway::new(handler, options);
 
     let (stop, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -217,4 +246,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     streamer_control_plane::app::shutdown_signal().await;
     tracing::info!("shutting down");
     stack.stop().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_settings_table_and_the_emulator_agree_on_api_gateways_defaults() {
+        let config = Config::load(None, &|_| None).expect("defaults");
+        let from_settings = gateway_options(&config);
+        let emulator = GatewayOptions::default();
+        assert_eq!(
+            format!("{from_settings:?}"),
+            format!("{emulator:?}"),
+            "one set of defaults"
+        );
+    }
 }

@@ -145,7 +145,11 @@ async fn bad_tokens_are_refused_with_401_and_no_detail() {
 
 #[tokio::test]
 async fn invalid_messages_get_clear_errors_with_their_request_id() {
-    let dev = Dev::start(&[("STREAMER_GATEWAY_MAX_MESSAGE_BYTES", "300000")]).await;
+    let dev = Dev::start(&[
+        ("STREAMER_GATEWAY_MAX_MESSAGE_BYTES", "300000"),
+        ("STREAMER_GATEWAY_MAX_FRAME_BYTES", "300000"),
+    ])
+    .await;
     let mut ws = dev.connect(&token("bob", "acme", &[])).await;
 
     let cases: Vec<(String, Option<&str>, &str)> = vec![

@@ -89,6 +89,16 @@ pub struct GatewayConfig {
     pub idle_timeout: Duration,
     /// A connection is closed after this long, whatever it does.
     pub max_duration: Duration,
+    /// Largest WebSocket frame (close 1009 above).
+    pub max_frame_bytes: usize,
+    /// How long a client may take to send its upgrade request head.
+    pub header_timeout: Duration,
+    /// New connections per second (0: unlimited).
+    pub connects_per_second: u32,
+    /// Management API requests per second (0: unlimited).
+    pub management_rps: u32,
+    /// Management API requests allowed at once.
+    pub management_burst: u32,
 }
 
 impl GatewayConfig {
@@ -109,6 +119,11 @@ impl GatewayConfig {
             max_message_bytes: src.at_least(&s::GATEWAY_MAX_MESSAGE_BYTES, 1),
             idle_timeout: secs(src.at_least(&s::GATEWAY_IDLE_TIMEOUT_SECS, 1)),
             max_duration: secs(src.at_least(&s::GATEWAY_MAX_DURATION_SECS, 1)),
+            max_frame_bytes: src.at_least(&s::GATEWAY_MAX_FRAME_BYTES, 1),
+            header_timeout: millis(src.at_least(&s::GATEWAY_HEADER_TIMEOUT_MS, 1)),
+            connects_per_second: src.get(&s::GATEWAY_CONNECTS_PER_SECOND),
+            management_rps: src.get(&s::GATEWAY_MANAGEMENT_RPS),
+            management_burst: src.get(&s::GATEWAY_MANAGEMENT_BURST),
         }
     }
 }

@@ -58,6 +58,11 @@ settings! {
     GATEWAY_ADDR = (Some("STREAMER_GATEWAY_ADDR"), Some("gateway.addr"), "127.0.0.1:8080", None, "`dev`: WebSocket + Management API address");
     STAGE = (Some("STREAMER_STAGE"), Some("gateway.stage"), "local", None, "`dev`: stage (first path segment)");
     GATEWAY_MAX_MESSAGE_BYTES = (Some("STREAMER_GATEWAY_MAX_MESSAGE_BYTES"), Some("gateway.max_message_bytes"), "131072", None, "`dev`: gateway message limit (close 1009 above)");
+    GATEWAY_MAX_FRAME_BYTES = (Some("STREAMER_GATEWAY_MAX_FRAME_BYTES"), Some("gateway.max_frame_bytes"), "32768", None, "`dev`: gateway frame limit, API Gateway's 32 KB (close 1009 above)");
+    GATEWAY_HEADER_TIMEOUT_MS = (Some("STREAMER_GATEWAY_HEADER_TIMEOUT_MS"), Some("gateway.header_timeout_ms"), "10000", None, "`dev`: a client whose upgrade request head has not arrived in this long is dropped");
+    GATEWAY_CONNECTS_PER_SECOND = (Some("STREAMER_GATEWAY_CONNECTS_PER_SECOND"), Some("gateway.connects_per_second"), "500", None, "`dev`: new connections per second (API Gateway's account default); 429 above; `0` unlimited");
+    GATEWAY_MANAGEMENT_RPS = (Some("STREAMER_GATEWAY_MANAGEMENT_RPS"), Some("gateway.management_rps"), "10000", None, "`dev`: Management API requests per second (API Gateway's account default); 429 `LimitExceededException` above; `0` unlimited");
+    GATEWAY_MANAGEMENT_BURST = (Some("STREAMER_GATEWAY_MANAGEMENT_BURST"), Some("gateway.management_burst"), "5000", None, "`dev`: Management API requests allowed at once (API Gateway's account default)");
     GATEWAY_IDLE_TIMEOUT_SECS = (Some("STREAMER_GATEWAY_IDLE_TIMEOUT_SECS"), Some("gateway.idle_timeout_secs"), "600", None, "`dev`: idle connections are closed (1001)");
     GATEWAY_MAX_DURATION_SECS = (Some("STREAMER_GATEWAY_MAX_DURATION_SECS"), Some("gateway.max_duration_secs"), "7200", None, "`dev`: maximum connection duration (1001)");
     JWT_PUBLIC_KEY = (Some("STREAMER_JWT_PUBLIC_KEY"), Some("jwt.public_key"), "", Some("none (`dev` makes one)"), "PEM public key (RSA, EC or Ed25519); `\\n` escapes allowed");

@@ -272,31 +272,5 @@ fn describe<E: std::fmt::Debug>(
     }
 }
 
-/// The SDK configuration for talking to the local emulator: static local
-/// credentials and a fixed region, so no credential or region lookup ever
-/// leaves the machine (no instance-metadata calls).
-pub async fn local_sdk_config() -> aws_config::SdkConfig {
-    use aws_config::{BehaviorVersion, Region};
-    use aws_sdk_apigatewaymanagement::config::Credentials;
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(LOCAL_REGION))
-        .credentials_provider(Credentials::new(
-            LOCAL_ACCESS_KEY,
-            LOCAL_SECRET_KEY,
-            None,
-            None,
-            "streamer-local",
-        ))
-        .load()
-        .await
-}
-
-/// The emulator's region.
-pub const LOCAL_REGION: &str = "us-east-1";
-/// The emulator's access key id.
-pub const LOCAL_ACCESS_KEY: &str = "streamer-local";
-/// The emulator's secret key.
-pub const LOCAL_SECRET_KEY: &str = "streamer-local-secret";
-
 #[cfg(test)]
 mod tests;

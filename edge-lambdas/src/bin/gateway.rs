@@ -5,15 +5,77 @@
 //!
 //! Environment: `STREAMER_CONTROL_PLANE_URL`, `STREAMER_EDGE_TOKEN`,
 //! `STREAMER_GATEWAY_ADDR` (default `127.0.0.1:8080`), `STREAMER_STAGE`
-//! (default `local`).
+//! (default `local`), and the emulator's limits under the names `dev` reads
+//! (`STREAMER_GATEWAY_MAX_MESSAGE_BYTES`, `_MAX_FRAME_BYTES`,
+//! `_IDLE_TIMEOUT_SECS`, `_MAX_DURATION_SECS`, `_HEADER_TIMEOUT_MS`,
+//! `_CONNECTS_PER_SECOND`, `_MANAGEMENT_RPS`, `_MANAGEMENT_BURST`), plus
+//! `STREAMER_GATEWAY_VERIFY_SIGNATURES=false` for the benchmark's unsigned
+//! floor. It counts its heap allocations and reports them on
+//! `/{stage}/@local/stats`, so memory per connection is measured exactly.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use streamer_edge::{
     client::edge_client,
     gateway::{Gateway, GatewayOptions},
     handler::EdgeHandler,
 };
+
+/// Counts live heap bytes, for the stats endpoint.
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
+/// The emulator's options from the environment (defaults: API Gateway's).
+fn options(var: &dyn Fn(&str) -> Option<String>, stage: &str) -> anyhow::Result<GatewayOptions> {
+    let defaults = GatewayOptions::default();
+    let number = |name: &str, default: u64| -> anyhow::Result<u64> {
+        match var(name) {
+            None => Ok(default),
+            Some(raw) => raw
+                .parse()
+                .map_err(|_| anyhow::anyhow!("invalid value for {name}: {raw:?} is not a number")),
+        }
+    };
+    let size = |name: &str, default: usize| -> anyhow::Result<usize> {
+        usize::try_from(number(name, default as u64)?)
+            .map_err(|_| anyhow::anyhow!("{name} is too large"))
+    };
+    let rate = |name: &str, default: u32| -> anyhow::Result<u32> {
+        u32::try_from(number(name, u64::from(default))?)
+            .map_err(|_| anyhow::anyhow!("{name} is too large"))
+    };
+    Ok(GatewayOptions {
+        stage: stage.to_owned(),
+        max_message_bytes: size(
+            "STREAMER_GATEWAY_MAX_MESSAGE_BYTES",
+            defaults.max_message_bytes,
+        )?,
+        max_frame_bytes: size("STREAMER_GATEWAY_MAX_FRAME_BYTES", defaults.max_frame_bytes)?,
+        idle_timeout: Duration::from_secs(number(
+            "STREAMER_GATEWAY_IDLE_TIMEOUT_SECS",
+            defaults.idle_timeout.as_secs(),
+        )?),
+        max_duration: Duration::from_secs(number(
+            "STREAMER_GATEWAY_MAX_DURATION_SECS",
+            defaults.max_duration.as_secs(),
+        )?),
+        header_timeout: Duration::from_millis(number(
+            "STREAMER_GATEWAY_HEADER_TIMEOUT_MS",
+            u64::try_from(defaults.header_timeout.as_millis()).unwrap_or(u64::MAX),
+        )?),
+        connects_per_second: rate(
+            "STREAMER_GATEWAY_CONNECTS_PER_SECOND",
+            defaults.connects_per_second,
+        )?,
+        management_rps: rate("STREAMER_GATEWAY_MANAGEMENT_RPS", defaults.management_rps)?,
+        management_burst: rate(
+            "STREAMER_GATEWAY_MANAGEMENT_BURST",
+            defaults.management_burst,
+        )?,
+        verify_signatures: var("STREAMER_GATEWAY_VERIFY_SIGNATURES").as_deref() != Some("false"),
+        ..defaults
+    })
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -47,12 +109,13 @@ async fn run() -> anyhow::Result<()> {
         edge_client(&url, &token)?,
         Some(format!("http://{local}/{stage}")),
     );
-    let gateway = Gateway::new(
+    let options = options(&var, &stage)?;
+    let gateway = Gateway::with_heap_meter(
         handler,
-        GatewayOptions {
-            stage: stage.clone(),
-            ..GatewayOptions::default()
-        },
+        options,
+        Some(std::sync::Arc::new(|| {
+            u64::try_from(ALLOCATOR.allocated()).unwrap_or(u64::MAX)
+        })),
     );
     println!("STREAMER_GATEWAY_READY {{\"gateway\":\"{local}\",\"stage\":\"{stage}\"}}");
     let shutdown = async {

@@ -1,0 +1,338 @@
+//! A local API Gateway WebSocket API.
+//!
+//! It accepts WebSocket upgrades on `/{stage}`, assigns connection ids, builds
+//! the event JSON API Gateway sends, and runs the same [`EdgeHandler`] the
+//! Lambdas run ([`socket`]). It serves the Management API on
+//! `/{stage}/@connections/{id}` (`POST`, `GET`, `DELETE`) with SigV4
+//! verified against the local credentials, so the control plane's clients
+//! talk to it exactly as to AWS ([`management`]). API Gateway's limits and
+//! answers apply: 32 KB frames and 128 KB messages (close 1009), RFC 6455
+//! close codes for protocol errors, idle and maximum durations (close 1001),
+//! a timeout on the upgrade request's head, new connections per second and
+//! Management API requests per second (429). `docs/emulator.md` lists each
+//! behaviour with the test that shows it.
+
+mod limits;
+mod management;
+pub mod sigv4;
+mod socket;
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64},
+    },
+    time::Duration,
+};
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use axum::{
+    Router,
+    extract::{ConnectInfo, Request},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::Engine;
+use dashmap::DashMap;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rand::RngCore;
+use serde_json::{Value, json};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, mpsc},
+};
+use tower::ServiceExt;
+
+pub use self::sigv4::LocalCredentials;
+use self::{limits::Throttle, socket::Outbound};
+use crate::handler::EdgeHandler;
+
+/// API Gateway's message payload limit (128 KB).
+pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
+/// API Gateway's WebSocket frame limit (32 KB).
+pub const MAX_FRAME_BYTES: usize = 32 * 1024;
+
+/// The limits and names the emulator applies. The defaults are API
+/// Gateway's (and the control plane's settings table documents each).
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Stage name: the first path segment.
+    pub stage: String,
+    /// Largest client message; larger ones close the connection with 1009.
+    pub max_message_bytes: usize,
+    /// Largest WebSocket frame; larger ones close the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// Close a connection idle for this long (1001).
+    pub idle_timeout: Duration,
+    /// Close every connection after this long (1001).
+    pub max_duration: Duration,
+    /// Drop a connection whose HTTP request head has not arrived in this long.
+    pub header_timeout: Duration,
+    /// New connections per second (0: unlimited); API Gateway's default is 500.
+    pub connects_per_second: u32,
+    /// Management API requests per second (0: unlimited), answered 429
+    /// `LimitExceededException` above it.
+    pub management_rps: u32,
+    /// Management API requests allowed at once.
+    pub management_burst: u32,
+    /// The credentials and region Management API calls must be signed with.
+    pub credentials: LocalCredentials,
+    /// Whether Management API signatures are checked (only the benchmark's
+    /// unsigned floor turns this off).
+    pub verify_signatures: bool,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            stage: "local".into(),
+            max_message_bytes: MAX_MESSAGE_BYTES,
+            max_frame_bytes: MAX_FRAME_BYTES,
+            idle_timeout: Duration::from_secs(600),
+            max_duration: Duration::from_secs(7200),
+            header_timeout: Duration::from_secs(10),
+            connects_per_second: 500,
+            management_rps: 10_000,
+            management_burst: 5_000,
+            credentials: LocalCredentials::default(),
+            verify_signatures: true,
+        }
+    }
+}
+
+struct Conn {
+    tx: mpsc::Sender<Outbound>,
+    closing: Notify,
+    connected_at_ms: i64,
+    last_active_ms: AtomicI64,
+    source_ip: String,
+    user_agent: String,
+}
+
+struct Inner {
+    handler: EdgeHandler,
+    options: GatewayOptions,
+    conns: DashMap<String, Arc<Conn>>,
+    api_id: String,
+    connects: Option<Throttle>,
+    management: Option<Throttle>,
+    throttled: AtomicU64,
+    heap_meter: Option<HeapMeter>,
+}
+
+/// Reads the heap bytes in use (a binary that counts its allocations
+/// reports them through the stats endpoint).
+pub type HeapMeter = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The emulator. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("connections", &self.inner.conns.len())
+            .finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn new_id() -> String {
+    // API Gateway ids look like "L0SM9cOFvHcCIhw=": 16 characters of base64.
+    let mut bytes = [0u8; 11];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE.encode(bytes)
+}
+
+fn request_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("%d/%b/%Y:%H:%M:%S +0000")
+        .to_string()
+}
+
+/// An error answer as AWS shapes it.
+fn aws_error(status: StatusCode, error_type: &'static str, message: Option<&str>) -> Response {
+    (
+        status,
+        [
+            ("x-amzn-errortype", error_type),
+            ("content-type", "application/json"),
+        ],
+        json!({ "message": message }).to_string(),
+    )
+        .into_response()
+}
+
+impl Gateway {
+    /// An emulator invoking `handler` for every event.
+    pub fn new(handler: EdgeHandler, options: GatewayOptions) -> Self {
+        Self::with_heap_meter(handler, options, None)
+    }
+
+    /// Like [`Gateway::new`], reporting heap use through `@local/stats`.
+    pub fn with_heap_meter(
+        handler: EdgeHandler,
+        options: GatewayOptions,
+        heap_meter: Option<HeapMeter>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                handler,
+                connects: Throttle::new(options.connects_per_second, options.connects_per_second),
+                management: Throttle::new(options.management_rps, options.management_burst),
+                options,
+                conns: DashMap::new(),
+                api_id: "local".into(),
+                throttled: AtomicU64::new(0),
+                heap_meter,
+            }),
+        }
+    }
+
+    /// How many WebSocket connections are open.
+    pub fn connection_count(&self) -> usize {
+        self.inner.conns.len()
+    }
+
+    /// The HTTP router: WebSocket upgrades and the Management API.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/{stage}", get(socket::upgrade))
+            .route(
+                "/{stage}/@local/broadcast",
+                post(management::local_broadcast),
+            )
+            .route("/{stage}/@local/stats", get(management::local_stats))
+            .route(
+                "/{stage}/@connections/{id}",
+                post(management::post_to_connection)
+                    .get(management::get_connection)
+                    .delete(management::delete_connection),
+            )
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then closes every open
+    /// connection with 1001 (their `$disconnect` events still run). A client
+    /// that has not sent its request head within the header timeout is
+    /// dropped.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::info!(addr = %listener.local_addr()?, stage = %self.inner.options.stage, "api gateway emulator listening");
+        let router = self.router();
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.inner.options.header_timeout)
+            .keep_alive(true);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.as_mut() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let router = router.clone();
+            let service =
+                hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    let router = router.clone();
+                    async move {
+                        let response = router
+                            .oneshot(request.map(axum::body::Body::new))
+                            .await
+                            .unwrap_or_else(|never: Infallible| match never {});
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let watched = graceful.watch(connection);
+            tokio::spawn(async move {
+                let _ = watched.await;
+            });
+        }
+        let open: Vec<Arc<Conn>> = self.inner.conns.iter().map(|c| c.value().clone()).collect();
+        for conn in open {
+            let _ = conn.tx.try_send(Outbound::Close(1001, "Going away"));
+            conn.closing.notify_one();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+        Ok(())
+    }
+
+    fn base_context(
+        &self,
+        route_key: &str,
+        event_type: &str,
+        connection_id: &str,
+        conn: (&str, &str, i64),
+        host: &str,
+    ) -> Value {
+        let now = now_ms();
+        let request_id = new_id();
+        json!({
+            "routeKey": route_key,
+            "eventType": event_type,
+            "extendedRequestId": request_id,
+            "requestTime": request_time(now),
+            "messageDirection": "IN",
+            "stage": self.inner.options.stage,
+            "connectedAt": conn.2,
+            "requestTimeEpoch": now,
+            "identity": { "sourceIp": conn.0, "userAgent": conn.1 },
+            "requestId": request_id,
+            "domainName": host,
+            "connectionId": connection_id,
+            "apiId": self.inner.api_id,
+        })
+    }
+
+    async fn invoke(&self, event: Value) -> ApiGatewayProxyResponse {
+        match serde_json::from_value::<ApiGatewayWebsocketProxyRequest>(event) {
+            Ok(event) => self.inner.handler.handle(event).await,
+            Err(err) => {
+                // Our own event builder produced something API Gateway would not.
+                tracing::error!(error = %err, "emulator built an unparsable event");
+                let mut response = ApiGatewayProxyResponse::default();
+                response.status_code = 500;
+                response
+            }
+        }
+    }
+}
+
+/// Query parameters as API Gateway reports them: the last value and all.
+fn query_maps(
+    query: Vec<(String, String)>,
+) -> (HashMap<String, String>, HashMap<String, Vec<String>>) {
+    let mut single: HashMap<String, String> = HashMap::new();
+    let mut multi: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in query {
+        single.insert(k.clone(), v.clone());
+        multi.entry(k).or_default().push(v);
+    }
+    (single, multi)
+}
