@@ -31,14 +31,31 @@ fn tiny_run_reports_every_delivery() {
             .as_f64()
             .is_some_and(|r| r > 0.0)
     );
+    assert!(
+        report["echo"]["bare_requests_per_sec"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0)
+    );
     let broadcast = &report["broadcast"][0];
     assert_eq!(broadcast["recipients"], 20);
     for key in ["streamer", "baseline_http", "baseline_websocket"] {
-        assert_eq!(broadcast[key]["delivered_min"], 20, "{key}");
+        assert!(
+            broadcast[key]["last_frame"]["p50_ms"]
+                .as_f64()
+                .is_some_and(|ms| ms > 0.0),
+            "{key}"
+        );
     }
     assert!(
-        report["memory"][0]["bytes_per_connection"]
+        broadcast["control_plane_cpu_us_per_recipient"]
             .as_f64()
-            .is_some()
+            .is_some_and(|us| us > 0.0)
     );
+    let memory = &report["memory"][0];
+    for key in [
+        "control_plane_bytes_per_connection",
+        "gateway_bytes_per_connection",
+    ] {
+        assert!(memory[key].as_f64().is_some(), "{key}");
+    }
 }

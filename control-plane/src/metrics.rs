@@ -198,6 +198,10 @@ pub struct Metrics {
     /// `streamer_delivery_concurrency`: Management API calls allowed in flight
     /// now (adapts to 429s)
     pub delivery_concurrency: Gauge,
+    /// `streamer_heap_bytes`: heap bytes in use, when the binary counts them
+    pub heap_bytes: Gauge,
+    /// `streamer_runtime_tasks`: tokio tasks alive
+    pub runtime_tasks: Gauge,
     /// `streamer_processors`: connected processor sessions
     pub processors: Gauge,
     /// `streamer_requests_queued`: requests waiting for a processor
@@ -232,6 +236,8 @@ impl Metrics {
             requests: Family::default(),
             processors: Gauge::default(),
             delivery_concurrency: Gauge::default(),
+            heap_bytes: Gauge::default(),
+            runtime_tasks: Gauge::default(),
             requests_queued: Gauge::default(),
             requests_queued_oldest_age: Gauge::default(),
             registry: Registry::default(),
@@ -312,6 +318,16 @@ impl Metrics {
             m.requests_queued_oldest_age.clone(),
         );
         registry.register(
+            "streamer_heap_bytes",
+            "Heap bytes in use (counted by the binary's allocator; absent when it does not count)",
+            m.heap_bytes.clone(),
+        );
+        registry.register(
+            "streamer_runtime_tasks",
+            "Tokio tasks alive in this process",
+            m.runtime_tasks.clone(),
+        );
+        registry.register(
             "streamer_delivery_concurrency",
             "Management API calls allowed in flight now (halves on 429, grows back one per window of successes)",
             m.delivery_concurrency.clone(),
@@ -343,14 +359,30 @@ impl Metrics {
         }
     }
 
-    /// The text exposition of every metric.
+    /// The text exposition of every metric (sampled gauges read now).
     pub fn encode(&self) -> String {
+        if let Some(meter) = HEAP_METER.get() {
+            self.heap_bytes
+                .set(i64::try_from(meter()).unwrap_or(i64::MAX));
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.runtime_tasks
+                .set(i64::try_from(runtime.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
     }
+}
+
+static HEAP_METER: OnceLock<fn() -> u64> = OnceLock::new();
+
+/// Lets `streamer_heap_bytes` report what the binary's counting allocator
+/// says (set once, at start).
+pub fn set_heap_meter(meter: fn() -> u64) {
+    let _ = HEAP_METER.set(meter);
 }
 
 /// The process-wide metrics.
