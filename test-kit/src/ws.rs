@@ -121,3 +121,71 @@ pub async fn nothing_pending(ws: &mut Ws) {
         "{frame}"
     );
 }
+
+/// Opens `n` connections to `url` with `concurrency` handshakes at a time.
+pub async fn connect_many(url: &str, n: usize, concurrency: usize) -> Vec<Ws> {
+    use futures_util::stream;
+    // Each socket is a descriptor here and one in the gateway.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    stream::iter(0..n)
+        .map(|_| connect(url))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+/// What [`count_messages`] counts.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Sockets that got the frame.
+    pub once: std::sync::atomic::AtomicUsize,
+    /// Frames a socket got again.
+    pub again: std::sync::atomic::AtomicUsize,
+}
+
+impl Received {
+    /// Sockets that got the frame so far.
+    pub fn count(&self) -> usize {
+        self.once.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Duplicates so far.
+    pub fn duplicates(&self) -> usize {
+        self.again.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Counts, in the background, the sockets that receive a `message` frame
+/// whose `data` equals `data`, and any duplicates.
+pub fn count_messages(
+    sockets: Vec<Ws>,
+    data: Value,
+) -> (std::sync::Arc<Received>, Vec<tokio::task::JoinHandle<()>>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let received = std::sync::Arc::new(Received::default());
+    let tasks = sockets
+        .into_iter()
+        .map(|mut ws| {
+            let received = received.clone();
+            let data = data.clone();
+            tokio::spawn(async move {
+                let mut seen = false;
+                while let Some(Ok(message)) = ws.next().await {
+                    if let Message::Text(text) = message
+                        && let Ok(frame) = serde_json::from_str::<Value>(&text)
+                        && frame["type"] == "message"
+                        && frame["data"] == data
+                    {
+                        if seen {
+                            received.again.fetch_add(1, Relaxed);
+                        } else {
+                            seen = true;
+                            received.once.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    (received, tasks)
+}
