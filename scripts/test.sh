@@ -44,7 +44,7 @@ cfn-lint deploy/template.yaml
 step "DynamoDB-compatible server (moto)"
 port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 log=$root/.build/moto.log
-"$venv/bin/moto_server" -H 127.0.0.1 -p "$port" > "$log" 2>&1 &
+"$venv/bin/python" "$root/scripts/moto_server.py" 127.0.0.1 "$port" > "$log" 2>&1 &
 moto_pid=$!
 trap 'kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
