@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "streamer/v1/admin.proto",
         "streamer/v1/groups.proto",
         "streamer/v1/requests.proto",
+        "streamer/v1/history.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -12,6 +12,7 @@
 
 mod baselines;
 mod fleet;
+mod history;
 mod processes;
 mod report;
 mod scenarios;
@@ -94,15 +95,30 @@ struct Args {
     /// Management API calls in flight (control plane and the floor client).
     #[arg(long, default_value_t = 256)]
     delivery_concurrency: usize,
+    /// Members of the group whose broadcasts measure history's cost.
+    #[arg(long, default_value_t = 1000)]
+    history_recipients: usize,
+    /// Recoveries of 100 missed messages measured.
+    #[arg(long, default_value_t = 50)]
+    recoveries: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
 fn token(private_pem: &str, sub: &str, tenant: &str) -> anyhow::Result<String> {
+    token_with(private_pem, sub, tenant, &[])
+}
+
+fn token_with(
+    private_pem: &str,
+    sub: &str,
+    tenant: &str,
+    permissions: &[&str],
+) -> anyhow::Result<String> {
     Ok(mint_rs256(
         private_pem,
-        &Claims::new(sub, tenant, &[], 3600),
+        &Claims::new(sub, tenant, permissions, 3600),
     )?)
 }
 
@@ -199,10 +215,20 @@ async fn run(args: &Args, procs: &Processes, private_pem: &str) -> anyhow::Resul
         broadcast.push(scenarios::broadcast(args, procs, &mut fleet, &tenant, &mut seq).await?);
         fleet.close().await;
     }
+    let history = history::measure(
+        args,
+        procs,
+        "bench-history",
+        &token(private_pem, "bench", "bench-history")?,
+        &token_with(private_pem, "recoverer", "bench-history", &["group:join:*"])?,
+        &mut seq,
+    )
+    .await?;
     Ok(Report {
         connect,
         echo,
         broadcast,
         memory,
+        history,
     })
 }

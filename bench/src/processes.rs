@@ -116,6 +116,8 @@ impl Processes {
             )
             .env("STREAMER_RECONCILE_INTERVAL_SECS", "0")
             .env("STREAMER_GRPC_IDLE_TIMEOUT_SECS", "0")
+            // Only the history scenario's groups keep history.
+            .env("STREAMER_HISTORY", "group:hist-*")
             .env("AWS_ACCESS_KEY_ID", "streamer-local")
             .env("AWS_SECRET_ACCESS_KEY", "streamer-local-secret")
             .env("AWS_REGION", "us-east-1")

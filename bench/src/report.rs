@@ -125,6 +125,8 @@ pub struct Report {
     pub broadcast: Vec<BroadcastResult>,
     /// Memory by fleet size.
     pub memory: Vec<MemoryResult>,
+    /// Stream history: its cost on a broadcast, recovery latency.
+    pub history: crate::history::HistoryResult,
 }
 
 /// Prints `report` as a Markdown table.
@@ -176,6 +178,25 @@ pub fn print_table(report: &Report) {
             b.recipients, b.control_plane_cpu_us_per_recipient, b.floor_cpu_us_per_recipient
         );
     }
+    let h = &report.history;
+    println!(
+        "| broadcast to a {}-member group with history vs without | last frame {} vs {}; {:.2}x; control-plane CPU {:.0} us vs {:.0} us per broadcast |",
+        h.recipients,
+        p(&h.with_history),
+        p(&h.without_history),
+        h.ratio,
+        h.cpu_us_with,
+        h.cpu_us_without
+    );
+    println!(
+        "| recovery of {} missed messages (reconnect → answer) | {} |",
+        h.missed,
+        p(&h.recovery)
+    );
+    println!(
+        "| heap per retained message (embedded history, {}-byte JSON) | {:.0} bytes |",
+        h.message_json_bytes, h.heap_bytes_per_message
+    );
     for m in &report.memory {
         println!(
             "| heap per idle connection, {} connections | control plane {:.0} bytes; emulator {:.0} bytes |",

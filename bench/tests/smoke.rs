@@ -15,6 +15,10 @@ fn tiny_run_reports_every_delivery() {
             "2",
             "--duration",
             "1",
+            "--history-recipients",
+            "20",
+            "--recoveries",
+            "3",
             "--json",
         ])
         .output()
@@ -51,6 +55,14 @@ fn tiny_run_reports_every_delivery() {
             .as_f64()
             .is_some_and(|us| us > 0.0)
     );
+    let history = &report["history"];
+    assert_eq!(history["recipients"], 20);
+    for key in ["with_history", "without_history", "recovery"] {
+        assert!(
+            history[key]["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+            "{key}"
+        );
+    }
     let memory = &report["memory"][0];
     for key in [
         "control_plane_bytes_per_connection",

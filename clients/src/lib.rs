@@ -22,14 +22,15 @@ pub mod token;
 
 use std::future::Future;
 
-use futures_util::{Stream, stream};
+use futures_util::{Stream, TryStreamExt, stream};
 use serde::Serialize;
 use streamer_proto::{
     auth::BearerToken,
     v1::{
         self, broadcast_service_client::BroadcastServiceClient,
         connection_service_client::ConnectionServiceClient,
-        group_service_client::GroupServiceClient, request_service_client::RequestServiceClient,
+        group_service_client::GroupServiceClient, history_service_client::HistoryServiceClient,
+        request_service_client::RequestServiceClient,
     },
 };
 use tonic::{
@@ -38,7 +39,10 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-pub use streamer_proto::v1::{Connection, DeliveryReport, Request as RequestInfo, RequestStatus};
+pub use streamer_proto::v1::{
+    Connection, DeliveryReport, HistoryMessage, ReadHistoryResponse, Request as RequestInfo,
+    RequestStatus, StreamPosition,
+};
 
 /// Everything a call can fail with; server errors keep their gRPC code.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +110,7 @@ pub struct Client {
     broadcast: BroadcastServiceClient<Authed>,
     groups: GroupServiceClient<Authed>,
     requests: RequestServiceClient<Authed>,
+    history: HistoryServiceClient<Authed>,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
     channel: Channel,
 }
@@ -128,7 +133,8 @@ impl Client {
             connections: ConnectionServiceClient::with_interceptor(channel.clone(), auth.clone()),
             broadcast: BroadcastServiceClient::with_interceptor(channel.clone(), auth.clone()),
             groups: GroupServiceClient::with_interceptor(channel.clone(), auth.clone()),
-            requests: RequestServiceClient::with_interceptor(channel.clone(), auth),
+            requests: RequestServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            history: HistoryServiceClient::with_interceptor(channel.clone(), auth),
             health: tonic_health::pb::health_client::HealthClient::new(channel.clone()),
             channel,
         }
@@ -387,6 +393,79 @@ impl Client {
         )
     }
 
+    /// A stream's latest offset and epoch (`stream`: `tenant`,
+    /// `user:<id>` or `group:<name>`; it must keep history).
+    pub async fn stream_position(
+        &self,
+        tenant_id: &str,
+        stream: &str,
+    ) -> Result<StreamPosition, Error> {
+        let request = v1::GetStreamPositionRequest {
+            tenant_id: tenant_id.to_owned(),
+            stream: stream.to_owned(),
+        };
+        Ok(self
+            .history
+            .clone()
+            .get_stream_position(request)
+            .await?
+            .into_inner()
+            .position
+            .unwrap_or_default())
+    }
+
+    /// One page of a stream's history: up to `limit` retained messages after
+    /// `since` (0: from the oldest), whether nothing after `since` was lost,
+    /// and where the next page starts.
+    pub async fn read_history(
+        &self,
+        tenant_id: &str,
+        stream: &str,
+        since: u64,
+        limit: u32,
+    ) -> Result<ReadHistoryResponse, Error> {
+        let request = v1::ReadHistoryRequest {
+            tenant_id: tenant_id.to_owned(),
+            stream: stream.to_owned(),
+            since,
+            limit,
+        };
+        Ok(self
+            .history
+            .clone()
+            .read_history(request)
+            .await?
+            .into_inner())
+    }
+
+    /// Every retained message of a stream after `since`, page by page.
+    pub fn history(
+        &self,
+        tenant_id: &str,
+        stream: &str,
+        since: u64,
+    ) -> impl Stream<Item = Result<HistoryMessage, Error>> + use<> {
+        let client = self.clone();
+        let (tenant_id, stream) = (tenant_id.to_owned(), stream.to_owned());
+        let pages = stream::try_unfold(Some(since), move |next| {
+            let (client, tenant_id, stream) = (client.clone(), tenant_id.clone(), stream.clone());
+            async move {
+                let Some(since) = next else {
+                    return Ok(None);
+                };
+                let page = client
+                    .read_history(&tenant_id, &stream, since, 1000)
+                    .await?;
+                let next = (page.next_since != 0).then_some(page.next_since);
+                Ok::<_, Error>(Some((
+                    stream::iter(page.messages.into_iter().map(Ok)),
+                    next,
+                )))
+            }
+        });
+        pages.try_flatten()
+    }
+
     /// Closes a connection at the gateway and forgets it; `false` when the
     /// gateway had already dropped it.
     pub async fn disconnect(&self, connection_id: &str) -> Result<bool, Error> {
@@ -509,6 +588,15 @@ impl Send<'_> {
 
     /// Sends `data` (serialised as JSON) and returns the delivery report.
     pub async fn json<T: Serialize + ?Sized>(self, data: &T) -> Result<DeliveryReport, Error> {
+        Ok(self.json_positioned(data).await?.0)
+    }
+
+    /// Sends `data` and returns the delivery report with the message's
+    /// position in its stream (when the stream keeps history).
+    pub async fn json_positioned<T: Serialize + ?Sized>(
+        self,
+        data: &T,
+    ) -> Result<(DeliveryReport, Option<StreamPosition>), Error> {
         let mut request = self.request;
         request.payload = Some(v1::send_request::Payload::DataJson(serde_json::to_string(
             data,
@@ -520,6 +608,6 @@ impl Send<'_> {
             .send(request)
             .await?
             .into_inner();
-        Ok(response.report.unwrap_or_default())
+        Ok((response.report.unwrap_or_default(), response.position))
     }
 }

@@ -34,6 +34,8 @@ pub enum Builtin {
     /// Subscribes to the caller's request `payload.request_id`: its state
     /// now, its frames from now on.
     Subscribe,
+    /// The messages of `payload.stream` after `payload.since` (history).
+    Recover,
 }
 
 impl Builtin {
@@ -47,6 +49,7 @@ impl Builtin {
             "leave" => Self::Leave,
             "cancel" => Self::Cancel,
             "subscribe" => Self::Subscribe,
+            "recover" => Self::Recover,
             _ => return None,
         })
     }
@@ -175,7 +178,7 @@ pub enum ActionsError {
     #[error("action {0:?} is declared twice")]
     Duplicate(String),
     #[error(
-        "action {name:?}: unknown handler {handler:?} (use echo, health, ping, whoami, join, leave, cancel or subscribe)"
+        "action {name:?}: unknown handler {handler:?} (use echo, health, ping, whoami, join, leave, cancel, subscribe or recover)"
     )]
     Handler { name: String, handler: String },
     #[error("action {name:?}: invalid JSON Schema: {message}")]
@@ -213,6 +216,7 @@ impl Actions {
             "leave",
             "cancel",
             "subscribe",
+            "recover",
         ]
         .into_iter()
         .filter_map(|name| {

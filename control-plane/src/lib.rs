@@ -11,6 +11,7 @@
 //! connections  connect, route a client frame, built-in actions, groups, rate limits
 //! requests     long-running requests: queue, sessions, dispatch, retry, relay, sweeper
 //! delivery     the Management API behind a trait, broadcast, presence, reconcile
+//! streams      stream history: offsets, epochs, retention, recovery; embedded and DynamoDB
 //! actions      the action table and payload schemas
 //! registry     who is connected: the trait, embedded and DynamoDB backends
 //! store        what DynamoDB backends share
@@ -31,3 +32,4 @@ pub mod metrics;
 pub mod registry;
 pub mod requests;
 pub mod store;
+pub mod streams;

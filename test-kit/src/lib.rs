@@ -10,6 +10,7 @@
 
 pub mod dev;
 pub mod grpc;
+pub mod history;
 pub mod moto;
 pub mod token;
 pub mod ws;

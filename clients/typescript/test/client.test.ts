@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import { WebSocket } from "ws";
-import { StreamerClient, StreamerError, type Progress } from "../src/index.js";
+import { StreamerClient, StreamerError, type Progress, type StreamReset } from "../src/index.js";
 
 const devBin = process.env.STREAMER_DEV_BIN;
 const ctlBin = process.env.STREAMER_CTL_BIN;
@@ -37,6 +37,7 @@ before(async () => {
       STREAMER_CONNECTS_PER_MINUTE_PER_IP: "100000",
       STREAMER_MESSAGES_PER_MINUTE: "100000",
       STREAMER_MESSAGE_BURST: "10000",
+      STREAMER_HISTORY: "group:room-*",
     },
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -174,4 +175,65 @@ test("aborting cancels the request on the server", async () => {
     await new Promise((r) => setTimeout(r, 50));
   }
   assert.fail("the request was not cancelled on the server");
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const between = (low: number, high: number) => low + Math.floor(Math.random() * (high - low));
+
+test("five clients dropped twice each get all 500 broadcasts once, in order, by recovery", async () => {
+  const group = `room-ts-${Date.now()}`;
+  const stream = `group:${group}`;
+  const total = 500;
+  const clients = Array.from({ length: 5 }, () => client());
+  const offsets: number[][] = clients.map(() => []);
+  const data: unknown[][] = clients.map(() => []);
+  const resets: StreamReset[] = [];
+  const opens = clients.map(() => 0);
+  clients.forEach((c, i) => {
+    c.on("open", () => opens[i]++);
+    c.on("message", (m) => {
+      if (m.stream === stream) {
+        offsets[i].push(m.offset!);
+        data[i].push(m.data);
+      }
+    });
+    c.on("reset", (r) => resets.push(r));
+  });
+  for (const c of clients) {
+    const joined = await c.join(group);
+    assert.equal(joined.stream, stream);
+  }
+  let sent = 0;
+  const sender = async (who: number) => {
+    for (let seq = 0; seq < total / 2; seq++) {
+      const report = await ctl("send", "--tenant", "dev", "--group", group, "--data", JSON.stringify({ who, seq }));
+      assert.equal(report.stream, stream);
+      sent++;
+    }
+  };
+  const until = async (count: number) => {
+    while (sent < count) await sleep(5);
+  };
+  // Each client drops once on its side (a network blip) and is
+  // disconnected once by the server, at random points of the stream.
+  const drops = clients.map(async (c, i) => {
+    await until(between(30, 200));
+    (c as any).socket?.close(4001, "network blip");
+    await until(between(250, 450));
+    const me = (await c.request("whoami")) as { connection_id: string };
+    await ctl("connections", "disconnect", me.connection_id);
+    return i;
+  });
+  await Promise.all([sender(0), sender(1), ...drops]);
+  for (let waited = 0; offsets.some((o) => o.length < total) && waited < 20_000; waited += 20) {
+    await sleep(20);
+  }
+  const expected = Array.from({ length: total }, (_, i) => i + 1);
+  offsets.forEach((o, i) => assert.deepEqual(o, expected, `client ${i} saw every offset once, in order`));
+  assert.deepEqual(resets, [], "nothing was lost beyond recovery");
+  opens.forEach((n, i) => assert.ok(n >= 3, `client ${i} reconnected twice (opens: ${n})`));
+  const bySender = data[0].map((d) => JSON.stringify(d));
+  assert.equal(new Set(bySender).size, total, "data intact and distinct");
+  data.forEach((d) => assert.deepEqual(d, data[0]));
+  for (const c of clients) c.close();
 });

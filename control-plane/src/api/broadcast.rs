@@ -93,9 +93,14 @@ impl BroadcastService for BroadcastApi {
     ) -> Result<Response<v1::SendResponse>, Status> {
         let caller = Caller::of(&request)?.clone();
         let message = message(&caller, request.into_inner())?;
-        let report = self.broadcaster.send(message).await?;
+        let sent = self.broadcaster.send(message).await?;
         Ok(Response::new(v1::SendResponse {
-            report: Some(convert::report_proto(report)),
+            report: Some(convert::report_proto(sent.report)),
+            position: sent.position.map(|(stream, p)| v1::StreamPosition {
+                stream,
+                offset: p.offset,
+                epoch: p.epoch,
+            }),
         }))
     }
 }

@@ -11,6 +11,7 @@ pub mod connections;
 pub mod convert;
 pub mod edge;
 pub mod groups;
+pub mod history;
 pub mod pagetoken;
 pub mod processors;
 pub mod requests;
@@ -18,5 +19,5 @@ pub mod transport;
 
 pub use self::{
     admin::AdminApi, broadcast::BroadcastApi, connections::ConnectionApi, edge::EdgeApi,
-    groups::GroupApi, processors::ProcessorApi, requests::RequestApi,
+    groups::GroupApi, history::HistoryApi, processors::ProcessorApi, requests::RequestApi,
 };

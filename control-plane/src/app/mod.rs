@@ -11,8 +11,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 use streamer_proto::v1::{
     admin_service_server::AdminServiceServer, broadcast_service_server::BroadcastServiceServer,
     connection_service_server::ConnectionServiceServer, edge_service_server::EdgeServiceServer,
-    group_service_server::GroupServiceServer, processor_service_server::ProcessorServiceServer,
-    request_service_server::RequestServiceServer,
+    group_service_server::GroupServiceServer, history_service_server::HistoryServiceServer,
+    processor_service_server::ProcessorServiceServer, request_service_server::RequestServiceServer,
 };
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
@@ -20,7 +20,8 @@ use tonic::service::interceptor::InterceptedService;
 use crate::{
     actions::{Actions, ActionsError},
     api::{
-        AdminApi, BroadcastApi, ConnectionApi, EdgeApi, GroupApi, ProcessorApi, RequestApi,
+        AdminApi, BroadcastApi, ConnectionApi, EdgeApi, GroupApi, HistoryApi, ProcessorApi,
+        RequestApi,
         auth::{Audience, TokenTable, interceptor},
         pagetoken::PageTokens,
         transport,
@@ -39,6 +40,7 @@ use crate::{
     },
     registry::Registry,
     requests::{Jobs, JobsParts},
+    streams::Streams,
 };
 
 /// How long in-flight calls may run after a shutdown signal.
@@ -81,6 +83,8 @@ pub struct App {
     >,
     tokens: Arc<TokenTable>,
     page_tokens: PageTokens,
+    streams: Streams,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for App {
@@ -121,7 +125,17 @@ impl App {
                 _ => Arc::new(LocalLimits::new(&config.limits)),
             };
         let fanout = Arc::new(Fanout::new(delivery.clone(), config.delivery.clone()));
-        let broadcaster = Arc::new(Broadcaster::new(registry.clone(), fanout.clone()));
+        let streams = Streams::new(
+            stores.history,
+            config.history.streams.clone(),
+            config.history.recover_max,
+        );
+        let broadcaster = Arc::new(Broadcaster::new(
+            registry.clone(),
+            fanout.clone(),
+            streams.clone(),
+            clock,
+        ));
         let presence = Arc::new(Presence::new(broadcaster.clone(), config.groups.clone()));
         let groups = Arc::new(Groups::new(
             registry.clone(),
@@ -145,6 +159,7 @@ impl App {
             actions: actions.clone(),
             jobs: jobs.clone(),
             groups: groups.clone(),
+            streams: streams.clone(),
             delivery: delivery.clone(),
             clock,
             touch_interval: config.store.touch_interval,
@@ -168,6 +183,8 @@ impl App {
             departures: Arc::new(std::sync::Mutex::new(Some(stores.departures))),
             tokens: Arc::new(TokenTable::new(&config.tokens)),
             page_tokens: PageTokens::new(config.server.page_token_secret.as_deref()),
+            streams,
+            clock,
         })
     }
 
@@ -205,6 +222,9 @@ impl App {
         health_reporter
             .set_serving::<ProcessorServiceServer<ProcessorApi>>()
             .await;
+        health_reporter
+            .set_serving::<HistoryServiceServer<HistoryApi>>()
+            .await;
 
         let reflection = |builder: tonic_reflection::server::Builder<'static>| {
             builder
@@ -241,6 +261,8 @@ impl App {
             self.registry.clone(),
             self.page_tokens.clone(),
         ));
+
+        let history = HistoryServiceServer::new(HistoryApi::new(self.streams.clone(), self.clock));
 
         let mut background = tokio::task::JoinSet::new();
         background.spawn(self.jobs.clone().run_sweeper());
@@ -321,6 +343,10 @@ impl App {
             ))
             .add_service(InterceptedService::new(
                 groups,
+                interceptor(tokens.clone(), Audience::Server),
+            ))
+            .add_service(InterceptedService::new(
+                history,
                 interceptor(tokens.clone(), Audience::Server),
             ))
             .add_service(InterceptedService::new(

@@ -13,6 +13,7 @@ use crate::{
     },
     requests::queue::{RequestQueue, dynamo::DynamoQueue, memory::MemoryQueue},
     store::dynamo,
+    streams::{History, Retention, dynamo::DynamoHistory, memory::MemoryHistory},
 };
 
 /// The opened stores.
@@ -21,6 +22,8 @@ pub struct Stores {
     pub registry: Arc<dyn Registry>,
     /// The request queue.
     pub queue: Arc<dyn RequestQueue>,
+    /// Stream history.
+    pub history: Arc<dyn History>,
     /// The DynamoDB client, when the store is DynamoDB (for the shared
     /// rate limits).
     pub dynamodb: Option<aws_sdk_dynamodb::Client>,
@@ -42,36 +45,44 @@ pub async fn open(config: &Config, clock: Clock) -> Stores {
         idle: config.store.connection_ttl,
         max_age: config.store.connection_ttl,
     };
-    let (backend, queue, dynamodb): (Arc<dyn Registry>, Arc<dyn RequestQueue>, _) =
-        match config.store.kind {
-            StoreKind::Memory => (
-                Arc::new(MemoryRegistry::with_ttl(ttl, clock)),
-                Arc::new(MemoryQueue::new()),
-                None,
-            ),
-            StoreKind::DynamoDb => {
-                let client = dynamo::client().await;
-                (
-                    Arc::new(DynamoRegistry::new(
-                        client.clone(),
-                        &config.store.connections_table,
-                        ttl,
-                        clock,
-                    )),
-                    Arc::new(DynamoQueue::new(
-                        client.clone(),
-                        &config.store.requests_table,
-                    )),
-                    Some(client),
-                )
-            }
-        };
+    let retention = Retention {
+        size: config.history.size,
+        ttl: config.history.ttl,
+    };
     let (departures_tx, departures) = tokio::sync::mpsc::unbounded_channel();
-    Stores {
-        registry: Arc::new(Instrumented::new(backend).with_departures(departures_tx)),
-        queue,
-        dynamodb,
-        departures,
+    let instrumented = |backend: Arc<dyn Registry>| -> Arc<dyn Registry> {
+        Arc::new(Instrumented::new(backend).with_departures(departures_tx.clone()))
+    };
+    match config.store.kind {
+        StoreKind::Memory => Stores {
+            registry: instrumented(Arc::new(MemoryRegistry::with_ttl(ttl, clock))),
+            queue: Arc::new(MemoryQueue::new()),
+            history: Arc::new(MemoryHistory::new(retention)),
+            dynamodb: None,
+            departures,
+        },
+        StoreKind::DynamoDb => {
+            let client = dynamo::client().await;
+            Stores {
+                registry: instrumented(Arc::new(DynamoRegistry::new(
+                    client.clone(),
+                    &config.store.connections_table,
+                    ttl,
+                    clock,
+                ))),
+                queue: Arc::new(DynamoQueue::new(
+                    client.clone(),
+                    &config.store.requests_table,
+                )),
+                history: Arc::new(DynamoHistory::new(
+                    client.clone(),
+                    &config.history.table,
+                    retention,
+                )),
+                dynamodb: Some(client),
+                departures,
+            }
+        }
     }
 }
 
@@ -97,6 +108,11 @@ pub fn tables(config: &Config) -> Vec<(&'static str, String, dynamo::TableSpec)>
                 indexes: Vec::new(),
                 ttl: Some("expires_at"),
             },
+        ),
+        (
+            "STREAMER_HISTORY_TABLE",
+            config.history.table.clone(),
+            crate::streams::dynamo::table_spec(),
         ),
     ]
 }

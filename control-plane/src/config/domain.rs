@@ -293,6 +293,68 @@ impl GroupsConfig {
     }
 }
 
+/// Stream history (see [`crate::streams`]).
+#[derive(Debug, Clone)]
+pub struct HistoryConfig {
+    /// Streams that keep history.
+    pub streams: Patterns,
+    /// Messages kept per stream.
+    pub size: u64,
+    /// How long a message is kept.
+    pub ttl: Duration,
+    /// Most messages one recovery returns.
+    pub recover_max: usize,
+    /// The DynamoDB table.
+    pub table: String,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            streams: Patterns::default(),
+            size: 1000,
+            ttl: Duration::from_secs(600),
+            recover_max: 1000,
+            table: "streamer-history".into(),
+        }
+    }
+}
+
+/// Whether a `STREAMER_HISTORY` entry can name a stream.
+fn stream_pattern(pattern: &str) -> bool {
+    let name = pattern.strip_suffix('*').unwrap_or(pattern);
+    pattern == "*"
+        || pattern == "tenant"
+        || ["user:", "group:"].iter().any(|kind| {
+            name.starts_with(kind) && (pattern.ends_with('*') || name.len() > kind.len())
+        })
+}
+
+impl HistoryConfig {
+    pub(super) fn resolve(src: &mut Source<'_>) -> Self {
+        let streams = src.list(&s::HISTORY);
+        for pattern in &streams {
+            if !stream_pattern(pattern) {
+                src.problem(
+                    &s::HISTORY,
+                    format!("{pattern:?} names no stream: use tenant, user:<id>, group:<name>, or a prefix ending in *"),
+                );
+            }
+        }
+        let size: u64 = src.at_least(&s::HISTORY_SIZE, 1);
+        if size > 100_000 {
+            src.problem(&s::HISTORY_SIZE, "at most 100000 messages per stream");
+        }
+        Self {
+            streams: Patterns::new(streams),
+            size,
+            ttl: secs(src.at_least(&s::HISTORY_TTL_SECS, 1)),
+            recover_max: src.at_least(&s::HISTORY_RECOVER_MAX, 1),
+            table: src.get(&s::HISTORY_TABLE),
+        }
+    }
+}
+
 /// Retry and relay settings of long-running requests.
 #[derive(Debug, Clone)]
 pub struct JobsConfig {

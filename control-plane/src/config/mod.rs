@@ -75,6 +75,8 @@ pub struct Config {
     pub groups: GroupsConfig,
     /// Long-running requests.
     pub jobs: JobsConfig,
+    /// Stream history.
+    pub history: HistoryConfig,
     /// `dev` only.
     pub dev: DevConfig,
 }
@@ -117,6 +119,7 @@ impl Config {
             reconcile: ReconcileConfig::resolve(&mut src),
             groups: GroupsConfig::resolve(&mut src),
             jobs: JobsConfig::resolve(&mut src),
+            history: HistoryConfig::resolve(&mut src),
             dev: DevConfig::resolve(&mut src),
         };
         let mut problems = src.into_problems();

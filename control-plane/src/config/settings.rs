@@ -100,6 +100,11 @@ settings! {
     MAX_GROUPS_PER_CONNECTION = (Some("STREAMER_MAX_GROUPS_PER_CONNECTION"), Some("groups.max_per_connection"), "128", None, "most groups one connection may be in");
     GROUP_JOIN_PERMISSION = (Some("STREAMER_GROUP_JOIN_PERMISSION"), Some("groups.join_permission"), "group:join:{group}", None, "permission a token needs to `join` (`{group}` is the name; a granted `prefix*` matches)");
     PRESENCE_GROUPS = (Some("STREAMER_PRESENCE_GROUPS"), Some("groups.presence"), "", Some("none"), "groups (names or `prefix*`, comma separated) whose members get presence frames");
+    HISTORY = (Some("STREAMER_HISTORY"), Some("history.streams"), "", Some("none"), "streams that keep history: names or `prefix*` patterns, comma separated (`tenant`, `user:*`, `group:room-*`)");
+    HISTORY_SIZE = (Some("STREAMER_HISTORY_SIZE"), Some("history.size"), "1000", None, "messages kept per stream");
+    HISTORY_TTL_SECS = (Some("STREAMER_HISTORY_TTL_SECS"), Some("history.ttl_secs"), "600", None, "how long a message is kept (the smaller of the two limits wins)");
+    HISTORY_RECOVER_MAX = (Some("STREAMER_HISTORY_RECOVER_MAX"), Some("history.recover_max"), "1000", None, "most messages one `recover` returns (past that: `recovered: false`)");
+    HISTORY_TABLE = (Some("STREAMER_HISTORY_TABLE"), Some("store.history_table"), "streamer-history", None, "DynamoDB table of stream history");
     RETRY_BASE_MS = (Some("STREAMER_RETRY_BASE_MS"), Some("jobs.retry_base_ms"), "1000", None, "first retry delay of a failed attempt (doubled per attempt, jittered)");
     RETRY_MAX_MS = (Some("STREAMER_RETRY_MAX_MS"), Some("jobs.retry_max_ms"), "60000", None, "longest retry delay");
     PROGRESS_INTERVAL_MS = (Some("STREAMER_PROGRESS_INTERVAL_MS"), Some("jobs.progress_interval_ms"), "100", None, "at most one progress frame per request per interval (10/s)");

@@ -1,6 +1,6 @@
 //! The built-in actions: `echo`, `health`, `ping`, `whoami`, `join` /
 //! `leave` (groups), `cancel` / `subscribe` (the caller's long-running
-//! requests).
+//! requests), `recover` (a stream's history).
 
 use serde_json::{Value, json};
 use streamer_proto::{
@@ -14,6 +14,7 @@ use crate::{
     error::{Fault, QueueError, RegistryError},
     registry::Connection,
     requests::{queue::Request, relay::view},
+    streams::{MAX_EPOCH_LEN, Stream},
 };
 
 /// The `request_id` of a `cancel` / `subscribe` payload.
@@ -35,6 +36,61 @@ fn group_of(payload: &Value) -> Result<&str, Fault> {
             "payload.group must be 1 to 128 characters of letters, digits, '.', ':', '_' or '-'",
         )),
         None => Err(Fault::invalid("payload.group is required")),
+    }
+}
+
+/// The `stream` of a `recover` payload.
+fn stream_of(payload: &Value) -> Result<Stream, Fault> {
+    let Some(name) = payload.get("stream") else {
+        return Err(Fault::invalid("payload.stream is required"));
+    };
+    name.as_str().and_then(Stream::parse).ok_or_else(|| {
+        Fault::invalid("payload.stream must be tenant, user:<user_id> or group:<name>")
+    })
+}
+
+/// The `since` and `epoch` of a `recover` / `join` payload: the offset and
+/// epoch of the last message the client received (`None`: none given).
+fn since_of(payload: &Value) -> Result<Option<(u64, String)>, Fault> {
+    let Some(since) = payload.get("since") else {
+        return Ok(None);
+    };
+    let since = since.as_u64().ok_or_else(|| {
+        Fault::invalid("payload.since must be a whole number, 0 or more (the last offset received)")
+    })?;
+    let epoch = match payload.get("epoch") {
+        None | Some(Value::Null) if since == 0 => String::new(),
+        Some(Value::String(epoch)) if epoch.len() <= MAX_EPOCH_LEN => epoch.clone(),
+        None | Some(Value::Null) => {
+            return Err(Fault::invalid(
+                "payload.epoch is required with payload.since (the epoch of the last message received)",
+            ));
+        }
+        Some(_) => {
+            return Err(Fault::invalid(format!(
+                "payload.epoch must be a string of at most {MAX_EPOCH_LEN} characters"
+            )));
+        }
+    };
+    Ok(Some((since, epoch)))
+}
+
+/// Who may read a stream: any connection of the tenant its `tenant`
+/// stream, a user's own connections `user:<id>`, a group's members
+/// `group:<name>`.
+fn may_read(connection: &Connection, stream: &Stream) -> Result<(), Fault> {
+    let allowed = match stream {
+        Stream::Tenant => true,
+        Stream::User(user) => **user == *connection.user_id,
+        Stream::Group(group) => connection.groups.iter().any(|g| **g == **group),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Fault::forbidden(match stream {
+            Stream::Group(_) => "only members of the group may read its stream (join it first)",
+            _ => "only the user's own connections may read their stream",
+        }))
     }
 }
 
@@ -80,12 +136,39 @@ impl ControlPlane {
                     &self.groups.join_permission(group),
                     &format!("joining {group:?}"),
                 )?;
+                let since = since_of(payload)?;
+                let stream = Stream::Group(group.to_owned()).name();
+                if since.is_some() {
+                    // Refused before joining, so a bad `since` changes nothing.
+                    self.streams.check(&stream)?;
+                }
                 let joined = self
                     .groups
                     .join(connection, group)
                     .await
                     .map_err(group_fault)?;
-                Frame::response(id, json!({ "group": group, "joined": joined }))
+                let mut data = json!({ "group": group, "joined": joined });
+                // Read after the membership is stored: whatever is sent from
+                // now on reaches this connection live, and whatever was sent
+                // before is in the answer (a duplicate is told apart by its
+                // offset).
+                if self.streams.keeps(&stream) {
+                    let recovery = self
+                        .streams
+                        .recover(
+                            &connection.tenant_id,
+                            &stream,
+                            since.as_ref().map(|(s, e)| (*s, e.as_str())),
+                            self.clock.now_ms(),
+                        )
+                        .await?;
+                    if let (Value::Object(data), Value::Object(more)) =
+                        (&mut data, recovery.to_json(since.is_some()))
+                    {
+                        data.extend(more);
+                    }
+                }
+                Frame::response(id, data)
             }
             Builtin::Leave => {
                 let group = group_of(payload)?;
@@ -115,6 +198,21 @@ impl ControlPlane {
                         other => other.into(),
                     })?;
                 Frame::response(id, view(&cancelled))
+            }
+            Builtin::Recover => {
+                let stream = stream_of(payload)?;
+                let since = since_of(payload)?;
+                may_read(connection, &stream)?;
+                let recovery = self
+                    .streams
+                    .recover(
+                        &connection.tenant_id,
+                        &stream.name(),
+                        since.as_ref().map(|(s, e)| (*s, e.as_str())),
+                        self.clock.now_ms(),
+                    )
+                    .await?;
+                Frame::response(id, recovery.to_json(true))
             }
             Builtin::Subscribe => {
                 let target = request_id_of(payload)?;

@@ -23,6 +23,7 @@ use crate::{
     metrics::metrics,
     registry::{Connection, Registry},
     requests::Jobs,
+    streams::Streams,
 };
 
 /// The connect / route logic with everything it needs.
@@ -35,6 +36,7 @@ pub struct ControlPlane {
     actions: Arc<Actions>,
     jobs: Arc<Jobs>,
     groups: Arc<Groups>,
+    streams: Streams,
     delivery: Arc<dyn Delivery>,
     clock: Clock,
     touch_interval_ms: i64,
@@ -65,6 +67,8 @@ pub struct Parts {
     pub jobs: Arc<Jobs>,
     /// Group membership and presence.
     pub groups: Arc<Groups>,
+    /// Stream history (for `recover` and `join` with `since`).
+    pub streams: Streams,
     /// The gateway (to close connections).
     pub delivery: Arc<dyn Delivery>,
     /// The clock.
@@ -85,6 +89,7 @@ impl ControlPlane {
             actions: parts.actions,
             jobs: parts.jobs,
             groups: parts.groups,
+            streams: parts.streams,
             delivery: parts.delivery,
             clock: parts.clock,
             touch_interval_ms: crate::clock::ms(parts.touch_interval),

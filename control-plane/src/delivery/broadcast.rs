@@ -1,21 +1,25 @@
-//! Broadcast: resolve the targets from the registry in one paginated pass,
-//! fan the frame out through the gateway with bounded concurrency, remove
-//! connections the gateway reports gone, and report what happened.
+//! Broadcast: store the message in its stream's history when the stream
+//! keeps one (so it has an offset before anyone can receive it), resolve the
+//! targets from the registry in one paginated pass, fan the frame out
+//! through the gateway with bounded concurrency, remove connections the
+//! gateway reports gone, and report what happened.
 
 use std::{collections::HashSet, sync::Arc};
 
 use bytes::Bytes;
 use serde_json::Value;
-use streamer_proto::client::Frame;
+use streamer_proto::client::{Frame, StreamPosition, timestamp_ms};
 
 use super::{
     PreparedFrame,
     fanout::{Fanout, Recipient},
 };
 use crate::{
+    clock::Clock,
     error::Fault,
     metrics::{OutcomeLabel, metrics},
     registry::{Connection, Registry, Scope, collect_all},
+    streams::{Position, Stream, Streams},
 };
 
 /// Who receives a broadcast.
@@ -60,10 +64,22 @@ pub struct DeliveryReport {
     pub failed: u32,
 }
 
+/// What a send did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// What happened to each recipient.
+    pub report: DeliveryReport,
+    /// The stream and the message's position in it, when the stream keeps
+    /// history.
+    pub position: Option<(String, Position)>,
+}
+
 /// Resolves targets and fans out.
 pub struct Broadcaster {
     registry: Arc<dyn Registry>,
     fanout: Arc<Fanout>,
+    streams: Streams,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Broadcaster {
@@ -73,13 +89,49 @@ impl std::fmt::Debug for Broadcaster {
 }
 
 impl Broadcaster {
-    /// A broadcaster over `registry` delivering through `fanout`.
-    pub fn new(registry: Arc<dyn Registry>, fanout: Arc<Fanout>) -> Self {
-        Self { registry, fanout }
+    /// A broadcaster over `registry` delivering through `fanout`, keeping
+    /// history in `streams`.
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        fanout: Arc<Fanout>,
+        streams: Streams,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            registry,
+            fanout,
+            streams,
+            clock,
+        }
     }
 
-    /// Sends one application message and reports what happened.
-    pub async fn send(&self, message: Message) -> Result<DeliveryReport, Fault> {
+    /// The streams and their history.
+    pub fn streams(&self) -> &Streams {
+        &self.streams
+    }
+
+    /// Sends one application message and reports what happened. A message
+    /// to a stream that keeps history is stored first: if that fails, nobody
+    /// receives it and the caller gets the error (a message is never
+    /// delivered without its offset).
+    pub async fn send(&self, message: Message) -> Result<Sent, Fault> {
+        let now_ms = self.clock.now_ms();
+        let position = match &message.target {
+            Target::Scope(scope) => {
+                let stream = Stream::of_scope(scope).name();
+                self.streams
+                    .record(
+                        scope.tenant_id(),
+                        &stream,
+                        &message.data,
+                        message.topic.as_deref(),
+                        now_ms,
+                    )
+                    .await?
+                    .map(|position| (stream, position))
+            }
+            Target::Connection(_) => None,
+        };
         let targets = self
             .resolve(
                 &message.target,
@@ -87,7 +139,17 @@ impl Broadcaster {
                 message.visible_to.as_deref(),
             )
             .await?;
-        let frame = Frame::message(message.data, message.topic.as_deref(), None);
+        // The same frame, timestamp included, as `recover` gives back.
+        let frame = Frame::Message {
+            data: message.data,
+            topic: message.topic,
+            position: position.as_ref().map(|(stream, p)| StreamPosition {
+                stream: stream.clone(),
+                offset: p.offset,
+                epoch: p.epoch.clone(),
+            }),
+            timestamp: timestamp_ms(now_ms),
+        };
         let report = self.deliver(targets, Bytes::from(frame.to_json())).await;
         tracing::info!(
             targeted = report.targeted,
@@ -98,7 +160,7 @@ impl Broadcaster {
             failed = report.failed,
             "broadcast"
         );
-        Ok(report)
+        Ok(Sent { report, position })
     }
 
     /// The connections `target` covers, minus `exclude`. A connection target
@@ -212,7 +274,12 @@ mod tests {
             gateway.open(id);
         }
         let fanout = Arc::new(Fanout::new(gateway.clone(), DeliveryConfig::default()));
-        let broadcaster = Broadcaster::new(registry.clone(), fanout);
+        let broadcaster = Broadcaster::new(
+            registry.clone(),
+            fanout,
+            Streams::without_history(),
+            Clock::new(),
+        );
         (registry, gateway, broadcaster)
     }
 
@@ -235,7 +302,8 @@ mod tests {
                 user_id: "alice".into(),
             })))
             .await
-            .expect("send");
+            .expect("send")
+            .report;
         assert_eq!((report.targeted, report.delivered), (2, 2));
         assert_eq!(gateway.received("c3").len(), 0);
         assert_eq!(gateway.received("c4").len(), 0, "another tenant's alice");
@@ -251,7 +319,7 @@ mod tests {
         let mut message = to(Target::Scope(Scope::Tenant("acme".into())));
         message.exclude.insert("c2".into());
         gateway.forget("c3");
-        let report = broadcaster.send(message).await.expect("send");
+        let report = broadcaster.send(message).await.expect("send").report;
         assert_eq!((report.targeted, report.delivered, report.gone), (2, 1, 1));
         assert!(
             registry.get("c3").await.expect("get").is_none(),
@@ -260,7 +328,7 @@ mod tests {
 
         let mut foreign = to(Target::Connection("c4".into()));
         foreign.visible_to = Some("acme".into());
-        let report = broadcaster.send(foreign).await.expect("send");
+        let report = broadcaster.send(foreign).await.expect("send").report;
         assert_eq!(
             report.targeted, 0,
             "another tenant's connection is invisible"

@@ -50,6 +50,9 @@ pub(crate) enum Command {
     /// Groups (rooms).
     #[command(subcommand)]
     Groups(Groups),
+    /// Stream history (streams matching STREAMER_HISTORY).
+    #[command(subcommand)]
+    History(History),
     /// Mint a development client token (RS256) from a private key.
     Token(TokenArgs),
 }
@@ -154,6 +157,29 @@ pub(crate) enum Groups {
     Add(GroupChange),
     /// Remove a connection or a user's connections.
     Remove(GroupChange),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum History {
+    /// The retained messages of a stream (`tenant`, `user:<id>`,
+    /// `group:<name>`) after an offset.
+    Read {
+        #[arg(long)]
+        tenant: String,
+        stream: String,
+        /// Messages after this offset (0: from the oldest retained).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// At most this many messages (all retained ones when absent).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// A stream's latest offset and epoch.
+    Position {
+        #[arg(long)]
+        tenant: String,
+        stream: String,
+    },
 }
 
 #[derive(Args)]

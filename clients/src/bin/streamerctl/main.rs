@@ -140,8 +140,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(topic) = &send.topic {
                 builder = builder.topic(topic);
             }
-            let report = builder.exclude(send.exclude.clone()).json(&data).await?;
-            print_one(output, &report_json(&report));
+            let (report, position) = builder
+                .exclude(send.exclude.clone())
+                .json_positioned(&data)
+                .await?;
+            let mut shown = report_json(&report);
+            if let Some(position) = position {
+                shown["stream"] = position.stream.into();
+                shown["offset"] = position.offset.into();
+                shown["epoch"] = position.epoch.into();
+            }
+            print_one(output, &shown);
         }
         Command::Requests(Requests::List { tenant, status }) => {
             let status = status.map(|s| match s {
@@ -177,6 +186,38 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print_one(
                 output,
                 &request_json(&client.cancel_request(&tenant, &request_id).await?),
+            );
+        }
+        Command::History(History::Read {
+            tenant,
+            stream,
+            since,
+            limit,
+        }) => {
+            let rows: Vec<Value> = match limit {
+                Some(limit) => {
+                    client
+                        .read_history(&tenant, &stream, since, limit)
+                        .await?
+                        .messages
+                }
+                None => {
+                    client
+                        .history(&tenant, &stream, since)
+                        .try_collect()
+                        .await?
+                }
+            }
+            .iter()
+            .map(history_json)
+            .collect();
+            print_rows(output, &rows, &["offset", "sent_at", "topic", "data"]);
+        }
+        Command::History(History::Position { tenant, stream }) => {
+            let position = client.stream_position(&tenant, &stream).await?;
+            print_one(
+                output,
+                &json!({ "stream": position.stream, "offset": position.offset, "epoch": position.epoch }),
             );
         }
         Command::Groups(Groups::ListMembers { tenant, group }) => {

@@ -1,7 +1,7 @@
 //! Output: human tables by default, one JSON document with `--output json`.
 
 use serde_json::{Value, json};
-use streamer_client::{Connection, DeliveryReport, RequestInfo, RequestStatus};
+use streamer_client::{Connection, DeliveryReport, HistoryMessage, RequestInfo, RequestStatus};
 
 use crate::cli::Output;
 
@@ -60,6 +60,15 @@ pub(crate) fn request_json(r: &RequestInfo) -> Value {
         "error": r.error.as_ref().map(|e| json!({"code": e.code, "message": e.message})),
         "created_at": ts(&r.created_at),
         "updated_at": ts(&r.updated_at),
+    })
+}
+
+pub(crate) fn history_json(m: &HistoryMessage) -> Value {
+    json!({
+        "offset": m.offset,
+        "sent_at": ts(&m.sent_at),
+        "topic": if m.topic.is_empty() { Value::Null } else { m.topic.clone().into() },
+        "data": serde_json::from_str::<Value>(&m.data_json).unwrap_or(Value::Null),
     })
 }
 

@@ -1,0 +1,439 @@
+//! Streams and their history.
+//!
+//! A broadcast target within a tenant is a stream: `tenant`, `user:<id>` or
+//! `group:<name>`. Streams that match `STREAMER_HISTORY` keep history: each
+//! message gets the stream's next offset (gapless, from 1) and the stream's
+//! epoch (an opaque string that changes only when the stream's history was
+//! lost), and is kept for `STREAMER_HISTORY_SIZE` messages and
+//! `STREAMER_HISTORY_TTL_SECS`, whichever is smaller. A client that missed
+//! messages reads them back from its last offset ([`Recovery`]).
+//!
+//! [`History`] is the store: in memory on one machine ([`memory`]; a restart
+//! loses it, so the epoch changes), or DynamoDB ([`dynamo`]; one atomic
+//! counter per stream, so replicas share one sequence and a restart keeps
+//! the epoch). One conformance suite runs against both.
+
+pub mod conformance;
+pub mod dynamo;
+pub mod memory;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use streamer_proto::{
+    client::{Frame, StreamPosition, timestamp_ms},
+    ids,
+};
+
+use crate::{config::Patterns, error::Fault, registry::Scope};
+
+/// Longest epoch accepted from a client (ours are 32 hex digits).
+pub const MAX_EPOCH_LEN: usize = 64;
+
+/// Longest stream name accepted (`group:` plus a 128-character group).
+pub const MAX_STREAM_LEN: usize = 6 + ids::MAX_ID_LEN;
+
+/// A stream within a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// Every connection of the tenant.
+    Tenant,
+    /// Every connection of one user.
+    User(String),
+    /// Every member of one group.
+    Group(String),
+}
+
+impl Stream {
+    /// Parses a stream name; `None` for an unknown kind or a bad id.
+    pub fn parse(name: &str) -> Option<Self> {
+        if name.len() > MAX_STREAM_LEN {
+            return None;
+        }
+        if name == "tenant" {
+            return Some(Stream::Tenant);
+        }
+        if let Some(user) = name.strip_prefix("user:") {
+            return ids::valid_user_id(user).then(|| Stream::User(user.to_owned()));
+        }
+        if let Some(group) = name.strip_prefix("group:") {
+            return ids::valid_group(group).then(|| Stream::Group(group.to_owned()));
+        }
+        None
+    }
+
+    /// The stream a broadcast scope sends on.
+    pub fn of_scope(scope: &Scope) -> Self {
+        match scope {
+            Scope::Tenant(_) => Stream::Tenant,
+            Scope::User { user_id, .. } => Stream::User(user_id.clone()),
+            Scope::Group { group, .. } => Stream::Group(group.clone()),
+        }
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> String {
+        match self {
+            Stream::Tenant => "tenant".to_owned(),
+            Stream::User(user) => format!("user:{user}"),
+            Stream::Group(group) => format!("group:{group}"),
+        }
+    }
+}
+
+/// Where a stream stands: its latest offset (0 when empty) and its epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// The latest offset given out.
+    pub offset: u64,
+    /// The stream's epoch.
+    pub epoch: String,
+}
+
+/// One retained message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// Its offset.
+    pub offset: u64,
+    /// The body.
+    pub data: Value,
+    /// The sender's topic.
+    pub topic: Option<String>,
+    /// When it was sent, ms since the epoch.
+    pub at_ms: i64,
+}
+
+impl Stored {
+    /// The `message` frame this message was sent as.
+    pub fn frame(&self, stream: &str, epoch: &str) -> Frame {
+        Frame::Message {
+            data: self.data.clone(),
+            topic: self.topic.clone(),
+            position: Some(StreamPosition {
+                stream: stream.to_owned(),
+                offset: self.offset,
+                epoch: epoch.to_owned(),
+            }),
+            timestamp: timestamp_ms(self.at_ms),
+        }
+    }
+}
+
+/// What a read found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Read {
+    /// Retained messages after `since`, in offset order.
+    pub messages: Vec<Stored>,
+    /// The stream's position now.
+    pub position: Position,
+    /// Whether `messages` holds every message after `since` in this epoch
+    /// (false when some were no longer retained).
+    pub complete: bool,
+}
+
+/// Why the history store failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("history unavailable: {0}")]
+pub struct HistoryError(pub String);
+
+impl From<HistoryError> for Fault {
+    fn from(err: HistoryError) -> Self {
+        tracing::warn!(error = %err, "history unavailable");
+        Fault::unavailable("service temporarily unavailable, retry later")
+    }
+}
+
+/// The history store contract (embedded and DynamoDB backends).
+#[async_trait]
+pub trait History: Send + Sync + 'static {
+    /// Appends a message to `stream` of `tenant`; the message's offset and
+    /// the stream's epoch. Offsets are gapless and strictly increasing per
+    /// stream, whichever replica appends.
+    async fn append(
+        &self,
+        tenant: &str,
+        stream: &str,
+        data: &Value,
+        topic: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Position, HistoryError>;
+
+    /// The stream's position.
+    async fn position(&self, tenant: &str, stream: &str) -> Result<Position, HistoryError>;
+
+    /// Up to `limit` retained messages after `since`, with the position and
+    /// whether nothing after `since` is missing.
+    async fn read(
+        &self,
+        tenant: &str,
+        stream: &str,
+        since: u64,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Read, HistoryError>;
+}
+
+/// Retention: a message is kept for `size` messages and `ttl`, whichever
+/// is smaller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Messages kept per stream.
+    pub size: u64,
+    /// How long a message is kept.
+    pub ttl: Duration,
+}
+
+impl Default for Retention {
+    /// The documented defaults: 1,000 messages, 10 minutes.
+    fn default() -> Self {
+        Self {
+            size: 1000,
+            ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Which streams keep history, and for how long.
+#[derive(Clone)]
+pub struct Streams {
+    history: Arc<dyn History>,
+    patterns: Patterns,
+    recover_max: usize,
+}
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streams")
+            .field("patterns", &self.patterns)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to `recover` (and to `join` with `since`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovery {
+    /// The stream.
+    pub stream: String,
+    /// Its position now.
+    pub position: Position,
+    /// Whether every message after `since` in the client's epoch is in
+    /// `messages`.
+    pub recovered: bool,
+    /// The missed messages, in offset order.
+    pub messages: Vec<Stored>,
+}
+
+impl Recovery {
+    /// The `data` of the `response` frame: the stream and its position,
+    /// and with `missed` whether everything was recovered and the messages.
+    pub fn to_json(&self, missed: bool) -> Value {
+        let mut data = serde_json::json!({
+            "stream": self.stream,
+            "epoch": self.position.epoch,
+            "offset": self.position.offset,
+        });
+        if missed {
+            data["recovered"] = self.recovered.into();
+            data["messages"] = self
+                .messages
+                .iter()
+                .map(|m| {
+                    serde_json::to_value(m.frame(&self.stream, &self.position.epoch))
+                        .unwrap_or(Value::Null)
+                })
+                .collect();
+        }
+        data
+    }
+}
+
+impl Streams {
+    /// History for the streams `patterns` names, kept in `history`.
+    pub fn new(history: Arc<dyn History>, patterns: Patterns, recover_max: usize) -> Self {
+        Self {
+            history,
+            patterns,
+            recover_max: recover_max.max(1),
+        }
+    }
+
+    /// No stream keeps history.
+    pub fn without_history() -> Self {
+        Self::new(
+            Arc::new(memory::MemoryHistory::new(Retention::default())),
+            Patterns::default(),
+            1,
+        )
+    }
+
+    /// Whether `stream` keeps history.
+    pub fn keeps(&self, stream: &str) -> bool {
+        self.patterns.matches(stream)
+    }
+
+    /// Records a message sent to `stream`; its position when the stream
+    /// keeps history.
+    pub async fn record(
+        &self,
+        tenant: &str,
+        stream: &str,
+        data: &Value,
+        topic: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Option<Position>, HistoryError> {
+        if !self.keeps(stream) {
+            return Ok(None);
+        }
+        self.history
+            .append(tenant, stream, data, topic, now_ms)
+            .await
+            .map(Some)
+    }
+
+    /// The position of a stream that keeps history.
+    pub async fn position(&self, tenant: &str, stream: &str) -> Result<Position, Fault> {
+        self.check(stream)?;
+        Ok(self.history.position(tenant, stream).await?)
+    }
+
+    /// Reads a page of a stream's history.
+    pub async fn read(
+        &self,
+        tenant: &str,
+        stream: &str,
+        since: u64,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Read, Fault> {
+        self.check(stream)?;
+        Ok(self
+            .history
+            .read(
+                tenant,
+                stream,
+                since,
+                limit.clamp(1, self.recover_max),
+                now_ms,
+            )
+            .await?)
+    }
+
+    /// `VALIDATION_ERROR` unless `stream` keeps history.
+    pub fn check(&self, stream: &str) -> Result<(), Fault> {
+        if self.keeps(stream) {
+            Ok(())
+        } else {
+            Err(Fault::invalid(format!(
+                "stream {stream:?} keeps no history (see STREAMER_HISTORY)"
+            )))
+        }
+    }
+
+    /// What a client missed on `stream` since `since` in `epoch` (`None`: it
+    /// has seen nothing and wants only the position).
+    pub async fn recover(
+        &self,
+        tenant: &str,
+        stream: &str,
+        since: Option<(u64, &str)>,
+        now_ms: i64,
+    ) -> Result<Recovery, Fault> {
+        self.check(stream)?;
+        let Some((since, epoch)) = since else {
+            let position = self.history.position(tenant, stream).await?;
+            return Ok(Recovery {
+                stream: stream.to_owned(),
+                position,
+                recovered: true,
+                messages: Vec::new(),
+            });
+        };
+        let read = self
+            .history
+            .read(tenant, stream, since, self.recover_max + 1, now_ms)
+            .await?;
+        // A client at offset 0 has seen nothing, in any epoch.
+        let same_epoch = since == 0 || read.position.epoch == epoch;
+        let too_many = read.messages.len() > self.recover_max;
+        let recovered = same_epoch && read.complete && !too_many && since <= read.position.offset;
+        let messages = if same_epoch && !too_many {
+            read.messages
+        } else {
+            Vec::new()
+        };
+        Ok(Recovery {
+            stream: stream.to_owned(),
+            position: read.position,
+            recovered,
+            messages,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, sync::Mutex};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_embedded_history_passes_the_conformance_suite() {
+        // One store per retention, shared by every caller asking for it (as
+        // one process's history is).
+        let made: Mutex<HashMap<u64, Arc<dyn History>>> = Mutex::new(HashMap::new());
+        let make = |retention: Retention| -> Arc<dyn History> {
+            made.lock()
+                .expect("lock")
+                .entry(retention.size)
+                .or_insert_with(|| Arc::new(memory::MemoryHistory::new(retention)))
+                .clone()
+        };
+        conformance::run_all(&make, "").await;
+    }
+
+    #[tokio::test]
+    async fn a_new_embedded_history_is_a_new_epoch() {
+        let data = serde_json::json!(1);
+        let first = memory::MemoryHistory::new(Retention::default());
+        let before = first
+            .append("t", "tenant", &data, None, 1)
+            .await
+            .expect("append");
+        let restarted = memory::MemoryHistory::new(Retention::default());
+        let after = restarted
+            .append("t", "tenant", &data, None, 2)
+            .await
+            .expect("append");
+        assert_ne!(before.epoch, after.epoch);
+        let streams = Streams::new(Arc::new(restarted), Patterns::new(["tenant"]), 10);
+        let recovery = streams
+            .recover("t", "tenant", Some((1, &before.epoch)), 3)
+            .await
+            .expect("recover");
+        assert!(!recovery.recovered);
+        assert!(recovery.messages.is_empty());
+        assert_eq!(recovery.position, after);
+    }
+
+    #[test]
+    fn stream_names_parse_and_refuse() {
+        assert_eq!(Stream::parse("tenant"), Some(Stream::Tenant));
+        assert_eq!(
+            Stream::parse("user:alice"),
+            Some(Stream::User("alice".into()))
+        );
+        assert_eq!(
+            Stream::parse("group:room-1"),
+            Some(Stream::Group("room-1".into()))
+        );
+        assert_eq!(Stream::parse("group:a b"), None);
+        assert_eq!(Stream::parse("user:"), None);
+        assert_eq!(Stream::parse("channel:x"), None);
+        assert_eq!(
+            Stream::parse(&format!("group:{}", "x".repeat(10_000))),
+            None
+        );
+        assert_eq!(Stream::Group("room-1".into()).name(), "group:room-1");
+    }
+}
