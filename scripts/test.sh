@@ -8,8 +8,35 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step's name and time, and a verdict at the end.
+steps=()
+current=""
+started=$SECONDS
+step_started=$SECONDS
+finish_step() {
+    if [ -n "$current" ]; then
+        steps+=("$(printf '%5ss  %s' $((SECONDS - step_started)) "$current")")
+    fi
+}
+step() {
+    finish_step
+    current=$*
+    step_started=$SECONDS
+    printf '\n==> %s\n' "$*"
+}
+summary() {
+    local status=$?
+    finish_step
+    printf '\n==> summary (%ss in all)\n' $((SECONDS - started))
+    printf '%s\n' "${steps[@]}"
+    if [ "$status" -eq 0 ]; then
+        printf '\nPASSED: every check and test\n'
+    else
+        printf '\nFAILED during: %s (exit %s)\n' "$current" "$status"
+    fi
+}
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+trap summary EXIT
 
 command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
 command -v python3 >/dev/null || die "python3 is needed for the test tools (moto, cfn-lint, grpcurl)"
@@ -46,7 +73,7 @@ port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0
 log=$root/.build/moto.log
 "$venv/bin/python" "$root/scripts/moto_server.py" 127.0.0.1 "$port" > "$log" 2>&1 &
 moto_pid=$!
-trap 'kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true' EXIT
+trap 'kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; summary' EXIT
 for _ in $(seq 1 100); do
     if "$venv/bin/python" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" 2>/dev/null; then
         break
@@ -59,11 +86,18 @@ done
 echo "moto listening on 127.0.0.1:$port (log: $log)"
 export STREAMER_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$port"
 
-step "cargo test"
-# Every binary first: the benchmark's smoke test runs the control plane and
-# gateway binaries that sit beside it.
+step "cargo build (every binary: the tests run the real ones)"
 cargo build --workspace --bins --locked
-cargo test --workspace --locked
+
+step "cargo test"
+# The chaos suite runs next, on its own, so its log shows what it injected.
+cargo test --workspace --locked -- --skip chaos_
+
+step "chaos suite (faults injected between the real processes)"
+cargo test -p streamer-server --locked --test chaos -- --nocapture
+
+step "soak (60 s of mixed load against dev)"
+"$root/target/debug/streamer-bench" soak --minutes 1 --clients 30
 
 step "TypeScript client (npm ci, tsc, node --test against the real dev server)"
 (

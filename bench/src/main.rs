@@ -16,6 +16,7 @@ mod history;
 mod processes;
 mod report;
 mod scenarios;
+mod soak;
 
 use std::time::Duration;
 
@@ -66,6 +67,16 @@ enum Helper {
     },
     /// A bare WebSocket echo server, the round-trip floor (internal).
     EchoServer,
+    /// A steady mixed load against `dev`: RSS, descriptors, tasks and
+    /// errors at each interval, and a verdict (exit 1 when it fails).
+    Soak {
+        /// How long to run, in minutes.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Clients connecting, messaging and leaving at once.
+        #[arg(long, default_value_t = 40)]
+        clients: usize,
+    },
 }
 
 /// What a run measures.
@@ -132,6 +143,9 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
         }) => return fleet::agent(&url, connections, concurrency).await,
         Some(Helper::EchoServer) => return baselines::echo_server().await,
+        Some(Helper::Soak { minutes, clients }) => {
+            return soak::run(Duration::from_secs_f64(minutes.max(0.1) * 60.0), clients).await;
+        }
         None => {}
     }
     let args = cli.args;

@@ -2,7 +2,10 @@
 //! the control plane, one Lambda proxy response out. The same code runs in
 //! the Lambdas and in the local emulator.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
 
 use aws_lambda_events::{
     apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest},
@@ -15,7 +18,10 @@ use streamer_proto::{
 };
 use streamer_telemetry::inject;
 
-use crate::client::EdgeClient;
+use crate::client::{CALL_TIMEOUT, EdgeClient};
+
+/// How long the compensating `Disconnect` after a failed connect may take.
+const COMPENSATE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The three WebSocket routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +52,7 @@ impl Route {
 pub struct EdgeHandler {
     client: EdgeClient,
     management_endpoint: Option<String>,
+    call_timeout: Duration,
 }
 
 fn response(status: u16, body: Option<String>, headers: HeaderMap) -> ApiGatewayProxyResponse {
@@ -81,7 +88,15 @@ impl EdgeHandler {
         Self {
             client,
             management_endpoint,
+            call_timeout: CALL_TIMEOUT,
         }
+    }
+
+    /// The same handler, for a client whose calls give up after
+    /// `call_timeout` (the connect deadline sent to the control plane).
+    pub fn with_call_timeout(mut self, call_timeout: Duration) -> Self {
+        self.call_timeout = call_timeout;
+        self
     }
 
     /// Handles one event of any route.
@@ -140,7 +155,12 @@ impl EdgeHandler {
             source_ip: ctx.identity.source_ip.clone().unwrap_or_default(),
             user_agent,
             api_request_id: ctx.request_id.clone().unwrap_or_default(),
+            deadline_unix_ms: SystemTime::now()
+                .checked_add(self.call_timeout)
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
         };
+        let connection_id = request.connection_id.clone();
         match self.client.clone().connect(inject(request)).await {
             Ok(reply) => {
                 let reply = reply.into_inner();
@@ -164,12 +184,41 @@ impl EdgeHandler {
             }
             Err(status) => {
                 tracing::error!(code = ?status.code(), message = status.message(), "control plane connect call failed");
+                self.compensate(&connection_id, status.code()).await;
                 response(
                     503,
                     Some(serde_json::json!({ "error": unavailable().to_json() }).to_string()),
                     json_headers(),
                 )
             }
+        }
+    }
+
+    /// After a connect whose outcome is unknown (timed out, reset), tells
+    /// the control plane to forget the connection: API Gateway sends no
+    /// `$disconnect` for a refused `$connect`, so nothing else would. The
+    /// control plane also refuses or undoes a connect past its deadline;
+    /// what both miss, the reconcile job removes (the gateway answers 410).
+    async fn compensate(&self, connection_id: &str, code: tonic::Code) {
+        use tonic::Code;
+        if !matches!(
+            code,
+            Code::DeadlineExceeded | Code::Cancelled | Code::Unavailable | Code::Unknown
+        ) {
+            return;
+        }
+        let request = v1::DisconnectRequest {
+            connection_id: connection_id.to_owned(),
+            reason: "connect failed at the edge".into(),
+            ..Default::default()
+        };
+        let mut client = self.client.clone();
+        match tokio::time::timeout(COMPENSATE_TIMEOUT, client.disconnect(inject(request))).await {
+            Ok(Ok(_)) => tracing::info!(connection_id, "forgot the connection of a failed connect"),
+            _ => tracing::warn!(
+                connection_id,
+                "cannot forget the connection of a failed connect; reconcile will"
+            ),
         }
     }
 

@@ -16,6 +16,10 @@ use crate::{DEADLINE, TempDir, grpc, token, ws};
 pub const EDGE_TOKEN: &str = "test-edge-token-0123456789";
 /// The admin token every test stack uses.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// For tests with ghost rows (registered just now, unknown to the gateway):
+/// trust the gateway's 410 at once instead of after the connecting grace.
+pub const TRUST_410_AT_ONCE: (&str, &str) = ("STREAMER_DELIVERY_CONNECTING_GRACE_MS", "0");
+
 /// A service token bound to tenant `acme`.
 pub const SERVICE_A_TOKEN: &str = "test-service-a-token-0123456789";
 
@@ -202,6 +206,32 @@ impl Dev {
             .expect("connect")
             .into_inner();
         assert!(reply.accepted, "{reply:?}");
+    }
+
+    /// The `streamer_*` samples of `/metrics` now (needs
+    /// `STREAMER_METRICS_ADDR=127.0.0.1:0`), by series.
+    pub async fn metrics_now(&self) -> std::collections::HashMap<String, f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.metrics.expect("start dev with STREAMER_METRICS_ADDR");
+        let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        socket
+            .write_all(
+                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .expect("write");
+        let mut response = String::new();
+        socket.read_to_string(&mut response).await.expect("read");
+        let (head, body) = response.split_once("\r\n\r\n").expect("http response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.lines()
+            .filter(|l| l.starts_with("streamer_"))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect()
     }
 
     /// Sends SIGTERM and waits for the exit status.

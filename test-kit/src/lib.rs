@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dev;
+pub mod faults;
 pub mod grpc;
 pub mod history;
 pub mod moto;
@@ -66,7 +67,7 @@ pub mod prelude {
     pub use crate::ws::connect as connect_ws;
     pub use crate::{
         DEADLINE, TempDir,
-        dev::{ADMIN_TOKEN, CONFIG_TOML, Dev, EDGE_TOKEN, SERVICE_A_TOKEN},
+        dev::{ADMIN_TOKEN, CONFIG_TOML, Dev, EDGE_TOKEN, SERVICE_A_TOKEN, TRUST_410_AT_ONCE},
         eventually,
         grpc::{
             Authed, admin, broadcast, channel, connections, edge, groups, processor_serving,

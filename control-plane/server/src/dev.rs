@@ -20,7 +20,7 @@ use streamer_control_plane::{
     delivery::management_api::ManagementApi,
 };
 use streamer_edge::{
-    client::edge_client,
+    client::edge_client_with_timeout,
     gateway::{Gateway, GatewayOptions, LocalCredentials},
     handler::EdgeHandler,
 };
@@ -185,10 +185,22 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
     let gateway_addr = gateway_listener.local_addr()?;
     let stage = config.gateway.stage.clone();
 
+    let control_plane_url = config
+        .gateway
+        .control_plane_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{grpc_addr}"));
     let handler = EdgeHandler::new(
-        edge_client(&format!("http://{grpc_addr}"), &edge_token)?,
-        Some(format!("http://{gateway_addr}/{stage}")),
-    );
+        edge_client_with_timeout(&control_plane_url, &edge_token, config.gateway.edge_timeout)?,
+        Some(
+            config
+                .gateway
+                .management_endpoint
+                .clone()
+                .unwrap_or_else(|| format!("http://{gateway_addr}/{stage}")),
+        ),
+    )
+    .with_call_timeout(config.gateway.edge_timeout);
     let gateway = Gateway::new(handler, options);
 
     let (stop, stop_rx) = watch::channel(false);

@@ -164,6 +164,7 @@ async fn gone_connections_are_removed_by_broadcast_and_by_reconcile() {
         &[
             ("STREAMER_RECONCILE_IDLE_SECS", "0"),
             ("STREAMER_MAX_CONNECTIONS_PER_TENANT", "10"),
+            TRUST_410_AT_ONCE,
         ],
     )
     .await;

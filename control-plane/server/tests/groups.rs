@@ -237,7 +237,7 @@ async fn the_per_connection_group_cap_is_enforced() {
 
 #[tokio::test]
 async fn the_group_api_and_late_departures() {
-    let dev = Dev::start(&[("STREAMER_PRESENCE_GROUPS", "lobby")]).await;
+    let dev = Dev::start(&[("STREAMER_PRESENCE_GROUPS", "lobby"), TRUST_410_AT_ONCE]).await;
     let mut alice = dev.connect(&token("alice", "acme", &[])).await;
     let mut alice2 = dev.connect(&token("alice", "acme", &[])).await;
     let alice_id = whoami(&mut alice).await;

@@ -13,7 +13,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use serde_json::json;
 use streamer_test_kit::prelude::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, Clone)]
 struct ReceivedSpan {
@@ -138,28 +137,6 @@ async fn one_message_is_one_trace_from_the_edge_through_the_control_plane() {
     assert_eq!(traces.len(), 1);
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
-    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    socket
-        .write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("write");
-    let mut response = String::new();
-    socket.read_to_string(&mut response).await.expect("read");
-    let (head, body) = response.split_once("\r\n\r\n").expect("http response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.lines()
-        .filter(|l| l.starts_with("streamer_"))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 fn value(metrics: &HashMap<String, f64>, name: &str) -> f64 {
     metrics.get(name).copied().unwrap_or(0.0)
 }
@@ -167,8 +144,7 @@ fn value(metrics: &HashMap<String, f64>, name: &str) -> f64 {
 #[tokio::test]
 async fn metrics_move_by_the_right_amounts() {
     let dev = Dev::start(&[("STREAMER_METRICS_ADDR", "127.0.0.1:0")]).await;
-    let addr = dev.metrics.expect("metrics address");
-    let before = scrape(addr).await;
+    let before = dev.metrics_now().await;
     assert_eq!(
         value(&before, r#"streamer_connects_total{outcome="accepted"}"#),
         0.0
@@ -198,7 +174,7 @@ async fn metrics_move_by_the_right_amounts() {
     recv(&mut a).await;
     recv(&mut b).await;
 
-    let after = scrape(addr).await;
+    let after = dev.metrics_now().await;
     let delta = |name: &str| value(&after, name) - value(&before, name);
     assert_eq!(delta(r#"streamer_connects_total{outcome="accepted"}"#), 2.0);
     assert_eq!(
@@ -239,8 +215,9 @@ async fn metrics_move_by_the_right_amounts() {
     assert!(delta(r#"streamer_store_request_duration_seconds_count{operation="get"}"#) >= 5.0);
 
     b.close(None).await.expect("close");
+    let dev_ref = &dev;
     eventually("disconnect counted", || async move {
-        let now = scrape(addr).await;
+        let now = dev_ref.metrics_now().await;
         value(&now, "streamer_disconnects_total") == 1.0
             && value(&now, r#"streamer_connections_active{tenant="obs"}"#) == 1.0
     })
@@ -256,7 +233,7 @@ async fn metrics_move_by_the_right_amounts() {
         }
     }
     assert!(flooded);
-    let last = scrape(addr).await;
+    let last = dev.metrics_now().await;
     assert_eq!(
         value(&last, r#"streamer_rate_limited_total{limit="message"}"#),
         1.0

@@ -119,7 +119,7 @@ async fn broadcast_to_tenant_user_and_connection_with_exclusions() {
 
 #[tokio::test]
 async fn a_connection_the_gateway_forgot_is_reported_gone_and_removed() {
-    let dev = Dev::start(&[]).await;
+    let dev = Dev::start(&[TRUST_410_AT_ONCE]).await;
     let mut live = dev.connect(&token("alice", "acme", &[])).await;
     // A row whose $disconnect never arrived: registered through the edge
     // protocol (as a Lambda would), unknown to the gateway.

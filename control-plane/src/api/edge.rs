@@ -37,6 +37,7 @@ impl EdgeService for EdgeApi {
                 headers: r.headers,
                 source_ip: r.source_ip,
                 user_agent: r.user_agent,
+                deadline_ms: i64::try_from(r.deadline_unix_ms).unwrap_or(i64::MAX),
             })
             .await;
         Ok(Response::new(v1::ConnectResponse {

@@ -43,9 +43,6 @@ use crate::{
     streams::Streams,
 };
 
-/// How long in-flight calls may run after a shutdown signal.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Why the control plane could not be assembled.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -171,6 +168,7 @@ impl App {
                 delivery,
                 clock,
                 config.reconcile.idle_threshold,
+                config.delivery.connecting_grace,
             )),
             registry,
             broadcaster,
@@ -194,7 +192,8 @@ impl App {
     }
 
     /// Serves gRPC on `listener` until `shutdown` resolves; in-flight calls
-    /// then get [`DRAIN_TIMEOUT`] to finish.
+    /// then get the configured drain timeout
+    /// (`STREAMER_DRAIN_TIMEOUT_SECS`) to finish.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -303,7 +302,7 @@ impl App {
         if let Some(age) = transport.max_connection_age {
             server = server
                 .max_connection_age(age)
-                .max_connection_age_grace(DRAIN_TIMEOUT);
+                .max_connection_age_grace(transport.drain_timeout);
         }
         tracing::info!(addr = %listener.local_addr()?, "grpc server listening");
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -358,14 +357,15 @@ impl App {
                 shutdown,
             );
         tokio::pin!(serving);
+        let drain_timeout = self.transport.drain_timeout;
         let drained = async {
             let _ = stopping_rx.await;
-            tokio::time::sleep(DRAIN_TIMEOUT).await;
+            tokio::time::sleep(drain_timeout).await;
         };
         let result = tokio::select! {
             result = &mut serving => result,
             () = drained => {
-                tracing::warn!(timeout = ?DRAIN_TIMEOUT, "calls still in flight after the drain timeout; stopping anyway");
+                tracing::warn!(timeout = ?drain_timeout, "calls still in flight after the drain timeout; stopping anyway");
                 Ok(())
             }
         };

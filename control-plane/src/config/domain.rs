@@ -91,6 +91,8 @@ pub struct DeliveryConfig {
     pub burst: u32,
     /// How long one send may keep retrying.
     pub deadline: Duration,
+    /// How long after its `$connect` a connection's 410 is not trusted.
+    pub connecting_grace: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -104,6 +106,7 @@ impl Default for DeliveryConfig {
             max_rps: 0,
             burst: 0,
             deadline: Duration::from_secs(60),
+            connecting_grace: Duration::from_secs(10),
         }
     }
 }
@@ -122,6 +125,7 @@ impl DeliveryConfig {
                 burst => burst,
             },
             deadline: millis(src.at_least(&s::DELIVERY_DEADLINE_MS, 1)),
+            connecting_grace: millis(src.get(&s::DELIVERY_CONNECTING_GRACE_MS)),
         }
     }
 }

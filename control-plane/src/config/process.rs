@@ -38,6 +38,8 @@ pub struct TransportConfig {
     pub keepalive_timeout: Duration,
     /// GOAWAY after this long (`None`: no limit).
     pub max_connection_age: Option<Duration>,
+    /// How long calls in flight may run after a shutdown signal.
+    pub drain_timeout: Duration,
 }
 
 impl Default for TransportConfig {
@@ -48,6 +50,7 @@ impl Default for TransportConfig {
             keepalive_interval: Some(Duration::from_secs(30)),
             keepalive_timeout: Duration::from_secs(10),
             max_connection_age: None,
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -68,6 +71,7 @@ impl ServerConfig {
                 keepalive_interval: nonzero(secs(src.get(&s::GRPC_KEEPALIVE_INTERVAL_SECS))),
                 keepalive_timeout: secs(src.at_least(&s::GRPC_KEEPALIVE_TIMEOUT_SECS, 1)),
                 max_connection_age: nonzero(secs(src.get(&s::GRPC_MAX_CONNECTION_AGE_SECS))),
+                drain_timeout: secs(src.get(&s::DRAIN_TIMEOUT_SECS)),
             },
         }
     }
@@ -99,6 +103,14 @@ pub struct GatewayConfig {
     pub management_rps: u32,
     /// Management API requests allowed at once.
     pub management_burst: u32,
+    /// The Management API URL the gateway reports in connect events (a
+    /// proxy in front of it, for fault injection); `None`: its own.
+    pub management_endpoint: Option<String>,
+    /// Where the gateway's edge handlers call the control plane; `None`:
+    /// the control plane `dev` runs.
+    pub control_plane_url: Option<String>,
+    /// How long an edge call may take (a Lambda's call timeout).
+    pub edge_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -124,6 +136,9 @@ impl GatewayConfig {
             connects_per_second: src.get(&s::GATEWAY_CONNECTS_PER_SECOND),
             management_rps: src.get(&s::GATEWAY_MANAGEMENT_RPS),
             management_burst: src.get(&s::GATEWAY_MANAGEMENT_BURST),
+            management_endpoint: src.opt(&s::GATEWAY_MANAGEMENT_ENDPOINT),
+            control_plane_url: src.opt(&s::GATEWAY_CONTROL_PLANE_URL),
+            edge_timeout: millis(src.at_least(&s::GATEWAY_EDGE_TIMEOUT_MS, 1)),
         }
     }
 }

@@ -51,6 +51,7 @@ settings! {
     GRPC_IDLE_TIMEOUT_SECS = (Some("STREAMER_GRPC_IDLE_TIMEOUT_SECS"), Some("grpc.idle_timeout_secs"), "300", None, "a gRPC connection with no call in flight for this long is closed; `0` keeps idle connections");
     GRPC_KEEPALIVE_INTERVAL_SECS = (Some("STREAMER_GRPC_KEEPALIVE_INTERVAL_SECS"), Some("grpc.keepalive_interval_secs"), "30", None, "HTTP/2 PING sent to a quiet connection this often; `0` turns keepalive off");
     GRPC_KEEPALIVE_TIMEOUT_SECS = (Some("STREAMER_GRPC_KEEPALIVE_TIMEOUT_SECS"), Some("grpc.keepalive_timeout_secs"), "10", None, "a connection whose PING is not answered within this long is closed");
+    DRAIN_TIMEOUT_SECS = (Some("STREAMER_DRAIN_TIMEOUT_SECS"), Some("grpc.drain_timeout_secs"), "10", None, "on SIGTERM, calls in flight (broadcasts, edge calls, processor streams) get this long to finish before the process exits");
     GRPC_MAX_CONNECTION_AGE_SECS = (Some("STREAMER_GRPC_MAX_CONNECTION_AGE_SECS"), Some("grpc.max_connection_age_secs"), "0", Some("`0` (no limit)"), "connections are asked to go away (GOAWAY) after this long, so clients spread over new replicas");
     METRICS_ADDR = (Some("STREAMER_METRICS_ADDR"), Some("metrics_addr"), "", Some("off"), "serve Prometheus `/metrics` on this address");
     LOG_FORMAT = (Some("STREAMER_LOG_FORMAT"), Some("log_format"), "pretty", None, "`pretty` or `json`");
@@ -63,6 +64,9 @@ settings! {
     GATEWAY_CONNECTS_PER_SECOND = (Some("STREAMER_GATEWAY_CONNECTS_PER_SECOND"), Some("gateway.connects_per_second"), "500", None, "`dev`: new connections per second (API Gateway's account default); 429 above; `0` unlimited");
     GATEWAY_MANAGEMENT_RPS = (Some("STREAMER_GATEWAY_MANAGEMENT_RPS"), Some("gateway.management_rps"), "10000", None, "`dev`: Management API requests per second (API Gateway's account default); 429 `LimitExceededException` above; `0` unlimited");
     GATEWAY_MANAGEMENT_BURST = (Some("STREAMER_GATEWAY_MANAGEMENT_BURST"), Some("gateway.management_burst"), "5000", None, "`dev`: Management API requests allowed at once (API Gateway's account default)");
+    GATEWAY_MANAGEMENT_ENDPOINT = (Some("STREAMER_GATEWAY_MANAGEMENT_ENDPOINT"), Some("gateway.management_endpoint"), "", Some("the gateway itself"), "`dev`: the Management API URL (with the stage) the gateway reports in connect events, e.g. a fault-injecting proxy in front of it");
+    GATEWAY_CONTROL_PLANE_URL = (Some("STREAMER_GATEWAY_CONTROL_PLANE_URL"), Some("gateway.control_plane_url"), "", Some("the control plane `dev` runs"), "`dev`: where the gateway's edge handlers call the control plane, e.g. through a fault-injecting proxy");
+    GATEWAY_EDGE_TIMEOUT_MS = (Some("STREAMER_GATEWAY_EDGE_TIMEOUT_MS"), Some("gateway.edge_timeout_ms"), "10000", None, "`dev`: how long one edge call may take (the edge Lambdas' call timeout)");
     GATEWAY_IDLE_TIMEOUT_SECS = (Some("STREAMER_GATEWAY_IDLE_TIMEOUT_SECS"), Some("gateway.idle_timeout_secs"), "600", None, "`dev`: idle connections are closed (1001)");
     GATEWAY_MAX_DURATION_SECS = (Some("STREAMER_GATEWAY_MAX_DURATION_SECS"), Some("gateway.max_duration_secs"), "7200", None, "`dev`: maximum connection duration (1001)");
     JWT_PUBLIC_KEY = (Some("STREAMER_JWT_PUBLIC_KEY"), Some("jwt.public_key"), "", Some("none (`dev` makes one)"), "PEM public key (RSA, EC or Ed25519); `\\n` escapes allowed");
@@ -88,6 +92,7 @@ settings! {
     DELIVERY_BURST = (Some("STREAMER_DELIVERY_BURST"), Some("delivery.burst"), "0", Some("`0` (the rate)"), "calls the budget may spend at once");
     DELIVERY_DEADLINE_MS = (Some("STREAMER_DELIVERY_DEADLINE_MS"), Some("delivery.deadline_ms"), "60000", None, "a send retries throttled calls until this long after it started; what is still undelivered then is reported");
     DELIVERY_CALL_TIMEOUT_MS = (Some("STREAMER_DELIVERY_CALL_TIMEOUT_MS"), Some("delivery.call_timeout_ms"), "5000", None, "timeout of one Management API call");
+    DELIVERY_CONNECTING_GRACE_MS = (Some("STREAMER_DELIVERY_CONNECTING_GRACE_MS"), Some("delivery.connecting_grace_ms"), "10000", None, "a 410 for a connection younger than this does not remove it: API Gateway answers 410 while a connection's `$connect` is still running");
     STORE = (Some("STREAMER_STORE"), Some("store.kind"), "memory", None, "`memory` (embedded) or `dynamodb`");
     CONNECTIONS_TABLE = (Some("STREAMER_CONNECTIONS_TABLE"), Some("store.connections_table"), "streamer-connections", None, "DynamoDB connections table");
     REQUESTS_TABLE = (Some("STREAMER_REQUESTS_TABLE"), Some("store.requests_table"), "streamer-requests", None, "DynamoDB requests table");

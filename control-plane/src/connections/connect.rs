@@ -11,7 +11,7 @@ use streamer_proto::{
 };
 
 use super::{
-    ControlPlane,
+    ControlPlane, OPERATION_BUDGET,
     auth::{self, AuthError},
 };
 use crate::{
@@ -40,6 +40,8 @@ pub struct ConnectInput {
     pub source_ip: String,
     /// Client User-Agent.
     pub user_agent: String,
+    /// When the caller stops waiting (ms since the epoch; 0: never).
+    pub deadline_ms: i64,
 }
 
 /// The answer to a `$connect`.
@@ -130,7 +132,27 @@ impl ControlPlane {
     /// `$connect`: connect rate limit per IP, token verification, tenant
     /// quota, conditional registration.
     pub async fn connect(&self, input: ConnectInput) -> ConnectDecision {
-        let decision = self.decide_connect(input).await;
+        let connection_id = input.connection_id.clone();
+        let decision = match tokio::time::timeout(OPERATION_BUDGET, self.decide_connect(input))
+            .await
+        {
+            Ok(decision) => decision,
+            Err(_) => {
+                tracing::warn!(connection_id, budget = ?OPERATION_BUDGET, "a connect outlasted its budget (store too slow)");
+                // The row may land after all: forget it, in the
+                // background; the reconcile job catches what this misses.
+                let registry = self.registry.clone();
+                tokio::spawn(async move {
+                    for _ in 0..5 {
+                        if registry.remove(&connection_id).await.is_ok() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                });
+                ConnectDecision::unavailable()
+            }
+        };
         metrics()
             .connects
             .get_or_create(&OutcomeLabel {
@@ -138,6 +160,11 @@ impl ControlPlane {
             })
             .inc();
         decision
+    }
+
+    /// Whether a caller's deadline has passed (0: none).
+    fn past(&self, deadline_ms: i64) -> bool {
+        deadline_ms > 0 && self.clock.now_ms() > deadline_ms
     }
 
     fn loopback(&self, source_ip: &str) -> bool {
@@ -192,6 +219,10 @@ impl ControlPlane {
             }
         };
         let now = self.clock.now_ms();
+        if self.past(input.deadline_ms) {
+            tracing::warn!(connection_id = %input.connection_id, "connect arrived after its caller's deadline; not registered");
+            return ConnectDecision::unavailable();
+        }
         let connection = Connection {
             connection_id: input.connection_id.as_str().into(),
             tenant_id: identity.tenant_id.as_str().into(),
@@ -214,6 +245,14 @@ impl ControlPlane {
             .insert(connection, self.limits.max_connections_per_tenant)
             .await
         {
+            Ok(()) if self.past(input.deadline_ms) => {
+                // The caller has given up and told its client 503: undo.
+                tracing::warn!(connection_id = %input.connection_id, "connect finished after its caller's deadline; undone");
+                if let Err(err) = self.registry.remove(&input.connection_id).await {
+                    tracing::warn!(error = %err, "cannot undo a late connect (reconcile will remove it)");
+                }
+                ConnectDecision::unavailable()
+            }
             Ok(()) => {
                 tracing::info!(
                     connection_id = %input.connection_id,

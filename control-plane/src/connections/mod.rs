@@ -26,6 +26,13 @@ use crate::{
     streams::Streams,
 };
 
+/// The longest a connect or a client frame may take, store calls
+/// included: past it the client gets 503 / `SERVICE_UNAVAILABLE` (each
+/// store call has its own 2 s / 5 s bounds, but a connect makes several).
+/// Well under the edge's call timeout, so the answer is ours, not a
+/// timeout's.
+pub const OPERATION_BUDGET: Duration = Duration::from_secs(4);
+
 /// The connect / route logic with everything it needs.
 pub struct ControlPlane {
     registry: Arc<dyn Registry>,

@@ -8,7 +8,7 @@
 use base64::Engine;
 use streamer_proto::client::{self, Envelope, Frame};
 
-use super::{ControlPlane, not_registered};
+use super::{ControlPlane, OPERATION_BUDGET, not_registered};
 use crate::{
     actions::{AsyncAction, Resolved},
     config::grants,
@@ -22,6 +22,8 @@ use crate::{
 const INVALID_ACTION_LABEL: &str = "_invalid";
 /// Message metric label for actions that are not declared.
 const UNKNOWN_ACTION_LABEL: &str = "_unknown";
+/// Message metric label for frames that outlasted [`OPERATION_BUDGET`].
+const TIMED_OUT_LABEL: &str = "_timed_out";
 
 /// A routed frame: the reply and how to count it.
 struct Routed {
@@ -52,7 +54,22 @@ pub(super) fn permit(connection: &Connection, permission: &str, what: &str) -> R
 impl ControlPlane {
     /// One client frame. Returns the reply frame, if any.
     pub async fn route(&self, connection_id: &str, body: &str, is_base64: bool) -> Option<String> {
-        let routed = self.route_inner(connection_id, body, is_base64).await;
+        let routed = match tokio::time::timeout(
+            OPERATION_BUDGET,
+            self.route_inner(connection_id, body, is_base64),
+        )
+        .await
+        {
+            Ok(routed) => routed,
+            Err(_) => {
+                tracing::warn!(connection_id, budget = ?OPERATION_BUDGET, "a client frame outlasted its budget (store too slow)");
+                failed(
+                    client::peek_request_id(body),
+                    Fault::unavailable("service temporarily unavailable, retry later"),
+                    TIMED_OUT_LABEL,
+                )
+            }
+        };
         metrics()
             .messages
             .get_or_create(&MessageLabels {

@@ -198,6 +198,15 @@ impl Broadcaster {
             targeted: u32::try_from(targets.len()).unwrap_or(u32::MAX),
             ..Default::default()
         };
+        // A 410 for a connection still inside its `$connect` proves nothing.
+        let now = self.clock.now_ms();
+        let connecting: HashSet<Arc<str>> = targets
+            .iter()
+            .filter(|c| {
+                !super::gone_for_good(c.connected_at_ms, now, self.fanout.connecting_grace())
+            })
+            .map(|c| c.connection_id.clone())
+            .collect();
         let recipients = targets
             .into_iter()
             .map(|c| Recipient {
@@ -233,6 +242,10 @@ impl Broadcaster {
             }
         }
         for connection_id in gone {
+            if connecting.contains(&connection_id) {
+                tracing::info!(connection_id = %connection_id, "410 for a connection still connecting; kept");
+                continue;
+            }
             match self.registry.remove(&connection_id).await {
                 Ok(_) => {
                     tracing::info!(connection_id = %connection_id, "removed connection the gateway reports gone")
@@ -313,12 +326,26 @@ mod tests {
         assert_eq!(frame["data"], json!({"hello": "world"}));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn exclusions_tenant_filters_and_gone_connections() {
         let (registry, gateway, broadcaster) = setup().await;
         let mut message = to(Target::Scope(Scope::Tenant("acme".into())));
         message.exclude.insert("c2".into());
         gateway.forget("c3");
+        let report = broadcaster
+            .send(message.clone())
+            .await
+            .expect("send")
+            .report;
+        assert_eq!((report.targeted, report.delivered, report.gone), (2, 1, 1));
+        assert!(
+            registry.get("c3").await.expect("get").is_some(),
+            "a 410 within the connecting grace proves nothing: API Gateway answers it while $connect runs"
+        );
+        tokio::time::advance(
+            DeliveryConfig::default().connecting_grace + std::time::Duration::from_secs(1),
+        )
+        .await;
         let report = broadcaster.send(message).await.expect("send").report;
         assert_eq!((report.targeted, report.delivered, report.gone), (2, 1, 1));
         assert!(

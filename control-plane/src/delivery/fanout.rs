@@ -261,6 +261,11 @@ impl Fanout {
         }
     }
 
+    /// How long after `$connect` a 410 is not trusted.
+    pub fn connecting_grace(&self) -> Duration {
+        self.config.connecting_grace
+    }
+
     /// The transport (for calls outside the fan-out: close, check).
     pub fn delivery(&self) -> &Arc<dyn Delivery> {
         &self.delivery

@@ -27,6 +27,18 @@ use bytes::Bytes;
 
 pub use crate::error::DeliveryError;
 
+/// Whether a 410 for a connection made at `connected_at_ms` means it is
+/// gone. API Gateway answers `GoneException` for a connection whose
+/// `$connect` has not returned yet (the row is written during `$connect`,
+/// the socket opens after it), so a send or a reconcile check within
+/// `grace` of the connect must not remove the row
+/// (`STREAMER_DELIVERY_CONNECTING_GRACE_MS`; `$connect` finishes within
+/// the control plane's 4 s budget, the default 10 s leaves room for the
+/// Lambda around it).
+pub fn gone_for_good(connected_at_ms: i64, now_ms: i64, grace: std::time::Duration) -> bool {
+    now_ms.saturating_sub(connected_at_ms) > crate::clock::ms(grace)
+}
+
 /// What happened to one frame sent to one connection, in the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

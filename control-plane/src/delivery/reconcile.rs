@@ -48,6 +48,7 @@ pub struct Reconciler {
     delivery: Arc<dyn Delivery>,
     clock: Clock,
     idle_threshold: Duration,
+    connecting_grace: Duration,
     last: Mutex<Option<ReconcileReport>>,
     running: Mutex<()>,
 }
@@ -74,12 +75,14 @@ impl Reconciler {
         delivery: Arc<dyn Delivery>,
         clock: Clock,
         idle_threshold: Duration,
+        connecting_grace: Duration,
     ) -> Self {
         Self {
             registry,
             delivery,
             clock,
             idle_threshold,
+            connecting_grace,
             last: Mutex::new(None),
             running: Mutex::new(()),
         }
@@ -112,6 +115,10 @@ impl Reconciler {
                     self.delivery.is_connected(&row.endpoint, &row.connection_id).await.map(|alive| !alive)
                 };
                 match gone {
+                    // Still inside its `$connect`: the gateway does not know it yet.
+                    Ok(true) if !row.expired(now) && !super::gone_for_good(row.connected_at_ms, now, self.connecting_grace) => {
+                        Verdict::Alive
+                    }
                     Ok(true) => match self.registry.remove(&row.connection_id).await {
                         Ok(_) => {
                             tracing::info!(connection_id = %row.connection_id, tenant_id = %row.tenant_id, "reconcile removed a stale connection");
@@ -190,6 +197,7 @@ mod tests {
             gateway.clone(),
             clock,
             Duration::from_secs(60),
+            Duration::from_secs(10),
         );
         let report = reconciler.run_once().await.expect("run");
         assert_eq!(report.checked, 0, "nothing is idle yet");

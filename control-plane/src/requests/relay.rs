@@ -210,7 +210,13 @@ async fn send(
         let sent = fanout
             .send_one(&connection.endpoint, &connection.connection_id, &frame)
             .await;
-        if sent.outcome() == Outcome::Gone {
+        if sent.outcome() == Outcome::Gone
+            && crate::delivery::gone_for_good(
+                connection.connected_at_ms,
+                chrono::Utc::now().timestamp_millis(),
+                fanout.connecting_grace(),
+            )
+        {
             let _ = registry.remove(subscriber).await;
         }
     }

@@ -1,0 +1,335 @@
+//! Crashes and stops: the control plane killed with SIGKILL in the middle
+//! of 100 long-running requests and a broadcast (DynamoDB backend), and
+//! SIGTERM while a broadcast is in flight. (A processor killed mid-request
+//! hands its work over: `requests.rs`,
+//! `a_killed_processor_hands_over_and_attempts_run_out_with_one_error`.)
+
+use std::{
+    collections::HashMap,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use streamer_client::processor::{ActionSpec, Processor};
+use streamer_proto::v1;
+use streamer_test_kit::{
+    dev::binary,
+    moto::{aws_env, endpoint, unique},
+    prelude::*,
+    ws::{connect_many, count_messages},
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn kill(dev: &Dev, signal: &str) {
+    let pid = dev.child.id().expect("pid");
+    assert!(
+        std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+}
+
+/// A processor for `chaos_job` against `dev`, counting how often each
+/// request ran.
+fn worker(dev: &Dev, runs: Arc<Mutex<HashMap<String, u32>>>) -> Processor {
+    Processor::new(&format!("http://{}", dev.grpc), ADMIN_TOKEN)
+        .concurrency(8)
+        .handle(
+            ActionSpec::new("chaos_job").lease_timeout(Duration::from_secs(2)),
+            move |job, _progress| {
+                let runs = runs.clone();
+                async move {
+                    *runs
+                        .lock()
+                        .expect("lock")
+                        .entry(job.request_id.clone())
+                        .or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Ok(json!({ "doubled": job.payload["n"].as_i64().unwrap_or(0) * 2 }))
+                }
+            },
+        )
+}
+
+/// Submits `chaos_job` `n` as request `id`; whether it was accepted
+/// (frames of earlier requests that arrive first are skipped).
+async fn submit(ws: &mut Ws, id: &str, n: u32) -> bool {
+    send_json(
+        ws,
+        &json!({"request_id": id, "action": "chaos_job", "payload": {"n": n}}),
+    )
+    .await;
+    loop {
+        let frame = recv(ws).await;
+        if frame["request_id"] == id && frame["type"] != "progress" {
+            return frame["type"] == "acknowledgment";
+        }
+    }
+}
+
+#[tokio::test]
+async fn chaos_sigkill_mid_work_on_dynamodb_loses_no_accepted_request_and_completes_none_twice() {
+    let table = unique("chaos-kill");
+    let tables = [
+        ("STREAMER_CONNECTIONS_TABLE", table.clone()),
+        ("STREAMER_REQUESTS_TABLE", format!("{table}-requests")),
+        ("STREAMER_RATE_LIMITS_TABLE", format!("{table}-limits")),
+        ("STREAMER_HISTORY_TABLE", format!("{table}-history")),
+    ];
+    let mut env: Vec<(&str, String)> = aws_env(&endpoint());
+    env.extend(tables.iter().map(|(k, v)| (*k, v.clone())));
+    let created = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamer-control-plane"))
+        .args(["tables", "create"])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .await
+        .expect("tables create");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    env.push(("STREAMER_STORE", "dynamodb".into()));
+    env.push(("STREAMER_DEMO_PROCESSOR", "false".into()));
+    env.push(("STREAMER_MESSAGES_PER_MINUTE", "100000".into()));
+    env.push(("STREAMER_MESSAGE_BURST", "10000".into()));
+    env.push(("STREAMER_RETRY_BASE_MS", "50".into()));
+    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let first = Dev::start(&vars).await;
+    let runs = Arc::new(Mutex::new(HashMap::new()));
+    let processor = tokio::spawn(worker(&first, runs.clone()).run(std::future::pending()));
+    let mut ws = first.connect(&token("alice", "acme", &[])).await;
+    let audience = connect_many(
+        &format!("{}?token={}", first.ws_url(), token("crowd", "acme", &[])),
+        50,
+        16,
+    )
+    .await;
+    let (_received, _readers) = count_messages(audience, json!("mid-crash"));
+
+    // 100 requests; the control plane dies once about half are accepted,
+    // with a broadcast in flight.
+    let mut accepted = Vec::new();
+    for n in 0..=50 {
+        let id = format!("job-{n:03}");
+        if submit(&mut ws, &id, n).await {
+            accepted.push((id, n));
+        }
+    }
+    let sending = tokio::spawn({
+        let channel = first.grpc_channel();
+        async move {
+            broadcast(channel, ADMIN_TOKEN)
+                .send(tenant_target("acme", json!("mid-crash")))
+                .await
+        }
+    });
+    kill(&first, "-KILL");
+    let killed_at = Instant::now();
+    let _ = sending.await;
+    processor.abort();
+    drop(ws);
+    drop(first);
+    let started_before = runs.lock().expect("lock").len();
+    println!(
+        "injected: SIGKILL with {} requests accepted ({started_before} had started) and a broadcast in flight",
+        accepted.len(),
+    );
+
+    // A new instance on the same tables, and the rest of the requests.
+    let second = Dev::start(&vars).await;
+    let processor = tokio::spawn(worker(&second, runs.clone()).run(std::future::pending()));
+    let mut ws = second.connect(&token("alice", "acme", &[])).await;
+    for n in 51..100 {
+        let id = format!("job-{n:03}");
+        assert!(submit(&mut ws, &id, n).await, "{id} accepted");
+        accepted.push((id, n));
+    }
+    let requests_api = requests(second.grpc_channel(), ADMIN_TOKEN);
+    let status_of = |id: String| {
+        let mut api = requests_api.clone();
+        async move {
+            api.get_request(v1::GetRequestRequest {
+                tenant_id: "acme".into(),
+                request_id: id,
+            })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().request)
+        }
+    };
+    for (id, _) in &accepted {
+        eventually(&format!("{id} completes"), || {
+            let id = id.clone();
+            let status_of = &status_of;
+            async move {
+                status_of(id)
+                    .await
+                    .is_some_and(|r| r.status == v1::RequestStatus::Completed as i32)
+            }
+        })
+        .await;
+    }
+    processor.abort();
+    let runs = runs.lock().expect("lock").clone();
+    let mut twice = 0;
+    for (id, n) in &accepted {
+        let stored = status_of(id.clone()).await.expect("stored");
+        let result: Value = serde_json::from_str(&stored.result_json).expect("result");
+        assert_eq!(result["doubled"], n * 2, "{id}");
+        let ran = runs.get(id).copied().unwrap_or(0);
+        assert!(ran >= 1, "{id} ran");
+        twice += u32::from(ran > 1);
+    }
+    println!(
+        "checked: all {} accepted requests Completed once, with their own result, {:?} after the kill; {twice} of them ran a second time (leased again after the crash: at-least-once work, exactly-once completion)",
+        accepted.len(),
+        killed_at.elapsed()
+    );
+}
+
+/// Starts `streamer-control-plane serve` (embedded store) on a free port.
+async fn serve(extra: &[(&str, &str)]) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamer-control-plane"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .env("STREAMER_GRPC_ADDR", &addr)
+        .env("STREAMER_JWT_PUBLIC_KEY", &keys().public_pem)
+        .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
+        .env("STREAMER_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("STREAMER_LOOPBACK_CONNECTS_UNLIMITED", "true")
+        .env("AWS_ACCESS_KEY_ID", "streamer-local")
+        .env("AWS_SECRET_ACCESS_KEY", "streamer-local-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(extra.iter().copied())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("serve");
+    let url = format!("http://{addr}");
+    eventually("the control plane serves", || async {
+        tonic::transport::Endpoint::from_shared(url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .is_ok()
+    })
+    .await;
+    (child, url)
+}
+
+/// Starts `streamer-gateway` in front of `control_plane`.
+async fn gateway(control_plane: &str) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(binary("streamer-gateway"))
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .env("STREAMER_CONTROL_PLANE_URL", control_plane)
+        .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
+        .env("STREAMER_GATEWAY_ADDR", "127.0.0.1:0")
+        .env("STREAMER_GATEWAY_CONNECTS_PER_SECOND", "0")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("gateway");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.expect("line") {
+            if let Some(json) = line.strip_prefix("STREAMER_GATEWAY_READY ") {
+                return serde_json::from_str::<Value>(json).expect("json");
+            }
+        }
+        panic!("the gateway exited");
+    })
+    .await
+    .expect("gateway ready");
+    let ws = format!(
+        "ws://{}/{}",
+        ready["gateway"].as_str().expect("addr"),
+        ready["stage"].as_str().expect("stage")
+    );
+    (child, ws)
+}
+
+#[tokio::test]
+async fn chaos_sigterm_lets_a_broadcast_in_flight_finish_then_exits_within_the_drain_timeout() {
+    // 1,500 recipients at 500 calls/s: the broadcast takes about 3 s.
+    let (mut control_plane, url) = serve(&[
+        ("STREAMER_DELIVERY_MAX_RPS", "500"),
+        ("STREAMER_DRAIN_TIMEOUT_SECS", "8"),
+    ])
+    .await;
+    let (_gateway, ws_url) = gateway(&url).await;
+    let sockets = connect_many(
+        &format!("{ws_url}?token={}", token("u", "drain", &[])),
+        1500,
+        64,
+    )
+    .await;
+    let data = json!({"drain": true});
+    let (received, _readers) = count_messages(sockets, data.clone());
+    let channel = channel(url.trim_start_matches("http://").parse().expect("addr"));
+    let started = Instant::now();
+    let sending = tokio::spawn({
+        let data = data.clone();
+        async move {
+            broadcast(channel, ADMIN_TOKEN)
+                .send(tenant_target("drain", data))
+                .await
+        }
+    });
+    eventually("the broadcast is under way", || {
+        let received = received.clone();
+        async move { received.count() > 100 }
+    })
+    .await;
+    let pid = control_plane.id().expect("pid");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let signalled = started.elapsed();
+    let report = sending
+        .await
+        .expect("join")
+        .expect("the send in flight completes")
+        .into_inner()
+        .report
+        .expect("report");
+    let exit = tokio::time::timeout(Duration::from_secs(15), control_plane.wait())
+        .await
+        .expect("exits within the drain timeout")
+        .expect("wait");
+    let exited = started.elapsed();
+    println!(
+        "injected: SIGTERM {signalled:?} into a 1,500-recipient broadcast; the send finished ({} delivered) and the process exited ({exit}) at {exited:?}",
+        report.delivered
+    );
+    assert!(exit.success(), "{exit}");
+    assert_eq!(report.delivered, 1500, "{report:?}");
+    eventually("every client has the frame", || {
+        let received = received.clone();
+        async move { received.count() == 1500 }
+    })
+    .await;
+    assert!(exited < signalled + Duration::from_secs(10));
+    println!(
+        "checked: the broadcast in flight delivered all 1,500 after SIGTERM; exit 0 within the 8 s drain timeout"
+    );
+}

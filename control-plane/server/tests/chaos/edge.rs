@@ -1,0 +1,117 @@
+//! The edge ↔ control plane link: latency past the edge's call timeout, and
+//! resets. Clients get a prompt 503 at connect and `SERVICE_UNAVAILABLE` on
+//! messages; the control plane keeps no connection the edge gave up on.
+
+use std::time::{Duration, Instant};
+
+use streamer_proto::v1;
+use streamer_test_kit::{
+    faults::{TcpFaults, TcpMode},
+    prelude::*,
+};
+
+async fn count(dev: &Dev, tenant: &str) -> u64 {
+    connections(dev.grpc_channel(), ADMIN_TOKEN)
+        .count_connections(v1::CountConnectionsRequest {
+            tenant_id: tenant.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("count")
+        .into_inner()
+        .count
+}
+
+#[tokio::test]
+async fn chaos_edge_calls_past_their_timeout_or_reset_fail_fast_and_leave_nothing_behind() {
+    let proxy = TcpFaults::start(None).await;
+    let url = format!("http://{}", proxy.addr());
+    let dev = Dev::start(&[
+        ("STREAMER_GATEWAY_CONTROL_PLANE_URL", url.as_str()),
+        ("STREAMER_GATEWAY_EDGE_TIMEOUT_MS", "1000"),
+        ("STREAMER_METRICS_ADDR", "127.0.0.1:0"),
+    ])
+    .await;
+    proxy.set_target(dev.grpc);
+    let ws_url = |user: &str| format!("{}?token={}", dev.ws_url(), token(user, "edge", &["echo"]));
+    let mut settled = connect_ws(&ws_url("settled")).await;
+    send(&mut settled, r#"{"id":"ok","action":"echo","payload":1}"#).await;
+    assert_eq!(recv(&mut settled).await["data"], 1);
+    assert_eq!(count(&dev, "edge").await, 1);
+
+    const REFUSED_LATE: &str = r#"streamer_connects_total{outcome="unavailable"}"#;
+    for (mode, what) in [
+        (
+            TcpMode::Delay(Duration::from_millis(1500)),
+            "1.5 s of latency (the call timeout is 1 s)",
+        ),
+        (TcpMode::Reset, "connection resets"),
+    ] {
+        let refused_before = dev
+            .metrics_now()
+            .await
+            .get(REFUSED_LATE)
+            .copied()
+            .unwrap_or(0.0);
+        proxy.set(mode);
+        let started = Instant::now();
+        let (status, body, _) = refused(&ws_url("late")).await;
+        let took = started.elapsed();
+        println!("injected: {what} on edge → control plane; connect answered {status} in {took:?}");
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            !body.to_string().contains("tonic"),
+            "no internal detail: {body}"
+        );
+        assert!(took < Duration::from_secs(5), "prompt: {took:?}");
+
+        let started = Instant::now();
+        send(&mut settled, r#"{"id":"m1","action":"echo","payload":2}"#).await;
+        let answer = recv(&mut settled).await;
+        println!(
+            "injected: {what}; a message was answered {} in {:?}",
+            answer["error"]["code"],
+            started.elapsed()
+        );
+        assert_eq!(answer["error"]["code"], "SERVICE_UNAVAILABLE", "{answer}");
+        assert_eq!(answer["request_id"], "m1");
+
+        proxy.set(TcpMode::Pass);
+        if matches!(mode, TcpMode::Delay(_)) {
+            // The late connect reaches the control plane after its deadline
+            // and is refused there.
+            eventually(
+                "the late connect is refused by the control plane",
+                || async {
+                    dev.metrics_now()
+                        .await
+                        .get(REFUSED_LATE)
+                        .copied()
+                        .unwrap_or(0.0)
+                        > refused_before
+                },
+            )
+            .await;
+        }
+        assert_eq!(
+            count(&dev, "edge").await,
+            1,
+            "after {what}: only the settled client"
+        );
+        eventually("messages flow again", || async {
+            let Ok((mut fresh, _)) = tokio_tungstenite::connect_async(ws_url("again")).await else {
+                return false;
+            };
+            send(&mut fresh, r#"{"id":"x","action":"echo","payload":3}"#).await;
+            recv(&mut fresh).await["data"] == 3
+        })
+        .await;
+        eventually("the fresh client's connection is gone again", || async {
+            count(&dev, "edge").await == 1
+        })
+        .await;
+    }
+    println!(
+        "checked: 503 at connect and SERVICE_UNAVAILABLE on messages within the timeout; no half-connection registered"
+    );
+}

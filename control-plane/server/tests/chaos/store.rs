@@ -1,0 +1,263 @@
+//! DynamoDB throttling and outage, between the control plane and the store:
+//! operations succeed through retries or fail promptly with 503 /
+//! `SERVICE_UNAVAILABLE`; service resumes soon after the store returns; one
+//! reconcile pass leaves rows, counters and memberships consistent.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use streamer_proto::v1;
+use streamer_test_kit::{
+    faults::{HttpFaults, HttpMode, Injected},
+    moto::{aws_env, client, endpoint, unique},
+    prelude::*,
+};
+
+/// A connect, an echo and a join through the faults: what succeeded, what
+/// failed promptly. Panics on a slow failure or a wrong error.
+async fn try_client(dev: &Dev, user: &str, tally: &mut HashMap<&'static str, u32>) -> Option<Ws> {
+    let url = format!(
+        "{}?token={}",
+        dev.ws_url(),
+        token(user, "flaky", &["group:join:*"])
+    );
+    let started = Instant::now();
+    let mut ws = match tokio_tungstenite::connect_async(&url).await {
+        Ok((ws, _)) => ws,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503);
+            assert!(started.elapsed() < Duration::from_secs(8), "prompt 503");
+            *tally.entry("connect refused 503").or_default() += 1;
+            return None;
+        }
+        Err(other) => panic!("{other:?}"),
+    };
+    *tally.entry("connected").or_default() += 1;
+    for frame in [
+        json!({"id": "e", "action": "echo", "payload": 1}),
+        json!({"id": "j", "action": "join", "payload": {"group": "g"}}),
+    ] {
+        let started = Instant::now();
+        send_json(&mut ws, &frame).await;
+        let answer = recv(&mut ws).await;
+        assert!(started.elapsed() < Duration::from_secs(8), "prompt answer");
+        match answer["type"].as_str() {
+            Some("response") => *tally.entry("message answered").or_default() += 1,
+            _ => {
+                assert_eq!(answer["error"]["code"], "SERVICE_UNAVAILABLE", "{answer}");
+                *tally.entry("message SERVICE_UNAVAILABLE").or_default() += 1;
+            }
+        }
+    }
+    Some(ws)
+}
+
+/// Closes `ws` and waits until the gateway has seen the close.
+async fn leave(mut ws: Ws) {
+    use futures_util::StreamExt;
+    let _ = ws.close(None).await;
+    while let Some(Ok(_)) = ws.next().await {}
+}
+
+/// The table's rows, counters and membership items, read straight from the
+/// store: (live rows, counter, orphaned memberships).
+async fn store_state(table: &str, tenant: &str) -> (usize, i64, usize) {
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client()
+            .scan()
+            .table_name(table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .expect("scan");
+        items.extend(page.items().iter().cloned());
+        match page.last_evaluated_key() {
+            Some(key) if !key.is_empty() => start = Some(key.clone()),
+            _ => break,
+        }
+    }
+    let text = |item: &HashMap<String, aws_sdk_dynamodb::types::AttributeValue>, name: &str| {
+        item.get(name)
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let rows: HashSet<String> = items
+        .iter()
+        .filter(|i| text(i, "tenant_id") == tenant && !text(i, "connection_id").contains('#'))
+        .map(|i| text(i, "connection_id"))
+        .collect();
+    let counter = items
+        .iter()
+        .find(|i| text(i, "connection_id") == format!("tenant#{tenant}"))
+        .and_then(|i| i.get("active"))
+        .and_then(|v| v.as_n().ok())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let orphans = items
+        .iter()
+        .filter(|i| text(i, "connection_id").starts_with("member#"))
+        .filter(|i| text(i, "m_tenant") == tenant && !rows.contains(&text(i, "member_id")))
+        .count();
+    (rows.len(), counter, orphans)
+}
+
+#[tokio::test]
+async fn chaos_store_throttling_and_a_10_s_outage_fail_promptly_recover_fast_and_reconcile_exactly()
+{
+    let proxy = HttpFaults::start(Some(
+        endpoint()
+            .trim_start_matches("http://")
+            .parse()
+            .expect("moto addr"),
+    ))
+    .await;
+    let table = unique("chaos-store");
+    let tables = [
+        ("STREAMER_CONNECTIONS_TABLE", table.clone()),
+        ("STREAMER_REQUESTS_TABLE", format!("{table}-requests")),
+        ("STREAMER_RATE_LIMITS_TABLE", format!("{table}-limits")),
+        ("STREAMER_HISTORY_TABLE", format!("{table}-history")),
+    ];
+    let mut env: Vec<(&str, String)> = aws_env(&endpoint());
+    env.extend(tables.iter().map(|(k, v)| (*k, v.clone())));
+    let created = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamer-control-plane"))
+        .args(["tables", "create"])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .await
+        .expect("tables create");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    // The control plane reaches the store through the proxy.
+    let mut env: Vec<(&str, String)> = aws_env(&proxy.url());
+    env.extend(tables.iter().map(|(k, v)| (*k, v.clone())));
+    env.push(("STREAMER_STORE", "dynamodb".into()));
+    env.push(("STREAMER_RECONCILE_IDLE_SECS", "0".into()));
+    env.push(("STREAMER_RECONCILE_INTERVAL_SECS", "0".into()));
+    // Rows a late write left behind are seconds old when reconcile runs.
+    env.push((TRUST_410_AT_ONCE.0, TRUST_410_AT_ONCE.1.into()));
+    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dev = Dev::start(&vars).await;
+
+    let mut live = Vec::new();
+    let mut tally = HashMap::new();
+    for i in 0..5 {
+        live.extend(try_client(&dev, &format!("calm-{i}"), &mut tally).await);
+    }
+    assert_eq!(live.len(), 5, "no faults yet: {tally:?}");
+
+    // 30% of store calls throttled.
+    for (percent, answer) in [
+        (30, Injected::dynamodb_throughput_exceeded()),
+        (30, Injected::dynamodb_throttling()),
+    ] {
+        proxy.set(HttpMode::Fail { percent, answer });
+        let mut tally = HashMap::new();
+        for i in 0..10 {
+            live.extend(
+                try_client(
+                    &dev,
+                    &format!("throttled-{percent}-{i}-{}", live.len()),
+                    &mut tally,
+                )
+                .await,
+            );
+        }
+        let sent = broadcast(dev.grpc_channel(), ADMIN_TOKEN)
+            .send(tenant_target("flaky", json!("under throttling")))
+            .await;
+        println!(
+            "injected: {percent}% of DynamoDB calls throttled ({} injected, {} forwarded); outcomes {tally:?}; broadcast {}",
+            proxy.injected(),
+            proxy.forwarded(),
+            match &sent {
+                Ok(r) => format!(
+                    "delivered {}",
+                    r.get_ref().report.as_ref().map_or(0, |r| r.delivered)
+                ),
+                Err(s) => format!("failed {:?}", s.code()),
+            }
+        );
+        let ok = tally.get("connected").copied().unwrap_or(0)
+            + tally.get("message answered").copied().unwrap_or(0);
+        let failed = tally.get("connect refused 503").copied().unwrap_or(0)
+            + tally
+                .get("message SERVICE_UNAVAILABLE")
+                .copied()
+                .unwrap_or(0);
+        assert!(
+            ok >= 3 * failed,
+            "retries carry most operations through: {tally:?}"
+        );
+        if let Err(status) = sent {
+            assert_eq!(status.code(), tonic::Code::Unavailable);
+        }
+    }
+
+    // The store is gone for 10 s.
+    proxy.set(HttpMode::Blackhole);
+    let outage = Instant::now();
+    let mut tally = HashMap::new();
+    assert!(
+        try_client(&dev, "in-the-outage", &mut tally)
+            .await
+            .is_none()
+    );
+    println!(
+        "injected: DynamoDB blackholed; a connect during it: {tally:?} after {:?}",
+        outage.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(outage.elapsed())).await;
+    proxy.set(HttpMode::Pass);
+    let back = Instant::now();
+    eventually("service resumes", || async {
+        let mut tally = HashMap::new();
+        match try_client(&dev, "after-the-outage", &mut tally).await {
+            Some(ws) => {
+                leave(ws).await;
+                true
+            }
+            None => false,
+        }
+    })
+    .await;
+    let resumed = back.elapsed();
+    println!("checked: a connect succeeded {resumed:?} after the store returned");
+    assert!(resumed < Duration::from_secs(5), "{resumed:?}");
+
+    // Half the clients leave (the gateway has seen each close); then one
+    // reconcile pass.
+    let keep = live.len() / 2;
+    for ws in live.split_off(keep) {
+        leave(ws).await;
+    }
+    let report = admin(dev.grpc_channel(), ADMIN_TOKEN)
+        .run_reconcile(v1::RunReconcileRequest {})
+        .await
+        .expect("reconcile")
+        .into_inner()
+        .report
+        .expect("report");
+    let (rows, counter, orphans) = store_state(&table, "flaky").await;
+    println!(
+        "checked after one reconcile pass ({report:?}): {rows} rows for {keep} live clients, counter {counter}, {orphans} orphaned memberships"
+    );
+    assert_eq!(rows, keep, "only the live clients' rows");
+    assert_eq!(
+        counter,
+        i64::try_from(rows).expect("rows"),
+        "the counter equals the rows"
+    );
+    assert_eq!(orphans, 0);
+}
