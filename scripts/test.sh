@@ -25,7 +25,7 @@ step() {
     printf '\n==> %s\n' "$*"
 }
 summary() {
-    local status=$?
+    local status=${1:-$?}
     finish_step
     printf '\n==> summary (%ss in all)\n' $((SECONDS - started))
     printf '%s\n' "${steps[@]}"
@@ -36,7 +36,7 @@ summary() {
     fi
 }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
-trap summary EXIT
+trap 'summary $?' EXIT
 
 command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
 command -v python3 >/dev/null || die "python3 is needed for the test tools (moto, cfn-lint, grpcurl)"
@@ -73,7 +73,7 @@ port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0
 log=$root/.build/moto.log
 "$venv/bin/python" "$root/scripts/moto_server.py" 127.0.0.1 "$port" > "$log" 2>&1 &
 moto_pid=$!
-trap 'kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; summary' EXIT
+trap 'status=$?; kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; summary $status' EXIT
 for _ in $(seq 1 100); do
     if "$venv/bin/python" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" 2>/dev/null; then
         break

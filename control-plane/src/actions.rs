@@ -98,6 +98,7 @@ pub struct AsyncAction {
     /// Attempts before the request fails.
     pub max_attempts: u32,
     schema: Option<jsonschema::Validator>,
+    schema_json: Option<Value>,
 }
 
 impl std::fmt::Debug for AsyncAction {
@@ -125,6 +126,7 @@ impl AsyncAction {
         if !ids::valid_action(name) {
             return Err(ActionsError::Name(name.to_owned()));
         }
+        let schema_source = schema;
         let schema = schema
             .map(|schema| {
                 jsonschema::validator_for(schema).map_err(|e| ActionsError::Schema {
@@ -143,7 +145,33 @@ impl AsyncAction {
                 .filter(|m| *m > 0)
                 .unwrap_or(DEFAULT_MAX_ATTEMPTS),
             schema,
+            schema_json: schema_source.cloned(),
         })
+    }
+
+    /// The definition as JSON, for other replicas ([`AsyncAction::from_spec`]).
+    pub fn spec(&self) -> Value {
+        json!({
+            "name": self.name,
+            "permission": self.permission,
+            "schema": self.schema_json,
+            "lease_timeout_ms": self.lease_timeout_ms,
+            "max_attempts": self.max_attempts,
+        })
+    }
+
+    /// An action from its [`AsyncAction::spec`].
+    pub fn from_spec(spec: &Value) -> Result<Self, ActionsError> {
+        let name = spec["name"].as_str().unwrap_or_default();
+        Self::new(
+            name,
+            spec["permission"].as_str().map(str::to_owned),
+            Some(&spec["schema"]).filter(|s| !s.is_null()),
+            spec["lease_timeout_ms"].as_u64(),
+            spec["max_attempts"]
+                .as_u64()
+                .and_then(|m| u32::try_from(m).ok()),
+        )
     }
 
     /// Checks `payload` against the action's schema.

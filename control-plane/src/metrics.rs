@@ -55,6 +55,13 @@ pub struct MessageLabels {
     pub outcome: &'static str,
 }
 
+/// Label: a Management API endpoint.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    /// A Management API endpoint (one per API stage: few).
+    pub endpoint: String,
+}
+
 /// Label: which limit.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabel {
@@ -193,6 +200,9 @@ pub struct Metrics {
     pub store_errors: Family<OperationLabel, Counter>,
     /// `streamer_reconcile_removed_total`
     pub reconcile_removed: Counter,
+    /// `streamer_endpoint_failures_total{endpoint}`: Management API calls
+    /// and reconcile checks that could not reach their endpoint
+    pub endpoint_failures: Family<EndpointLabel, Counter>,
     /// `streamer_requests_total{outcome}`: accepted, completed, failed, cancelled, retried
     pub requests: Family<OutcomeLabel, Counter>,
     /// `streamer_delivery_concurrency`: Management API calls allowed in flight
@@ -233,6 +243,7 @@ impl Metrics {
             store_duration: Family::new_with_constructor(LatencyBuckets),
             store_errors: Family::default(),
             reconcile_removed: Counter::default(),
+            endpoint_failures: Family::default(),
             requests: Family::default(),
             processors: Gauge::default(),
             delivery_concurrency: Gauge::default(),
@@ -331,6 +342,11 @@ impl Metrics {
             "streamer_delivery_concurrency",
             "Management API calls allowed in flight now (halves on 429, grows back one per window of successes)",
             m.delivery_concurrency.clone(),
+        );
+        registry.register(
+            "streamer_endpoint_failures",
+            "Management API calls and reconcile checks that could not reach their endpoint (timeouts, refused connections, 5xx)",
+            m.endpoint_failures.clone(),
         );
         registry.register(
             "streamer_processors",

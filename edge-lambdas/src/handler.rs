@@ -4,6 +4,10 @@
 
 use std::{
     collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -50,7 +54,8 @@ impl Route {
 /// Handles events with one control-plane client.
 #[derive(Debug, Clone)]
 pub struct EdgeHandler {
-    client: EdgeClient,
+    clients: Arc<[EdgeClient]>,
+    next: Arc<AtomicUsize>,
     management_endpoint: Option<String>,
     call_timeout: Duration,
 }
@@ -72,6 +77,14 @@ fn json_headers() -> HeaderMap {
     headers
 }
 
+/// Whether a failed call never reached the control plane (no connection
+/// could be made), so another replica may take it.
+fn never_arrived(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && (status.message().contains("tcp connect error")
+            || status.message().contains("Connection refused"))
+}
+
 fn unavailable() -> FrameError {
     FrameError::new(
         ErrorCode::ServiceUnavailable,
@@ -85,11 +98,44 @@ impl EdgeHandler {
     /// (`https://{domainName}/{stage}`), e.g. for custom domains or the
     /// local emulator.
     pub fn new(client: EdgeClient, management_endpoint: Option<String>) -> Self {
+        Self::spread(vec![client], management_endpoint)
+    }
+
+    /// A handler spreading its events over several control-plane replicas,
+    /// each event to the next, as independent Lambda instances behind one
+    /// API do (one connection's events reach different replicas).
+    pub fn spread(clients: Vec<EdgeClient>, management_endpoint: Option<String>) -> Self {
+        assert!(!clients.is_empty(), "at least one control-plane client");
         Self {
-            client,
+            clients: clients.into(),
+            next: Arc::new(AtomicUsize::new(0)),
             management_endpoint,
             call_timeout: CALL_TIMEOUT,
         }
+    }
+
+    /// The client for the next event.
+    fn client(&self) -> EdgeClient {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        self.clients[i].clone()
+    }
+
+    /// Makes one call on the next replica; when that replica cannot be
+    /// reached at all (the call never got there), on the one after, as a
+    /// load balancer would route around a dead target.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
+    where
+        F: Fn(EdgeClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut last = None;
+        for _ in 0..self.clients.len() {
+            match call(self.client()).await {
+                Err(status) if never_arrived(&status) => last = Some(status),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| tonic::Status::unavailable("no control plane")))
     }
 
     /// The same handler, for a client whose calls give up after
@@ -161,7 +207,13 @@ impl EdgeHandler {
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
         };
         let connection_id = request.connection_id.clone();
-        match self.client.clone().connect(inject(request)).await {
+        let called = self
+            .call(|mut client| {
+                let request = request.clone();
+                async move { client.connect(inject(request)).await }
+            })
+            .await;
+        match called {
             Ok(reply) => {
                 let reply = reply.into_inner();
                 if reply.accepted {
@@ -212,7 +264,7 @@ impl EdgeHandler {
             reason: "connect failed at the edge".into(),
             ..Default::default()
         };
-        let mut client = self.client.clone();
+        let mut client = self.client();
         match tokio::time::timeout(COMPENSATE_TIMEOUT, client.disconnect(inject(request))).await {
             Ok(Ok(_)) => tracing::info!(connection_id, "forgot the connection of a failed connect"),
             _ => tracing::warn!(
@@ -238,7 +290,13 @@ impl EdgeHandler {
             reason: ctx.disconnect_reason.clone().unwrap_or_default(),
             api_request_id: ctx.request_id.clone().unwrap_or_default(),
         };
-        match self.client.clone().disconnect(inject(request)).await {
+        let called = self
+            .call(|mut client| {
+                let request = request.clone();
+                async move { client.disconnect(inject(request)).await }
+            })
+            .await;
+        match called {
             Ok(_) => response(200, None, HeaderMap::new()),
             Err(status) => {
                 tracing::error!(code = ?status.code(), message = status.message(), "control plane disconnect call failed");
@@ -260,7 +318,13 @@ impl EdgeHandler {
             is_base64_encoded: event.is_base64_encoded,
             api_request_id: ctx.request_id.clone().unwrap_or_default(),
         };
-        match self.client.clone().route(inject(request)).await {
+        let called = self
+            .call(|mut client| {
+                let request = request.clone();
+                async move { client.route(inject(request)).await }
+            })
+            .await;
+        match called {
             Ok(reply) => response(200, reply.into_inner().reply, HeaderMap::new()),
             Err(status) => {
                 tracing::error!(code = ?status.code(), message = status.message(), "control plane route call failed");

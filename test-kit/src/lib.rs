@@ -10,6 +10,7 @@
 
 pub mod dev;
 pub mod faults;
+pub mod fleet;
 pub mod grpc;
 pub mod history;
 pub mod moto;

@@ -19,6 +19,13 @@ pub fn lines(stack: &DevStack) -> Vec<String> {
         ),
         format!("  grpc:            {}", ready.grpc),
     ];
+    if ready.replicas.len() > 1 {
+        let all: Vec<String> = ready.replicas.iter().map(ToString::to_string).collect();
+        out.push(format!(
+            "  replicas:        {} (one store; the gateway sends each event to the next)",
+            all.join(", ")
+        ));
+    }
     if let Some(metrics) = ready.metrics {
         out.push(format!("  metrics:         http://{metrics}/metrics"));
     }

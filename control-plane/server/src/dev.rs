@@ -45,6 +45,8 @@ pub struct Ready {
     pub stage: String,
     /// `/metrics` address, when enabled.
     pub metrics: Option<SocketAddr>,
+    /// Every replica's gRPC address (`grpc` is the first).
+    pub replicas: Vec<SocketAddr>,
 }
 
 /// A running control plane plus gateway emulator.
@@ -63,7 +65,7 @@ pub struct DevStack {
     /// The private key file, when the signing key is `dev`'s own.
     pub private_key: Option<std::path::PathBuf>,
     stop: watch::Sender<bool>,
-    grpc_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    grpc_tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     gateway_task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -73,7 +75,9 @@ impl DevStack {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         self.gateway_task.await?.context("gateway failed")?;
-        self.grpc_task.await?.context("grpc server failed")?;
+        for task in self.grpc_tasks {
+            task.await?.context("grpc server failed")?;
+        }
         Ok(())
     }
 }
@@ -168,8 +172,20 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         local_sdk_config(&options.credentials).await,
         config.delivery.clone(),
     ));
-    let app = App::build(&config, Some(&jwt), delivery).await?;
-    let grpc_listener = bind(config.server.grpc_addr, "gRPC", &settings::GRPC_ADDR).await?;
+    // One App per replica, each with its own store clients and caches, as
+    // separate processes would have; they share only the store.
+    let mut apps = Vec::with_capacity(config.dev.replicas);
+    let mut grpc_listeners = Vec::with_capacity(config.dev.replicas);
+    for i in 0..config.dev.replicas {
+        apps.push(App::build(&config, Some(&jwt), delivery.clone()).await?);
+        let addr = if i == 0 {
+            config.server.grpc_addr
+        } else {
+            SocketAddr::new(config.server.grpc_addr.ip(), 0)
+        };
+        grpc_listeners.push(bind(addr, "gRPC", &settings::GRPC_ADDR).await?);
+    }
+    let app = apps[0].clone();
     let gateway_listener =
         bind(config.gateway.addr, "the gateway", &settings::GATEWAY_ADDR).await?;
     raise_open_file_limit();
@@ -181,17 +197,24 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         .as_ref()
         .map(TcpListener::local_addr)
         .transpose()?;
-    let grpc_addr = grpc_listener.local_addr()?;
+    let replicas = grpc_listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<Result<Vec<_>, _>>()?;
+    let grpc_addr = replicas[0];
     let gateway_addr = gateway_listener.local_addr()?;
     let stage = config.gateway.stage.clone();
 
-    let control_plane_url = config
-        .gateway
-        .control_plane_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{grpc_addr}"));
-    let handler = EdgeHandler::new(
-        edge_client_with_timeout(&control_plane_url, &edge_token, config.gateway.edge_timeout)?,
+    let control_plane_urls = match &config.gateway.control_plane_url {
+        Some(url) => vec![url.clone()],
+        None => replicas.iter().map(|a| format!("http://{a}")).collect(),
+    };
+    let clients = control_plane_urls
+        .iter()
+        .map(|url| edge_client_with_timeout(url, &edge_token, config.gateway.edge_timeout))
+        .collect::<Result<Vec<_>, _>>()?;
+    let handler = EdgeHandler::spread(
+        clients,
         Some(
             config
                 .gateway
@@ -207,7 +230,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let grpc_task = tokio::spawn(app.clone().serve(grpc_listener, stopped(stop_rx.clone())));
+    let grpc_tasks = apps
+        .into_iter()
+        .zip(grpc_listeners)
+        .map(|(app, listener)| tokio::spawn(app.serve(listener, stopped(stop_rx.clone()))))
+        .collect();
     let gateway_task = tokio::spawn(gateway.serve(gateway_listener, stopped(stop_rx.clone())));
     if let Some(listener) = metrics_listener {
         tokio::spawn(streamer_control_plane::metrics::serve(
@@ -240,13 +267,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
             gateway: gateway_addr,
             stage,
             metrics: metrics_addr,
+            replicas,
         },
         admin_token,
         admin_token_made,
         sample_token,
         private_key,
         stop,
-        grpc_task,
+        grpc_tasks,
         gateway_task,
     })
 }

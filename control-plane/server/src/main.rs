@@ -42,7 +42,12 @@ enum Command {
     Serve,
     /// Run the control plane with the embedded store plus the local API
     /// Gateway emulator, on loopback.
-    Dev,
+    Dev {
+        /// Run this many control-plane replicas behind the one gateway
+        /// (needs STREAMER_STORE=dynamodb; also STREAMER_DEV_REPLICAS).
+        #[arg(long)]
+        replicas: Option<usize>,
+    },
     /// Manage the DynamoDB tables (for local use and tests; production
     /// tables come from deploy/).
     Tables {
@@ -69,10 +74,16 @@ fn main() -> ExitCode {
     streamer_control_plane::metrics::set_heap_meter(heap_bytes);
     let cli = Cli::parse();
     let production = matches!(cli.command, Command::Serve);
-    let config = match Config::from_process_env(cli.config, production) {
+    let mut config = match Config::from_process_env(cli.config, production) {
         Ok(config) => config,
         Err(err) => return config_error(&err),
     };
+    if let Command::Dev {
+        replicas: Some(replicas),
+    } = cli.command
+    {
+        config.dev.replicas = replicas.max(1);
+    }
     // Everything that can be wrong with the configuration is reported (exit
     // 2) before any AWS lookup or port.
     if let Err(err) = check(&config) {
@@ -98,7 +109,7 @@ fn main() -> ExitCode {
         let telemetry =
             streamer_telemetry::init(config.server.log_format, "streamer-control-plane");
         let result = match cli.command {
-            Command::Dev => streamer_server::dev::run(config).await,
+            Command::Dev { .. } => streamer_server::dev::run(config).await,
             Command::Serve => serve(config).await,
             Command::Tables {
                 command: TablesCommand::Create,
@@ -133,6 +144,14 @@ fn check(config: &Config) -> Result<(), ConfigError> {
     }
     if let Err(err) = streamer_control_plane::actions::Actions::new(&config.actions) {
         problems.push(format!("invalid value for actions: {err}"));
+    }
+    if config.dev.replicas > 1
+        && config.store.kind != streamer_control_plane::config::StoreKind::DynamoDb
+    {
+        problems.push(format!(
+            "invalid value for STREAMER_DEV_REPLICAS / --replicas: {} replicas share state through the store; set STREAMER_STORE=dynamodb",
+            config.dev.replicas
+        ));
     }
     if problems.is_empty() {
         Ok(())

@@ -41,6 +41,7 @@ fn report_proto(r: ReconcileReport) -> v1::ReconcileReport {
         counters_fixed: r.repair.counters_fixed,
         orphans_removed: r.repair.orphans_removed,
         memberships_restored: r.repair.memberships_restored,
+        skipped: r.skipped,
     }
 }
 

@@ -217,6 +217,16 @@ impl ProcessorService for ProcessorApi {
             tx,
         );
         tokio::spawn(self.jobs.clone().dispatch(session.clone()));
+        let specs: Vec<(String, serde_json::Value)> = session
+            .actions()
+            .iter()
+            .filter_map(|name| match self.actions.resolve(name) {
+                Ok(crate::actions::Resolved::Async(action)) => Some((name.clone(), action.spec())),
+                _ => None,
+            })
+            .collect();
+        self.jobs.publish_actions(&specs).await;
+        tokio::spawn(self.jobs.clone().keep_published(session.clone(), specs));
         let jobs = self.jobs.clone();
         tokio::spawn(async move {
             loop {

@@ -40,6 +40,7 @@ use crate::{
     },
     registry::Registry,
     requests::{Jobs, JobsParts},
+    store::lease::DynamoLease,
     streams::Streams,
 };
 
@@ -163,13 +164,25 @@ impl App {
         }));
         Ok(Self {
             control,
-            reconciler: Arc::new(Reconciler::new(
-                registry.clone(),
-                delivery,
-                clock,
-                config.reconcile.idle_threshold,
-                config.delivery.connecting_grace,
-            )),
+            reconciler: Arc::new({
+                let reconciler = Reconciler::new(
+                    registry.clone(),
+                    delivery,
+                    clock,
+                    config.reconcile.idle_threshold,
+                    config.delivery.connecting_grace,
+                )
+                .with_unreachable_after(config.reconcile.unreachable_after);
+                match &stores.dynamodb {
+                    Some(client) => reconciler.with_lease(Arc::new(DynamoLease::new(
+                        client.clone(),
+                        &config.store.rate_limits_table,
+                        "reconcile",
+                        &uuid::Uuid::new_v4().simple().to_string(),
+                    ))),
+                    None => reconciler,
+                }
+            }),
             registry,
             broadcaster,
             groups,
@@ -265,6 +278,7 @@ impl App {
 
         let mut background = tokio::task::JoinSet::new();
         background.spawn(self.jobs.clone().run_sweeper());
+        background.spawn(self.jobs.clone().run_cancel_watch());
         if let Some(rx) = self.departures.lock().ok().and_then(|mut rx| rx.take()) {
             background.spawn(self.presence.clone().run_departures(rx));
         }

@@ -244,6 +244,8 @@ pub struct ReconcileConfig {
     pub interval: Duration,
     /// Rows idle longer than this are checked with the gateway.
     pub idle_threshold: Duration,
+    /// Rows whose endpoint failed every check for this long are removed.
+    pub unreachable_after: Duration,
 }
 
 impl ReconcileConfig {
@@ -251,6 +253,7 @@ impl ReconcileConfig {
         Self {
             interval: secs(src.get(&s::RECONCILE_INTERVAL_SECS)),
             idle_threshold: secs(src.get(&s::RECONCILE_IDLE_SECS)),
+            unreachable_after: secs(src.get(&s::RECONCILE_UNREACHABLE_SECS)),
         }
     }
 }

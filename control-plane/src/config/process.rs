@@ -310,6 +310,9 @@ pub struct DevConfig {
     pub demo_processor: bool,
     /// How long a demo request takes.
     pub demo_duration: Duration,
+    /// Control-plane replicas `dev` runs behind its one gateway (more than
+    /// one needs the DynamoDB store, which they share).
+    pub replicas: usize,
 }
 
 impl DevConfig {
@@ -320,6 +323,7 @@ impl DevConfig {
                 .unwrap_or_else(|| PathBuf::from(".build/dev")),
             demo_processor: src.opt(&s::DEMO_PROCESSOR).unwrap_or(true),
             demo_duration: millis(src.get(&s::DEMO_DURATION_MS)),
+            replicas: src.at_least(&s::DEV_REPLICAS, 1),
         }
     }
 }

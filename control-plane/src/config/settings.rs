@@ -102,6 +102,7 @@ settings! {
     TOUCH_INTERVAL_SECS = (Some("STREAMER_TOUCH_INTERVAL_SECS"), Some("store.touch_interval_secs"), "60", None, "refresh `last_seen` at most this often per connection");
     RECONCILE_INTERVAL_SECS = (Some("STREAMER_RECONCILE_INTERVAL_SECS"), Some("reconcile.interval_secs"), "300", None, "stale-connection reconcile period; `0` turns it off");
     RECONCILE_IDLE_SECS = (Some("STREAMER_RECONCILE_IDLE_SECS"), Some("reconcile.idle_secs"), "900", None, "rows idle longer than this are checked with the gateway");
+    RECONCILE_UNREACHABLE_SECS = (Some("STREAMER_RECONCILE_UNREACHABLE_SECS"), Some("reconcile.unreachable_secs"), "900", None, "rows whose Management API endpoint failed every reconcile check (refused, hung, 5xx) for this long are removed, their departure announced");
     MAX_GROUPS_PER_CONNECTION = (Some("STREAMER_MAX_GROUPS_PER_CONNECTION"), Some("groups.max_per_connection"), "128", None, "most groups one connection may be in");
     GROUP_JOIN_PERMISSION = (Some("STREAMER_GROUP_JOIN_PERMISSION"), Some("groups.join_permission"), "group:join:{group}", None, "permission a token needs to `join` (`{group}` is the name; a granted `prefix*` matches)");
     PRESENCE_GROUPS = (Some("STREAMER_PRESENCE_GROUPS"), Some("groups.presence"), "", Some("none"), "groups (names or `prefix*`, comma separated) whose members get presence frames");
@@ -116,6 +117,7 @@ settings! {
     ACTIONS = (None, Some("actions"), "", Some("none"), "`[[actions]]` tables: `name`, `mode` (`sync` / `async`), `handler`, `permission`, `schema`, `lease_timeout_ms`, `max_attempts`");
     STATE_DIR = (Some("STREAMER_STATE_DIR"), Some("dev.state_dir"), ".build/dev", None, "`dev`: where the signing key, its private half (for `streamerctl token`) and the gRPC tokens are kept across restarts");
     DEMO_PROCESSOR = (Some("STREAMER_DEMO_PROCESSOR"), Some("dev.demo_processor"), "true", None, "`dev`: run the in-process demo processor (`echo_async`, `generate_report`)");
+    DEV_REPLICAS = (Some("STREAMER_DEV_REPLICAS"), Some("dev.replicas"), "1", None, "`dev`: control-plane replicas behind the one gateway, each event to the next (also `dev --replicas N`); more than one needs `STREAMER_STORE=dynamodb`");
     DEMO_DURATION_MS = (Some("STREAMER_DEMO_DURATION_MS"), Some("dev.demo_duration_ms"), "3000", None, "`dev`: how long a demo request takes");
 }
 

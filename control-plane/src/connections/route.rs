@@ -153,6 +153,10 @@ impl ControlPlane {
             }
         };
         tracing::Span::current().record("request_id", envelope.request_id.as_str());
+        // An action only another replica's processors serve yet.
+        if self.actions.resolve(&envelope.action).is_err() {
+            self.jobs.discover(&self.actions, &envelope.action).await;
+        }
         // Only declared actions become label values, never client text.
         let action = if self.actions.resolve(&envelope.action).is_ok() {
             envelope.action.as_str()

@@ -226,6 +226,53 @@ pub struct Fanout {
     limit: AdaptiveLimit,
     budget: Option<TokenBucket>,
     config: DeliveryConfig,
+    health: Arc<EndpointHealth>,
+}
+
+/// Consecutive unreachable calls (timeouts, refused connections, 5xx, with
+/// no success in between) after which an endpoint's calls fail fast.
+const TRIP_AFTER: u32 = 10;
+/// How long they fail fast before one call is let through again.
+const OPEN_FOR: Duration = Duration::from_secs(5);
+
+/// Which endpoints are unreachable now: a circuit breaker per endpoint, so a
+/// send to a hung gateway ends after one call timeout instead of every
+/// recipient waiting out every attempt, and other endpoints are unaffected.
+#[derive(Debug, Default)]
+pub struct EndpointHealth {
+    circuits: dashmap::DashMap<Arc<str>, (u32, Option<Instant>)>,
+}
+
+impl EndpointHealth {
+    /// Whether calls to `endpoint` may go out now.
+    pub fn allows(&self, endpoint: &Arc<str>) -> bool {
+        self.circuits
+            .get(endpoint)
+            .is_none_or(|c| c.1.is_none_or(|until| Instant::now() >= until))
+    }
+
+    /// Records what a call to `endpoint` gave.
+    pub fn record(&self, endpoint: &Arc<str>, attempt: Attempt) {
+        if attempt != Attempt::Retryable {
+            if self.circuits.contains_key(endpoint) {
+                self.circuits.remove(endpoint);
+            }
+            return;
+        }
+        metrics()
+            .endpoint_failures
+            .get_or_create(&crate::metrics::EndpointLabel {
+                endpoint: endpoint.to_string(),
+            })
+            .inc();
+        let mut circuit = self.circuits.entry(endpoint.clone()).or_insert((0, None));
+        circuit.0 += 1;
+        let open = circuit.1.is_some_and(|until| Instant::now() < until);
+        if circuit.0 >= TRIP_AFTER && !open {
+            circuit.1 = Some(Instant::now() + OPEN_FOR);
+            tracing::warn!(endpoint = %endpoint, failures = circuit.0, "management endpoint unreachable; its calls fail fast for {OPEN_FOR:?}");
+        }
+    }
 }
 
 impl std::fmt::Debug for Fanout {
@@ -258,6 +305,7 @@ impl Fanout {
             limit: AdaptiveLimit::new(config.concurrency),
             budget,
             config,
+            health: Arc::new(EndpointHealth::default()),
         }
     }
 
@@ -407,12 +455,18 @@ impl Fanout {
             let id = slots[i].connection_id.clone();
             let frame = frame.clone();
             let call_timeout = self.config.call_timeout;
+            let health = self.health.clone();
             in_flight.spawn(async move {
                 let started = Instant::now();
+                if !health.allows(&endpoint.raw) {
+                    drop(permit);
+                    return (i, Attempt::Done(Outcome::Failed), started.elapsed());
+                }
                 let attempt =
                     tokio::time::timeout(call_timeout, delivery.post(&endpoint, &id, &frame))
                         .await
                         .unwrap_or(Attempt::Retryable);
+                health.record(&endpoint.raw, attempt);
                 drop(permit);
                 (i, attempt, started.elapsed())
             });

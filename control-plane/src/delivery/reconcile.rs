@@ -5,8 +5,14 @@
 //! refreshed so it is not checked again until it idles once more. Then the
 //! registry repairs its derived state (tenant counters, membership index
 //! items), so an outage's drift is gone after one pass.
+//!
+//! A row whose endpoint cannot be reached at all (refused, hung, 5xx) is
+//! kept while the endpoint may come back, and removed once the endpoint has
+//! failed every check for `unreachable_after`: its departure is announced
+//! and its tenant slot freed. With several replicas, one reconcile runs at a
+//! time (a lease in the store), so removals are counted once.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures_util::{StreamExt, stream};
 use tokio::sync::Mutex;
@@ -14,8 +20,13 @@ use tokio::sync::Mutex;
 use super::Delivery;
 use crate::{
     clock::Clock,
+    metrics::{EndpointLabel, metrics},
     registry::{Registry, RegistryError, Repair},
+    store::lease::Lease,
 };
+
+/// How long one reconcile run may hold the fleet-wide lease.
+const LEASE_TTL: Duration = Duration::from_secs(300);
 
 /// Most rows checked in one run (the rest wait for the next run).
 const MAX_PER_RUN: usize = 10_000;
@@ -36,6 +47,8 @@ pub struct ReconcileReport {
     pub errors: u32,
     /// What the registry's repair found and fixed.
     pub repair: Repair,
+    /// Another replica holds the reconcile lease: this run did nothing.
+    pub skipped: bool,
     /// When the run started, ms since the epoch.
     pub started_at_ms: i64,
     /// How long it took.
@@ -49,6 +62,10 @@ pub struct Reconciler {
     clock: Clock,
     idle_threshold: Duration,
     connecting_grace: Duration,
+    unreachable_after: Duration,
+    /// Endpoints failing every check, since when (ms).
+    failing: std::sync::Mutex<HashMap<Arc<str>, i64>>,
+    lease: Option<Arc<dyn Lease>>,
     last: Mutex<Option<ReconcileReport>>,
     running: Mutex<()>,
 }
@@ -83,9 +100,25 @@ impl Reconciler {
             clock,
             idle_threshold,
             connecting_grace,
+            unreachable_after: Duration::from_secs(900),
+            failing: std::sync::Mutex::new(HashMap::new()),
+            lease: None,
             last: Mutex::new(None),
             running: Mutex::new(()),
         }
+    }
+
+    /// Rows on an endpoint that failed every check for this long are
+    /// removed (default 15 minutes).
+    pub fn with_unreachable_after(mut self, after: Duration) -> Self {
+        self.unreachable_after = after;
+        self
+    }
+
+    /// One run at a time across the fleet, through `lease`.
+    pub fn with_lease(mut self, lease: Arc<dyn Lease>) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     /// The last run's report, if any run happened.
@@ -98,6 +131,65 @@ impl Reconciler {
         let _one_at_a_time = self.running.lock().await;
         let started = tokio::time::Instant::now();
         let now = self.clock.now_ms();
+        if let Some(lease) = &self.lease {
+            match lease.acquire(LEASE_TTL, now).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!("another replica is reconciling; this run is skipped");
+                    return Ok(ReconcileReport {
+                        skipped: true,
+                        started_at_ms: now,
+                        ..Default::default()
+                    });
+                }
+                Err(err) => return Err(RegistryError::Unavailable(err)),
+            }
+        }
+        let result = self.pass(started, now).await;
+        if let Some(lease) = &self.lease {
+            lease.release().await;
+        }
+        result
+    }
+
+    /// Rows whose endpoint `endpoint` answered: it is reachable again.
+    fn reached(&self, endpoint: &Arc<str>) {
+        if let Ok(mut failing) = self.failing.lock() {
+            failing.remove(endpoint);
+        }
+    }
+
+    /// A check of a row on `endpoint` failed; whether the endpoint has now
+    /// been unreachable for longer than `unreachable_after`.
+    fn unreachable(&self, endpoint: &Arc<str>, now: i64) -> bool {
+        metrics()
+            .endpoint_failures
+            .get_or_create(&EndpointLabel {
+                endpoint: endpoint.to_string(),
+            })
+            .inc();
+        let Ok(mut failing) = self.failing.lock() else {
+            return false;
+        };
+        let since = *failing.entry(endpoint.clone()).or_insert(now);
+        now.saturating_sub(since) >= crate::clock::ms(self.unreachable_after)
+    }
+
+    fn unreachable_since_long(&self, endpoint: &Arc<str>, now: i64) -> bool {
+        self.failing
+            .lock()
+            .ok()
+            .and_then(|f| f.get(endpoint).copied())
+            .is_some_and(|since| {
+                now.saturating_sub(since) >= crate::clock::ms(self.unreachable_after)
+            })
+    }
+
+    async fn pass(
+        &self,
+        started: tokio::time::Instant,
+        now: i64,
+    ) -> Result<ReconcileReport, RegistryError> {
         let threshold = i64::try_from(self.idle_threshold.as_millis()).unwrap_or(i64::MAX);
         let candidates = self
             .registry
@@ -112,11 +204,21 @@ impl Reconciler {
                 let gone = if row.expired(now) {
                     Ok(true)
                 } else {
-                    self.delivery.is_connected(&row.endpoint, &row.connection_id).await.map(|alive| !alive)
+                    match self.delivery.is_connected(&row.endpoint, &row.connection_id).await {
+                        Ok(alive) => {
+                            self.reached(&row.endpoint);
+                            Ok(!alive)
+                        }
+                        Err(err) if self.unreachable(&row.endpoint, now) => {
+                            tracing::warn!(connection_id = %row.connection_id, endpoint = %row.endpoint, error = %err, "management endpoint unreachable for longer than the limit; removing its rows");
+                            Ok(true)
+                        }
+                        Err(err) => Err(err),
+                    }
                 };
                 match gone {
                     // Still inside its `$connect`: the gateway does not know it yet.
-                    Ok(true) if !row.expired(now) && !super::gone_for_good(row.connected_at_ms, now, self.connecting_grace) => {
+                    Ok(true) if !row.expired(now) && !super::gone_for_good(row.connected_at_ms, now, self.connecting_grace) && !self.unreachable_since_long(&row.endpoint, now) => {
                         Verdict::Alive
                     }
                     Ok(true) => match self.registry.remove(&row.connection_id).await {
@@ -219,5 +321,63 @@ mod tests {
             1
         );
         assert_eq!(reconciler.last().await, Some(report));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rows_on_an_endpoint_unreachable_past_the_limit_are_removed() {
+        let clock = Clock::new();
+        let registry = Arc::new(MemoryRegistry::with_ttl(Ttl::default(), clock));
+        let gateway = Arc::new(FakeGateway::new());
+        for id in ["a", "b"] {
+            let mut row = sample(id, "acme", "u");
+            row.connected_at_ms = clock.now_ms();
+            row.last_seen_ms = clock.now_ms();
+            registry.insert(row, 0).await.expect("insert");
+            gateway.open(id);
+        }
+        gateway.set_unreachable(true);
+        let reconciler = Reconciler::new(
+            registry.clone(),
+            gateway.clone(),
+            clock,
+            Duration::ZERO,
+            Duration::from_secs(10),
+        )
+        .with_unreachable_after(Duration::from_secs(120));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let report = reconciler.run_once().await.expect("run");
+        assert_eq!(
+            (report.errors, report.removed),
+            (2, 0),
+            "kept while it may come back"
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let report = reconciler.run_once().await.expect("run");
+        assert_eq!((report.errors, report.removed), (2, 0));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let report = reconciler.run_once().await.expect("run");
+        assert_eq!(
+            (report.errors, report.removed),
+            (0, 2),
+            "unreachable past the limit"
+        );
+        assert_eq!(
+            registry
+                .count(&Scope::Tenant("acme".into()))
+                .await
+                .expect("count"),
+            0,
+            "the tenant's slots are free"
+        );
+
+        // An endpoint that answers again starts its clock over.
+        let mut row = sample("c", "acme", "u");
+        row.connected_at_ms = clock.now_ms();
+        registry.insert(row, 0).await.expect("insert");
+        gateway.open("c");
+        gateway.set_unreachable(false);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let report = reconciler.run_once().await.expect("run");
+        assert_eq!((report.alive, report.removed), (1, 0));
     }
 }

@@ -12,7 +12,7 @@ pub mod retry;
 pub mod session;
 mod sweeper;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use dashmap::DashMap;
 use serde_json::Value;
@@ -32,6 +32,14 @@ use crate::{
     metrics::{OutcomeLabel, metrics},
     registry::Registry,
 };
+
+/// How often a replica looks for cancels of its processors' work received
+/// by other replicas.
+pub const CANCEL_POLL: Duration = Duration::from_millis(250);
+/// How often a connected processor's actions are published again.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(60);
+/// How long an unknown action name is remembered as unknown.
+const MISS_TTL: Duration = Duration::from_secs(5);
 
 fn count(outcome: &'static str) {
     metrics()
@@ -67,6 +75,7 @@ pub struct Jobs {
     work_available: Notify,
     relays: DashMap<(String, String), mpsc::UnboundedSender<Outgoing>>,
     sessions: DashMap<String, Arc<Session>>,
+    misses: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl std::fmt::Debug for Jobs {
@@ -106,6 +115,7 @@ impl Jobs {
             work_available: Notify::new(),
             relays: DashMap::new(),
             sessions: DashMap::new(),
+            misses: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -159,28 +169,54 @@ impl Jobs {
         Ok(())
     }
 
-    /// Cancels a request: the processor holding it hears of it, and the
-    /// other subscribers get the final frame.
+    /// Cancels a request: the processor holding it hears of it (at once on
+    /// this replica; within [`CANCEL_POLL`] from the replica serving it,
+    /// which polls the store), and the other subscribers get the final
+    /// frame.
     pub async fn cancel(
         &self,
         tenant_id: &str,
         request_id: &str,
         by: Option<&str>,
     ) -> Result<Request, QueueError> {
-        let before = self
-            .queue
-            .get(tenant_id, request_id)
-            .await?
-            .ok_or(QueueError::NotFound)?;
-        let cancelled = self
-            .queue
-            .cancel(tenant_id, request_id, self.now_ms())
-            .await?;
+        let mut attempt = 0;
+        let cancelled = loop {
+            attempt += 1;
+            let before = self
+                .queue
+                .get(tenant_id, request_id)
+                .await?
+                .ok_or(QueueError::NotFound)?;
+            if before.status.is_final() {
+                return Err(QueueError::Conflict {
+                    status: before.status.as_str(),
+                });
+            }
+            // Conditioned on the holder just read: a lease taken meanwhile
+            // makes it read again, so the right processor is told.
+            match self
+                .queue
+                .cancel(
+                    tenant_id,
+                    request_id,
+                    before.lease_owner.as_deref(),
+                    self.now_ms(),
+                )
+                .await
+            {
+                Ok(cancelled) => break cancelled,
+                Err(QueueError::Conflict { .. }) if attempt < 5 => continue,
+                Err(err) => return Err(err),
+            }
+        };
         count("cancelled");
-        if let Some(owner) = before.lease_owner.as_deref()
+        if let Some(owner) = cancelled.cancel_owner.as_deref()
             && let Some(session) = self.sessions.get(owner).map(|s| s.clone())
         {
             session.cancel(tenant_id, request_id).await;
+            if let Err(err) = self.queue.cancel_told(tenant_id, request_id, owner).await {
+                tracing::warn!(error = %err, "cannot record that the processor was told of a cancel");
+            }
         }
         let others = cancelled
             .subscribers
@@ -196,6 +232,97 @@ impl Jobs {
             },
         );
         Ok(cancelled)
+    }
+
+    /// Publishes the actions a processor here serves, so a request for them
+    /// is accepted by whichever replica the client's frame reaches.
+    pub async fn publish_actions(&self, specs: &[(String, Value)]) {
+        let until = self.now_ms() + crate::clock::ms(PUBLISH_EVERY * 3);
+        for (name, spec) in specs {
+            if let Err(err) = self.queue.publish_action(name, spec, until).await {
+                tracing::warn!(action = %name, error = %err, "cannot publish an action to the fleet");
+            }
+        }
+    }
+
+    /// Publishes them again every [`PUBLISH_EVERY`] while `session` stays
+    /// connected.
+    pub async fn keep_published(
+        self: Arc<Self>,
+        session: Arc<Session>,
+        specs: Vec<(String, Value)>,
+    ) {
+        loop {
+            tokio::time::sleep(PUBLISH_EVERY).await;
+            if session.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            self.publish_actions(&specs).await;
+        }
+    }
+
+    /// Looks up an action this replica does not know among those other
+    /// replicas' processors serve; registers it here when found. Misses
+    /// are remembered for a few seconds, so unknown names cost at most one
+    /// store read per name per [`MISS_TTL`].
+    pub async fn discover(&self, actions: &crate::actions::Actions, name: &str) -> bool {
+        let now = self.now_ms();
+        if let Ok(misses) = self.misses.lock()
+            && misses.get(name).is_some_and(|until| *until > now)
+        {
+            return false;
+        }
+        let found = match self.queue.published_action(name, now).await {
+            Ok(Some(spec)) => crate::actions::AsyncAction::from_spec(&spec)
+                .ok()
+                .is_some_and(|action| actions.register_async(action).is_ok()),
+            Ok(None) => false,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot look up a published action");
+                return false;
+            }
+        };
+        if !found && let Ok(mut misses) = self.misses.lock() {
+            if misses.len() > 10_000 {
+                misses.clear();
+            }
+            misses.insert(name.to_owned(), now + crate::clock::ms(MISS_TTL));
+        }
+        found
+    }
+
+    /// Tells this replica's processors of cancels received by other
+    /// replicas: every [`CANCEL_POLL`], one store query per session that
+    /// holds work. Runs until the task is dropped.
+    pub async fn run_cancel_watch(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(CANCEL_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for session in self.sessions() {
+                if session.held().is_empty() {
+                    continue;
+                }
+                let cancels = match self.queue.cancels_for(&session.id).await {
+                    Ok(cancels) => cancels,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot look for cancels");
+                        continue;
+                    }
+                };
+                for (tenant_id, request_id) in cancels {
+                    tracing::info!(session = %session.id, tenant_id, request_id, "cancel received by another replica");
+                    session.cancel(&tenant_id, &request_id).await;
+                    if let Err(err) = self
+                        .queue
+                        .cancel_told(&tenant_id, &request_id, &session.id)
+                        .await
+                    {
+                        tracing::warn!(error = %err, "cannot record that the processor was told of a cancel");
+                    }
+                }
+            }
+        }
     }
 
     /// Opens a processor session; its assignments go out on `tx`.

@@ -176,7 +176,7 @@ async fn a_report_for_a_cancelled_request_is_answered_with_the_cancellation() {
     assert_eq!(session.in_flight(), 1);
     // Cancelled behind this session's back (another replica did it).
     queue
-        .cancel("t", "r1", jobs.now_ms())
+        .cancel("t", "r1", Some(&session.id), jobs.now_ms())
         .await
         .expect("cancel");
     let progress = Report::Progress(ProgressState {
@@ -194,4 +194,39 @@ async fn a_report_for_a_cancelled_request_is_answered_with_the_cancellation() {
         Assignment::Cancelled { request_id, .. } if request_id == "r1"
     ));
     assert_eq!(session.in_flight(), 0, "the slot is free again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_received_by_another_replica_reaches_the_processor_within_the_poll() {
+    let Setup { jobs, queue, .. } = setup(Duration::from_secs(1));
+    jobs.submit(request(&jobs, "r1")).await.expect("submit");
+    let (tx, mut rx) = mpsc::channel(8);
+    let session = jobs.open_session("test", vec!["work".into()], None, 1, tx);
+    tokio::spawn(jobs.clone().dispatch(session.clone()));
+    tokio::spawn(jobs.clone().run_cancel_watch());
+    next_lease(&mut rx).await;
+    // Another replica cancels: only the store knows.
+    let started = tokio::time::Instant::now();
+    queue
+        .cancel("t", "r1", Some(&session.id), jobs.now_ms())
+        .await
+        .expect("cancel");
+    assert!(matches!(
+        next(&mut rx).await,
+        Assignment::Cancelled { request_id, .. } if request_id == "r1"
+    ));
+    assert!(
+        started.elapsed() <= super::CANCEL_POLL,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(session.in_flight(), 0, "the slot is free again");
+    assert!(
+        queue
+            .cancels_for(&session.id)
+            .await
+            .expect("cancels")
+            .is_empty(),
+        "told once"
+    );
 }

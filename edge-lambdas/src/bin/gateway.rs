@@ -3,7 +3,8 @@
 //! `streamer-control-plane dev` runs both in one process; this binary keeps
 //! them apart, e.g. to measure the control plane's memory alone.
 //!
-//! Environment: `STREAMER_CONTROL_PLANE_URL`, `STREAMER_EDGE_TOKEN`,
+//! Environment: `STREAMER_CONTROL_PLANE_URL` (a comma list spreads events
+//! over several replicas, each event to the next), `STREAMER_EDGE_TOKEN`,
 //! `STREAMER_GATEWAY_ADDR` (default `127.0.0.1:8080`), `STREAMER_STAGE`
 //! (default `local`), and the emulator's limits under the names `dev` reads
 //! (`STREAMER_GATEWAY_MAX_MESSAGE_BYTES`, `_MAX_FRAME_BYTES`,
@@ -105,10 +106,18 @@ async fn run() -> anyhow::Result<()> {
     let stage = var("STREAMER_STAGE").unwrap_or_else(|| "local".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     let local = listener.local_addr()?;
-    let handler = EdgeHandler::new(
-        edge_client(&url, &token)?,
-        Some(format!("http://{local}/{stage}")),
-    );
+    // A comma list spreads events over several replicas, as Lambda
+    // instances behind one API would.
+    let clients = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| edge_client(u, &token))
+        .collect::<Result<Vec<_>, _>>()?;
+    if clients.is_empty() {
+        anyhow::bail!("STREAMER_CONTROL_PLANE_URL names no address");
+    }
+    let handler = EdgeHandler::spread(clients, Some(format!("http://{local}/{stage}")));
     let options = options(&var, &stage)?;
     let gateway = Gateway::with_heap_meter(
         handler,

@@ -246,12 +246,13 @@ pub async fn cancel_and_subscribe(queue: &dyn RequestQueue, prefix: &str) {
         .await
         .expect("create");
     let cancelled = queue
-        .cancel(&tenant, "queued", NOW + 2)
+        .cancel(&tenant, "queued", None, NOW + 2)
         .await
         .expect("cancel");
     assert_eq!(cancelled.status, Status::Cancelled);
+    assert_eq!(cancelled.cancel_owner, None, "nobody held it");
     assert!(matches!(
-        queue.cancel(&tenant, "queued", NOW + 3).await,
+        queue.cancel(&tenant, "queued", None, NOW + 3).await,
         Err(QueueError::Conflict { .. })
     ));
     let leased = queue
@@ -263,10 +264,33 @@ pub async fn cancel_and_subscribe(queue: &dyn RequestQueue, prefix: &str) {
         leased.request_id, "running",
         "a cancelled request is never leased"
     );
-    queue
-        .cancel(&tenant, "running", NOW + 4)
+    assert!(
+        matches!(
+            queue.cancel(&tenant, "running", None, NOW + 4).await,
+            Err(QueueError::Conflict { .. })
+        ),
+        "a cancel names the holder it read"
+    );
+    assert!(matches!(
+        queue.cancel(&tenant, "running", Some("p2"), NOW + 4).await,
+        Err(QueueError::Conflict { .. })
+    ));
+    let cancelled = queue
+        .cancel(&tenant, "running", Some("p1"), NOW + 4)
         .await
         .expect("cancel running");
+    assert_eq!(cancelled.cancel_owner.as_deref(), Some("p1"));
+    assert_eq!(
+        queue.cancels_for("p1").await.expect("cancels"),
+        vec![(tenant.clone(), "running".to_owned())],
+        "the holder's replica finds the cancel"
+    );
+    assert!(queue.cancels_for("p2").await.expect("cancels").is_empty());
+    queue
+        .cancel_told(&tenant, "running", "p1")
+        .await
+        .expect("told");
+    assert!(queue.cancels_for("p1").await.expect("cancels").is_empty());
     assert!(matches!(
         queue
             .complete(&tenant, "running", "p1", json!(1), NOW + 5)

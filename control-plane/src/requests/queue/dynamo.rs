@@ -33,6 +33,8 @@ pub const STATUS_INDEX: &str = "by-tenant-status";
 pub const QUEUE_INDEX: &str = "by-queue";
 /// Running requests by lease expiry.
 pub const LEASE_INDEX: &str = "by-lease";
+/// Cancelled requests by the processor session still to be told (sparse).
+pub const CANCEL_INDEX: &str = "by-cancel";
 /// How long finished requests are kept.
 const FINISHED_TTL_SECS: i64 = 7 * 24 * 3600;
 
@@ -115,6 +117,7 @@ fn from_item(item: &Item) -> Option<Request> {
         max_attempts: u32::try_from(num("max_attempts")?).ok()?,
         lease_timeout_ms: u64::try_from(num("lease_timeout_ms")?).ok()?,
         lease_owner: text("lease_owner"),
+        cancel_owner: text("cancel_owner"),
         lease_expires_ms: num("lease_expires").unwrap_or(0),
         not_before_ms: num("not_before").unwrap_or(0),
         progress,
@@ -141,6 +144,7 @@ pub fn table_spec() -> TableSpec {
             (STATUS_INDEX, string("tenant_status"), string("request_id")),
             (QUEUE_INDEX, string("queue_key"), numeric("ready_at")),
             (LEASE_INDEX, string("lease_key"), numeric("lease_expires")),
+            (CANCEL_INDEX, string("cancel_owner"), string("pk")),
         ],
         ttl: Some("expires_at"),
     }
@@ -464,15 +468,11 @@ impl RequestQueue for DynamoQueue {
         &self,
         tenant_id: &str,
         request_id: &str,
+        holder: Option<&str>,
         now_ms: i64,
     ) -> Result<Request, QueueError> {
         let update = self
             .update(tenant_id, request_id)
-            .update_expression(
-                "SET #status = :cancelled, tenant_status = :ts, error_code = :c, error_message = :m, updated = :now, expires_at = :ttl \
-                 REMOVE lease_owner, lease_key, queue_key, ready_at",
-            )
-            .condition_expression("#status = :queued OR #status = :running")
             .expression_attribute_values(":cancelled", s(Status::Cancelled.as_str()))
             .expression_attribute_values(":ts", s(&tenant_status(tenant_id, Status::Cancelled)))
             .expression_attribute_values(":queued", s(Status::Queued.as_str()))
@@ -481,7 +481,115 @@ impl RequestQueue for DynamoQueue {
             .expression_attribute_values(":m", s("request cancelled"))
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":ttl", finished_ttl(now_ms));
+        let update = match holder {
+            // The holder is remembered (sparse `by-cancel` index) until its
+            // replica has told the processor.
+            Some(holder) => update
+                .update_expression(
+                    "SET #status = :cancelled, tenant_status = :ts, error_code = :c, error_message = :m, updated = :now, expires_at = :ttl, cancel_owner = :o \
+                     REMOVE lease_owner, lease_key, queue_key, ready_at",
+                )
+                .condition_expression("(#status = :queued OR #status = :running) AND lease_owner = :o")
+                .expression_attribute_values(":o", s(holder)),
+            None => update
+                .update_expression(
+                    "SET #status = :cancelled, tenant_status = :ts, error_code = :c, error_message = :m, updated = :now, expires_at = :ttl \
+                     REMOVE lease_owner, lease_key, queue_key, ready_at",
+                )
+                .condition_expression(
+                    "(#status = :queued OR #status = :running) AND attribute_not_exists(lease_owner)",
+                ),
+        };
         self.transition(tenant_id, request_id, update).await
+    }
+
+    async fn publish_action(
+        &self,
+        name: &str,
+        spec: &Value,
+        until_ms: i64,
+    ) -> Result<(), QueueError> {
+        // `#` first: no tenant id (and so no request key) starts with it.
+        self.client
+            .put_item()
+            .table_name(&*self.table)
+            .item("pk", s(&format!("#action#{name}")))
+            .item("spec", s(&spec.to_string()))
+            .item("until_ms", n(until_ms))
+            .item("expires_at", n(until_ms / 1000 + 3600))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn published_action(&self, name: &str, now_ms: i64) -> Result<Option<Value>, QueueError> {
+        let got = self
+            .client
+            .get_item()
+            .table_name(&*self.table)
+            .key("pk", s(&format!("#action#{name}")))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(got.item().and_then(|item| {
+            let until: i64 = item.get("until_ms")?.as_n().ok()?.parse().ok()?;
+            let spec = item.get("spec")?.as_s().ok()?;
+            (until > now_ms)
+                .then(|| serde_json::from_str(spec).ok())
+                .flatten()
+        }))
+    }
+
+    async fn cancels_for(&self, owner: &str) -> Result<Vec<(String, String)>, QueueError> {
+        let mut found = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&*self.table)
+                .index_name(CANCEL_INDEX)
+                .key_condition_expression("cancel_owner = :o")
+                .expression_attribute_values(":o", s(owner))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            // `pk` is `tenant#request_id` (tenant ids never hold `#`); the
+            // index projects keys only.
+            found.extend(page.items().iter().filter_map(|item| {
+                let (tenant, id) = item.get("pk")?.as_s().ok()?.split_once('#')?;
+                Some((tenant.to_owned(), id.to_owned()))
+            }));
+            match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    async fn cancel_told(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        owner: &str,
+    ) -> Result<(), QueueError> {
+        let told = self
+            .client
+            .update_item()
+            .table_name(&*self.table)
+            .key("pk", s(&pk(tenant_id, request_id)))
+            .update_expression("REMOVE cancel_owner")
+            .condition_expression("cancel_owner = :o")
+            .expression_attribute_values(":o", s(owner))
+            .send()
+            .await;
+        match told {
+            Ok(_) => Ok(()),
+            Err(err) if condition_failed(&err) => Ok(()),
+            Err(err) => Err(unavailable(err)),
+        }
     }
 
     async fn subscribe(

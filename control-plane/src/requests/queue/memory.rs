@@ -15,6 +15,8 @@ type Key = (String, String);
 #[derive(Debug, Default)]
 pub struct MemoryQueue {
     requests: Mutex<BTreeMap<Key, Request>>,
+    /// Published actions: name → (spec, until ms).
+    published: Mutex<std::collections::HashMap<String, (Value, i64)>>,
 }
 
 impl MemoryQueue {
@@ -207,20 +209,69 @@ impl RequestQueue for MemoryQueue {
         &self,
         tenant_id: &str,
         request_id: &str,
+        holder: Option<&str>,
         now_ms: i64,
     ) -> Result<Request, QueueError> {
         self.update(tenant_id, request_id, |r| {
-            if r.status.is_final() {
+            if r.status.is_final() || r.lease_owner.as_deref() != holder {
                 return false;
             }
             r.status = Status::Cancelled;
-            r.lease_owner = None;
+            r.cancel_owner = r.lease_owner.take();
             r.error = Some(Failure {
                 code: "CANCELLED".into(),
                 message: "request cancelled".into(),
             });
             r.updated_ms = now_ms;
             true
+        })
+    }
+
+    async fn publish_action(
+        &self,
+        name: &str,
+        spec: &Value,
+        until_ms: i64,
+    ) -> Result<(), QueueError> {
+        self.published
+            .lock()
+            .map_err(|_| QueueError::Unavailable("queue lock poisoned".into()))?
+            .insert(name.to_owned(), (spec.clone(), until_ms));
+        Ok(())
+    }
+
+    async fn published_action(&self, name: &str, now_ms: i64) -> Result<Option<Value>, QueueError> {
+        Ok(self
+            .published
+            .lock()
+            .map_err(|_| QueueError::Unavailable("queue lock poisoned".into()))?
+            .get(name)
+            .filter(|(_, until)| *until > now_ms)
+            .map(|(spec, _)| spec.clone()))
+    }
+
+    async fn cancels_for(&self, owner: &str) -> Result<Vec<(String, String)>, QueueError> {
+        self.with(|requests| {
+            requests
+                .values()
+                .filter(|r| r.cancel_owner.as_deref() == Some(owner))
+                .map(|r| (r.tenant_id.clone(), r.request_id.clone()))
+                .collect()
+        })
+    }
+
+    async fn cancel_told(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        owner: &str,
+    ) -> Result<(), QueueError> {
+        self.with(|requests| {
+            if let Some(r) = requests.get_mut(&(tenant_id.to_owned(), request_id.to_owned()))
+                && r.cancel_owner.as_deref() == Some(owner)
+            {
+                r.cancel_owner = None;
+            }
         })
     }
 

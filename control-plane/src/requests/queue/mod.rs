@@ -114,6 +114,9 @@ pub struct Request {
     pub created_ms: i64,
     /// Last change, ms.
     pub updated_ms: i64,
+    /// The processor session that held the request when it was cancelled
+    /// and has not been told yet (its replica polls for these).
+    pub cancel_owner: Option<String>,
 }
 
 impl Request {
@@ -149,6 +152,7 @@ impl Request {
             subscribers: vec![connection_id.to_owned()],
             created_ms: now_ms,
             updated_ms: now_ms,
+            cancel_owner: None,
         }
     }
 }
@@ -219,13 +223,43 @@ pub trait RequestQueue: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<Request, QueueError>;
 
-    /// Cancels a queued or running request.
+    /// Cancels a queued or running request whose lease is held by
+    /// `holder` (`None`: not leased); `Conflict` when it is final or held by
+    /// someone else now. The holder is recorded as `cancel_owner` until
+    /// [`RequestQueue::cancel_told`], so the replica serving it can tell the
+    /// processor ([`RequestQueue::cancels_for`]).
     async fn cancel(
         &self,
         tenant_id: &str,
         request_id: &str,
+        holder: Option<&str>,
         now_ms: i64,
     ) -> Result<Request, QueueError>;
+
+    /// Publishes an async action a processor on this replica serves (its
+    /// [`crate::actions::AsyncAction::spec`]) until `until_ms`, so every
+    /// replica accepts requests for it.
+    async fn publish_action(
+        &self,
+        name: &str,
+        spec: &Value,
+        until_ms: i64,
+    ) -> Result<(), QueueError>;
+
+    /// An action some replica published and still serves at `now_ms`.
+    async fn published_action(&self, name: &str, now_ms: i64) -> Result<Option<Value>, QueueError>;
+
+    /// Cancelled requests whose holder `owner` has not been told yet:
+    /// `(tenant_id, request_id)`.
+    async fn cancels_for(&self, owner: &str) -> Result<Vec<(String, String)>, QueueError>;
+
+    /// `owner` was told of the cancel.
+    async fn cancel_told(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        owner: &str,
+    ) -> Result<(), QueueError>;
 
     /// Adds a connection to the request's subscribers.
     async fn subscribe(

@@ -1,0 +1,212 @@
+//! A fleet on one machine: N `streamer-control-plane serve` replicas on one
+//! DynamoDB (moto), behind one `streamer-gateway` that sends each event to
+//! the next replica, as independent Lambda instances behind one API do.
+
+use std::{net::SocketAddr, process::Stdio};
+
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+use tonic::transport::Channel;
+
+use crate::{
+    DEADLINE,
+    dev::{ADMIN_TOKEN, EDGE_TOKEN, binary},
+    grpc, moto, token,
+};
+
+/// One replica.
+#[derive(Debug)]
+pub struct Replica {
+    /// The process.
+    pub child: Child,
+    /// Its gRPC address.
+    pub addr: SocketAddr,
+}
+
+/// The running fleet.
+#[derive(Debug)]
+pub struct Fleet {
+    /// The replicas (`None` once killed).
+    pub replicas: Vec<Option<Replica>>,
+    /// The gateway process.
+    pub gateway: Child,
+    /// `ws://addr/stage`.
+    pub ws: String,
+    /// The connections table (the others are named after it).
+    pub table: String,
+    env: Vec<(String, String)>,
+}
+
+/// Reads `child`'s JSON log lines (flattened: fields at the top level)
+/// until one whose message is `message`;
+/// returns that line. Later lines are drained (warnings and errors echoed).
+async fn logged(child: &mut Child, message: &str) -> Value {
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let found = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.expect("log line") {
+            if let Ok(json) = serde_json::from_str::<Value>(&line)
+                && json["message"] == message
+            {
+                return json;
+            }
+        }
+        panic!("the process exited before logging {message:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {message:?} in time"));
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("\"WARN\"") || line.contains("\"ERROR\"") {
+                eprintln!("replica: {line}");
+            }
+        }
+    });
+    found
+}
+
+impl Fleet {
+    /// Starts `n` replicas (fresh tables) and a gateway in front of them;
+    /// `extra` adds settings to every replica.
+    pub async fn start(n: usize, extra: &[(&str, &str)]) -> Fleet {
+        let table = moto::unique("fleet");
+        let mut env: Vec<(String, String)> = moto::aws_env(&moto::endpoint())
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        // The gateway checks signatures made with its local credentials
+        // (moto takes any).
+        env.retain(|(k, _)| k != "AWS_ACCESS_KEY_ID" && k != "AWS_SECRET_ACCESS_KEY");
+        env.extend(
+            [
+                ("AWS_ACCESS_KEY_ID", "streamer-local".to_owned()),
+                ("AWS_SECRET_ACCESS_KEY", "streamer-local-secret".to_owned()),
+                ("STREAMER_STORE", "dynamodb".to_owned()),
+                ("STREAMER_CONNECTIONS_TABLE", table.clone()),
+                ("STREAMER_REQUESTS_TABLE", format!("{table}-requests")),
+                ("STREAMER_RATE_LIMITS_TABLE", format!("{table}-limits")),
+                ("STREAMER_HISTORY_TABLE", format!("{table}-history")),
+                ("STREAMER_JWT_PUBLIC_KEY", token::keys().public_pem.clone()),
+                ("STREAMER_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
+                ("STREAMER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+                // Page tokens from one replica are read by another.
+                (
+                    "STREAMER_PAGE_TOKEN_SECRET",
+                    "fleet-page-token-secret-0123456789".to_owned(),
+                ),
+                ("STREAMER_LOG_FORMAT", "json".to_owned()),
+                ("RUST_LOG", "info".to_owned()),
+            ]
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let created = Command::new(binary("streamer-control-plane"))
+            .args(["tables", "create"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .await
+            .expect("tables create");
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let mut fleet = Fleet {
+            replicas: Vec::new(),
+            gateway: Command::new("true").spawn().expect("placeholder"),
+            ws: String::new(),
+            table,
+            env,
+        };
+        for _ in 0..n {
+            let replica = fleet.replica().await;
+            fleet.replicas.push(Some(replica));
+        }
+        let urls: Vec<String> = fleet
+            .addrs()
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect();
+        let mut gateway = Command::new(binary("streamer-gateway"))
+            .env_clear()
+            .env("RUST_LOG", "warn")
+            .env("STREAMER_CONTROL_PLANE_URL", urls.join(","))
+            .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
+            .env("STREAMER_GATEWAY_ADDR", "127.0.0.1:0")
+            .env("STREAMER_GATEWAY_CONNECTS_PER_SECOND", "0")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("gateway");
+        let mut lines = BufReader::new(gateway.stdout.take().expect("stdout")).lines();
+        let ready: Value = tokio::time::timeout(DEADLINE, async {
+            while let Some(line) = lines.next_line().await.expect("line") {
+                if let Some(json) = line.strip_prefix("STREAMER_GATEWAY_READY ") {
+                    return serde_json::from_str(json).expect("json");
+                }
+            }
+            panic!("the gateway exited");
+        })
+        .await
+        .expect("gateway ready");
+        fleet.ws = format!(
+            "ws://{}/{}",
+            ready["gateway"].as_str().expect("gateway"),
+            ready["stage"].as_str().expect("stage")
+        );
+        fleet.gateway = gateway;
+        fleet
+    }
+
+    /// Starts one more replica process on the fleet's tables.
+    async fn replica(&self) -> Replica {
+        let mut child = Command::new(binary("streamer-control-plane"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("STREAMER_GRPC_ADDR", "127.0.0.1:0")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("serve");
+        let listening = logged(&mut child, "grpc server listening").await;
+        let addr = listening["addr"]
+            .as_str()
+            .expect("addr")
+            .parse()
+            .expect("socket addr");
+        Replica { child, addr }
+    }
+
+    /// Every live replica's address, in order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.replicas.iter().flatten().map(|r| r.addr).collect()
+    }
+
+    /// A channel to replica `i`.
+    pub fn channel(&self, i: usize) -> Channel {
+        grpc::channel(self.replicas[i].as_ref().expect("alive").addr)
+    }
+
+    /// The WebSocket URL with `token`.
+    pub fn url(&self, token: &str) -> String {
+        format!("{}?token={token}", self.ws)
+    }
+
+    /// Kills replica `i` with SIGKILL.
+    pub async fn kill(&mut self, i: usize) {
+        let mut replica = self.replicas[i].take().expect("alive");
+        replica.child.start_kill().expect("kill");
+        let _ = replica.child.wait().await;
+    }
+}
