@@ -71,23 +71,20 @@ impl Fleet {
     /// Starts `n` replicas (fresh tables) and a gateway in front of them;
     /// `extra` adds settings to every replica.
     pub async fn start(n: usize, extra: &[(&str, &str)]) -> Fleet {
-        let table = moto::unique("fleet");
-        let mut env: Vec<(String, String)> = moto::aws_env(&moto::endpoint())
+        let tables = moto::Tables::new("fleet");
+        tables.create().await;
+        let mut env: Vec<(String, String)> = tables
+            .env()
             .into_iter()
+            // The gateway checks signatures made with its local credentials
+            // (moto takes any).
+            .filter(|(k, _)| *k != "AWS_ACCESS_KEY_ID" && *k != "AWS_SECRET_ACCESS_KEY")
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
-        // The gateway checks signatures made with its local credentials
-        // (moto takes any).
-        env.retain(|(k, _)| k != "AWS_ACCESS_KEY_ID" && k != "AWS_SECRET_ACCESS_KEY");
         env.extend(
             [
                 ("AWS_ACCESS_KEY_ID", "streamer-local".to_owned()),
                 ("AWS_SECRET_ACCESS_KEY", "streamer-local-secret".to_owned()),
-                ("STREAMER_STORE", "dynamodb".to_owned()),
-                ("STREAMER_CONNECTIONS_TABLE", table.clone()),
-                ("STREAMER_REQUESTS_TABLE", format!("{table}-requests")),
-                ("STREAMER_RATE_LIMITS_TABLE", format!("{table}-limits")),
-                ("STREAMER_HISTORY_TABLE", format!("{table}-history")),
                 ("STREAMER_JWT_PUBLIC_KEY", token::keys().public_pem.clone()),
                 ("STREAMER_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
                 ("STREAMER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
@@ -106,19 +103,7 @@ impl Fleet {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
-        let created = Command::new(binary("streamer-control-plane"))
-            .args(["tables", "create"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .await
-            .expect("tables create");
-        assert!(
-            created.status.success(),
-            "{}",
-            String::from_utf8_lossy(&created.stderr)
-        );
+        let table = tables.connections.clone();
         let mut fleet = Fleet {
             replicas: Vec::new(),
             gateway: Command::new("true").spawn().expect("placeholder"),

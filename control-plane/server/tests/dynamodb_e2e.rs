@@ -10,58 +10,25 @@ use serde_json::json;
 use streamer_control_plane::registry::dynamo;
 use streamer_proto::v1;
 use streamer_test_kit::{
-    moto::{aws_env as moto_env, client, endpoint, unique},
+    moto::{Tables, as_vars, client},
     prelude::*,
 };
 
-fn aws_env() -> Vec<(&'static str, String)> {
-    moto_env(&endpoint())
-}
-
-async fn tables_create(table: &str, limits_table: &str) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamer-control-plane"))
-        .args(["tables", "create"])
-        .env_clear()
-        .envs(aws_env())
-        .env("STREAMER_CONNECTIONS_TABLE", table)
-        .env("STREAMER_REQUESTS_TABLE", format!("{table}-requests"))
-        .env("STREAMER_RATE_LIMITS_TABLE", limits_table)
-        .output()
-        .await
-        .expect("run tables create");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("table {table} is ready")));
-}
-
-async fn dynamo_dev(table: &str, extra: &[(&str, &str)]) -> Dev {
-    let env = aws_env();
-    let requests = format!("{table}-requests");
-    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    vars.push(("STREAMER_REQUESTS_TABLE", &requests));
-    vars.push(("STREAMER_STORE", "dynamodb"));
-    vars.push(("STREAMER_CONNECTIONS_TABLE", table));
+/// `dev` on `tables` (made with `tables create`), plus `extra`.
+async fn dynamo_dev(tables: &Tables, extra: &[(&str, &str)]) -> Dev {
+    let env = tables.env();
+    let mut vars = as_vars(&env);
     vars.extend_from_slice(extra);
     Dev::start(&vars).await
 }
 
 #[tokio::test]
 async fn dev_on_dynamodb_end_to_end() {
-    let table = unique("dev");
-    let limits_table = unique("dev-limits");
-    tables_create(&table, &limits_table).await;
-    tables_create(&table, &limits_table).await;
-    let dev = dynamo_dev(
-        &table,
-        &[
-            ("STREAMER_RATE_LIMITS_TABLE", &limits_table),
-            ("STREAMER_SHARED_RATE_LIMITS", "true"),
-        ],
-    )
-    .await;
+    let tables = Tables::new("dev");
+    tables.create().await;
+    tables.create().await;
+    let table = tables.connections.clone();
+    let dev = dynamo_dev(&tables, &[("STREAMER_SHARED_RATE_LIMITS", "true")]).await;
     let mut ws = dev.connect(&token("alice", "acme", &["echo"])).await;
     send(
         &mut ws,
@@ -135,11 +102,11 @@ async fn dev_on_dynamodb_end_to_end() {
 
 #[tokio::test]
 async fn tenant_quota_with_two_control_planes_on_one_table() {
-    let table = unique("two");
-    tables_create(&table, &unique("two-limits")).await;
+    let tables = Tables::new("two");
+    tables.create().await;
     let quota = [("STREAMER_MAX_CONNECTIONS_PER_TENANT", "3")];
-    let first = dynamo_dev(&table, &quota).await;
-    let second = dynamo_dev(&table, &quota).await;
+    let first = dynamo_dev(&tables, &quota).await;
+    let second = dynamo_dev(&tables, &quota).await;
     let _a = first.connect(&token("u1", "shared", &[])).await;
     let _b = second.connect(&token("u2", "shared", &[])).await;
     let _c = first.connect(&token("u3", "shared", &[])).await;
@@ -157,10 +124,11 @@ async fn tenant_quota_with_two_control_planes_on_one_table() {
 
 #[tokio::test]
 async fn gone_connections_are_removed_by_broadcast_and_by_reconcile() {
-    let table = unique("gone");
-    tables_create(&table, &unique("gone-limits")).await;
+    let tables = Tables::new("gone");
+    tables.create().await;
+    let table = tables.connections.clone();
     let dev = dynamo_dev(
-        &table,
+        &tables,
         &[
             ("STREAMER_RECONCILE_IDLE_SECS", "0"),
             ("STREAMER_MAX_CONNECTIONS_PER_TENANT", "10"),
@@ -307,10 +275,10 @@ async fn a_store_that_is_down_is_a_prompt_503() {
 #[tokio::test]
 async fn a_control_plane_restart_on_dynamodb_loses_no_accepted_request() {
     use streamer_client::processor::{ActionSpec, Processor};
-    let table = unique("restart");
-    tables_create(&table, &unique("restart-limits")).await;
+    let tables = Tables::new("restart");
+    tables.create().await;
     let no_demo = [("STREAMER_DEMO_PROCESSOR", "false")];
-    let mut first = dynamo_dev(&table, &no_demo).await;
+    let mut first = dynamo_dev(&tables, &no_demo).await;
     let mut ws = first.connect(&token("alice", "acme", &[])).await;
     // Accepted while no processor is connected at all.
     send(
@@ -338,7 +306,7 @@ async fn a_control_plane_restart_on_dynamodb_loses_no_accepted_request() {
         .expect("wait");
     assert!(exit.success());
 
-    let second = dynamo_dev(&table, &no_demo).await;
+    let second = dynamo_dev(&tables, &no_demo).await;
     let processor = Processor::new(&format!("http://{}", second.grpc), ADMIN_TOKEN).handle(
         ActionSpec::new("durable_job"),
         |job, _progress| async move {

@@ -398,31 +398,12 @@ async fn services_read_history_and_position_within_their_tenant() {
 
 #[tokio::test]
 async fn on_dynamodb_a_restart_midway_keeps_every_offset_and_the_epoch() {
-    use streamer_test_kit::moto::{aws_env, endpoint, unique};
-    let table = unique("history-e2e");
-    let names = [
-        ("STREAMER_CONNECTIONS_TABLE", table.clone()),
-        ("STREAMER_REQUESTS_TABLE", format!("{table}-requests")),
-        ("STREAMER_RATE_LIMITS_TABLE", format!("{table}-limits")),
-        ("STREAMER_HISTORY_TABLE", format!("{table}-history")),
-    ];
-    let mut env: Vec<(&str, String)> = aws_env(&endpoint());
-    env.extend(names.iter().map(|(k, v)| (*k, v.clone())));
-    let created = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamer-control-plane"))
-        .args(["tables", "create"])
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .await
-        .expect("tables create");
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    env.push(("STREAMER_STORE", "dynamodb".into()));
+    use streamer_test_kit::moto::{Tables, as_vars};
+    let tables = Tables::new("history-e2e");
+    tables.create().await;
+    let mut env = tables.env();
     env.push((HISTORY.0, HISTORY.1.into()));
-    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let vars = as_vars(&env);
 
     let dev = Dev::start(&vars).await;
     let scenario = Scenario {

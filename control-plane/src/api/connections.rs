@@ -6,7 +6,7 @@ use streamer_proto::v1::{self, connection_service_server::ConnectionService};
 use tonic::{Request, Response, Status};
 
 use super::{auth::Caller, convert, pagetoken::PageTokens};
-use crate::{connections::ControlPlane, error::Fault, registry::Registry};
+use crate::{connections::ControlPlane, registry::Registry};
 
 /// Connection queries.
 #[derive(Clone)]
@@ -37,6 +37,15 @@ impl ConnectionApi {
     }
 }
 
+impl ConnectionApi {
+    fn listing(&self) -> convert::Listing {
+        convert::Listing {
+            registry: self.registry.clone(),
+            tokens: self.page_tokens.clone(),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl ConnectionService for ConnectionApi {
     async fn get_connection(
@@ -58,15 +67,10 @@ impl ConnectionService for ConnectionApi {
         let caller = Caller::of(&request)?;
         let r = request.get_ref();
         let scope = convert::tenant_or_user(&r.tenant_id, &r.user_id)?;
-        caller.check_tenant(scope.tenant_id())?;
-        let (connections, next_page_token) = convert::connections_page(
-            self.registry.as_ref(),
-            &self.page_tokens,
-            &scope,
-            &r.page_token,
-            r.page_size,
-        )
-        .await?;
+        let (connections, next_page_token) = self
+            .listing()
+            .page(caller, &scope, &r.page_token, r.page_size)
+            .await?;
         Ok(Response::new(v1::ListConnectionsResponse {
             connections,
             next_page_token,
@@ -80,8 +84,7 @@ impl ConnectionService for ConnectionApi {
         let caller = Caller::of(&request)?;
         let r = request.get_ref();
         let scope = convert::tenant_or_user(&r.tenant_id, &r.user_id)?;
-        caller.check_tenant(scope.tenant_id())?;
-        let count = self.registry.count(&scope).await.map_err(Fault::from)?;
+        let count = self.listing().count(caller, &scope).await?;
         Ok(Response::new(v1::CountConnectionsResponse { count }))
     }
 

@@ -175,6 +175,50 @@ fn scope_key(scope: &Scope) -> String {
     }
 }
 
+/// Who is in a scope (a tenant, a user, a group), for the listing and
+/// counting RPCs of the connection and group services: the caller's tenant
+/// is checked first.
+#[derive(Clone)]
+pub struct Listing {
+    /// The registry.
+    pub registry: std::sync::Arc<dyn Registry>,
+    /// Page tokens.
+    pub tokens: PageTokens,
+}
+
+impl std::fmt::Debug for Listing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listing").finish_non_exhaustive()
+    }
+}
+
+impl Listing {
+    /// One page of `scope` for `caller`.
+    pub async fn page(
+        &self,
+        caller: &super::auth::Caller,
+        scope: &Scope,
+        page_token: &str,
+        page_size: i32,
+    ) -> Result<(Vec<v1::Connection>, String), Fault> {
+        caller.check_tenant(scope.tenant_id())?;
+        connections_page(
+            self.registry.as_ref(),
+            &self.tokens,
+            scope,
+            page_token,
+            page_size,
+        )
+        .await
+    }
+
+    /// How many connections `scope` has, for `caller`.
+    pub async fn count(&self, caller: &super::auth::Caller, scope: &Scope) -> Result<u64, Fault> {
+        caller.check_tenant(scope.tenant_id())?;
+        Ok(self.registry.count(scope).await?)
+    }
+}
+
 /// One page of `scope`: resumes after `page_token` (which must have been
 /// minted for this very scope) and mints the next one.
 pub async fn connections_page(

@@ -73,6 +73,15 @@ fn target<'a>(
     Ok((tenant_id, group))
 }
 
+impl GroupApi {
+    fn listing(&self) -> convert::Listing {
+        convert::Listing {
+            registry: self.registry.clone(),
+            tokens: self.page_tokens.clone(),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl GroupService for GroupApi {
     async fn add_to_group(
@@ -106,15 +115,10 @@ impl GroupService for GroupApi {
         let caller = Caller::of(&request)?;
         let r = request.get_ref();
         let scope = convert::group_scope(&r.tenant_id, &r.group)?;
-        caller.check_tenant(scope.tenant_id())?;
-        let (connections, next_page_token) = convert::connections_page(
-            self.registry.as_ref(),
-            &self.page_tokens,
-            &scope,
-            &r.page_token,
-            r.page_size,
-        )
-        .await?;
+        let (connections, next_page_token) = self
+            .listing()
+            .page(caller, &scope, &r.page_token, r.page_size)
+            .await?;
         Ok(Response::new(v1::ListGroupMembersResponse {
             connections,
             next_page_token,
@@ -128,8 +132,7 @@ impl GroupService for GroupApi {
         let caller = Caller::of(&request)?;
         let r = request.get_ref();
         let scope = convert::group_scope(&r.tenant_id, &r.group)?;
-        caller.check_tenant(scope.tenant_id())?;
-        let count = self.registry.count(&scope).await.map_err(Fault::from)?;
+        let count = self.listing().count(caller, &scope).await?;
         Ok(Response::new(v1::CountGroupMembersResponse { count }))
     }
 

@@ -16,7 +16,7 @@ use streamer_client::processor::{ActionSpec, Processor};
 use streamer_proto::v1;
 use streamer_test_kit::{
     dev::binary,
-    moto::{aws_env, endpoint, unique},
+    moto::{Tables, as_vars},
     prelude::*,
     ws::{connect_many, count_messages},
 };
@@ -73,33 +73,14 @@ async fn submit(ws: &mut Ws, id: &str, n: u32) -> bool {
 
 #[tokio::test]
 async fn chaos_sigkill_mid_work_on_dynamodb_loses_no_accepted_request_and_completes_none_twice() {
-    let table = unique("chaos-kill");
-    let tables = [
-        ("STREAMER_CONNECTIONS_TABLE", table.clone()),
-        ("STREAMER_REQUESTS_TABLE", format!("{table}-requests")),
-        ("STREAMER_RATE_LIMITS_TABLE", format!("{table}-limits")),
-        ("STREAMER_HISTORY_TABLE", format!("{table}-history")),
-    ];
-    let mut env: Vec<(&str, String)> = aws_env(&endpoint());
-    env.extend(tables.iter().map(|(k, v)| (*k, v.clone())));
-    let created = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamer-control-plane"))
-        .args(["tables", "create"])
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .await
-        .expect("tables create");
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    env.push(("STREAMER_STORE", "dynamodb".into()));
+    let tables = Tables::new("chaos-kill");
+    tables.create().await;
+    let mut env = tables.env();
     env.push(("STREAMER_DEMO_PROCESSOR", "false".into()));
     env.push(("STREAMER_MESSAGES_PER_MINUTE", "100000".into()));
     env.push(("STREAMER_MESSAGE_BURST", "10000".into()));
     env.push(("STREAMER_RETRY_BASE_MS", "50".into()));
-    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let vars = as_vars(&env);
 
     let first = Dev::start(&vars).await;
     let runs = Arc::new(Mutex::new(HashMap::new()));

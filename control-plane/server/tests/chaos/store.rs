@@ -12,7 +12,7 @@ use serde_json::json;
 use streamer_proto::v1;
 use streamer_test_kit::{
     faults::{HttpFaults, HttpMode, Injected},
-    moto::{aws_env, client, endpoint, unique},
+    moto::{Tables, as_vars, client, endpoint},
     prelude::*,
 };
 
@@ -118,36 +118,16 @@ async fn chaos_store_throttling_and_a_10_s_outage_fail_promptly_recover_fast_and
             .expect("moto addr"),
     ))
     .await;
-    let table = unique("chaos-store");
-    let tables = [
-        ("STREAMER_CONNECTIONS_TABLE", table.clone()),
-        ("STREAMER_REQUESTS_TABLE", format!("{table}-requests")),
-        ("STREAMER_RATE_LIMITS_TABLE", format!("{table}-limits")),
-        ("STREAMER_HISTORY_TABLE", format!("{table}-history")),
-    ];
-    let mut env: Vec<(&str, String)> = aws_env(&endpoint());
-    env.extend(tables.iter().map(|(k, v)| (*k, v.clone())));
-    let created = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamer-control-plane"))
-        .args(["tables", "create"])
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .await
-        .expect("tables create");
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
+    let tables = Tables::new("chaos-store");
+    tables.create().await;
+    let table = tables.connections.clone();
     // The control plane reaches the store through the proxy.
-    let mut env: Vec<(&str, String)> = aws_env(&proxy.url());
-    env.extend(tables.iter().map(|(k, v)| (*k, v.clone())));
-    env.push(("STREAMER_STORE", "dynamodb".into()));
+    let mut env = tables.env_at(&proxy.url());
     env.push(("STREAMER_RECONCILE_IDLE_SECS", "0".into()));
     env.push(("STREAMER_RECONCILE_INTERVAL_SECS", "0".into()));
     // Rows a late write left behind are seconds old when reconcile runs.
     env.push((TRUST_410_AT_ONCE.0, TRUST_410_AT_ONCE.1.into()));
-    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let vars = as_vars(&env);
     let dev = Dev::start(&vars).await;
 
     let mut live = Vec::new();

@@ -8,10 +8,13 @@
 //! requests, in the order they may be leased; `by-lease` (`lease_key`,
 //! `lease_expires`) holding only running ones, for expired leases. Every
 //! transition is an UpdateItem conditioned on the current status (and the
-//! lease owner), so a redelivered or late message never acts twice.
+//! lease owner), so a redelivered or late message never acts twice. A
+//! fifth, sparse GSI `by-cancel` (`cancel_owner`, `pk`) holds cancelled
+//! requests whose processor (on some replica) is still to be told; items
+//! `#action#<name>` publish the actions processors serve to every replica.
 //! Finished requests get a TTL (`expires_at`, 7 days).
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::{
@@ -22,6 +25,9 @@ use aws_sdk_dynamodb::{
 };
 use serde_json::Value;
 
+mod items;
+
+use self::items::{finished_ttl, from_item, pk, tenant_status, to_item};
 use super::{Failure, ProgressState, QueueError, Request, RequestQueue, Status};
 use crate::store::dynamo::{Item, TableSpec, condition_failed, describe, n, numeric, s, string};
 
@@ -35,103 +41,11 @@ pub const QUEUE_INDEX: &str = "by-queue";
 pub const LEASE_INDEX: &str = "by-lease";
 /// Cancelled requests by the processor session still to be told (sparse).
 pub const CANCEL_INDEX: &str = "by-cancel";
-/// How long finished requests are kept.
-const FINISHED_TTL_SECS: i64 = 7 * 24 * 3600;
-
-fn tenant_status(tenant_id: &str, status: Status) -> String {
-    format!("{tenant_id}#{}", status.as_str())
-}
-
-fn pk(tenant_id: &str, request_id: &str) -> String {
-    format!("{tenant_id}#{request_id}")
-}
 
 fn unavailable<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
     err: SdkError<E, R>,
 ) -> QueueError {
     QueueError::Unavailable(describe(&err))
-}
-
-fn to_item(r: &Request) -> Item {
-    let mut item = HashMap::from([
-        ("pk".to_owned(), s(&pk(&r.tenant_id, &r.request_id))),
-        ("tenant_id".to_owned(), s(&r.tenant_id)),
-        ("request_id".to_owned(), s(&r.request_id)),
-        ("action".to_owned(), s(&r.action)),
-        ("payload".to_owned(), s(&r.payload.to_string())),
-        ("user_id".to_owned(), s(&r.user_id)),
-        ("status".to_owned(), s(r.status.as_str())),
-        (
-            "tenant_status".to_owned(),
-            s(&tenant_status(&r.tenant_id, r.status)),
-        ),
-        ("attempts".to_owned(), n(i64::from(r.attempts))),
-        ("max_attempts".to_owned(), n(i64::from(r.max_attempts))),
-        (
-            "lease_timeout_ms".to_owned(),
-            n(i64::try_from(r.lease_timeout_ms).unwrap_or(i64::MAX)),
-        ),
-        ("lease_expires".to_owned(), n(r.lease_expires_ms)),
-        ("not_before".to_owned(), n(r.not_before_ms)),
-        (
-            "subscribers".to_owned(),
-            AttributeValue::L(r.subscribers.iter().map(|c| s(c)).collect()),
-        ),
-        ("created".to_owned(), n(r.created_ms)),
-        ("updated".to_owned(), n(r.updated_ms)),
-    ]);
-    if r.status == Status::Queued {
-        item.insert("queue_key".to_owned(), s(&r.action));
-        item.insert("ready_at".to_owned(), n(r.not_before_ms.max(r.created_ms)));
-    }
-    item
-}
-
-fn from_item(item: &Item) -> Option<Request> {
-    let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
-    let num = |k: &str| {
-        item.get(k)
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse::<i64>().ok())
-    };
-    let json = |k: &str| text(k).and_then(|t| serde_json::from_str::<Value>(&t).ok());
-    let progress = json("progress").and_then(|p| {
-        Some(ProgressState {
-            percentage: u32::try_from(p.get("percentage")?.as_u64()?).ok()?,
-            message: p.get("message")?.as_str()?.to_owned(),
-            details: p.get("details").filter(|d| !d.is_null()).cloned(),
-        })
-    });
-    let error = match (text("error_code"), text("error_message")) {
-        (Some(code), Some(message)) => Some(Failure { code, message }),
-        _ => None,
-    };
-    Some(Request {
-        tenant_id: text("tenant_id")?,
-        request_id: text("request_id")?,
-        action: text("action")?,
-        payload: json("payload").unwrap_or(Value::Null),
-        user_id: text("user_id").unwrap_or_default(),
-        status: Status::parse(&text("status")?)?,
-        attempts: u32::try_from(num("attempts")?).ok()?,
-        max_attempts: u32::try_from(num("max_attempts")?).ok()?,
-        lease_timeout_ms: u64::try_from(num("lease_timeout_ms")?).ok()?,
-        lease_owner: text("lease_owner"),
-        cancel_owner: text("cancel_owner"),
-        lease_expires_ms: num("lease_expires").unwrap_or(0),
-        not_before_ms: num("not_before").unwrap_or(0),
-        progress,
-        result: json("result"),
-        error,
-        subscribers: match item.get("subscribers") {
-            Some(AttributeValue::L(list)) => {
-                list.iter().filter_map(|v| v.as_s().ok().cloned()).collect()
-            }
-            _ => Vec::new(),
-        },
-        created_ms: num("created")?,
-        updated_ms: num("updated")?,
-    })
 }
 
 /// The table as `tables create` makes it.
@@ -213,10 +127,6 @@ impl DynamoQueue {
             Err(e) => Err(unavailable(e)),
         }
     }
-}
-
-fn finished_ttl(now_ms: i64) -> AttributeValue {
-    n(now_ms / 1000 + FINISHED_TTL_SECS)
 }
 
 #[async_trait]
