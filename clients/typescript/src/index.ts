@@ -21,6 +21,10 @@
  *   event says so and the application refetches its state.
  */
 
+import { type BroadcastMessage, StreamFollower, type StreamReset } from "./streams.js";
+
+export type { BroadcastMessage, StreamReset } from "./streams.js";
+
 /** Error codes the server sends. */
 export type ErrorCode =
   | "VALIDATION_ERROR"
@@ -74,37 +78,6 @@ export interface RequestOptions {
   metadata?: Record<string, string>;
 }
 
-/** A broadcast message. */
-export interface BroadcastMessage {
-  data: unknown;
-  topic?: string;
-  timestamp: string;
-  /** The stream (`tenant`, `user:<id>`, `group:<name>`), when it keeps history. */
-  stream?: string;
-  /** The message's offset in its stream. */
-  offset?: number;
-  /** The stream's epoch. */
-  epoch?: string;
-}
-
-/** History could not fill a stream's gap: messages were lost to the client. */
-export interface StreamReset {
-  stream: string;
-  /** The stream's epoch now. */
-  epoch: string;
-  /** The stream's latest offset; messages after it will be emitted. */
-  offset: number;
-}
-
-/** What the server answers to `recover` (and `join` with `since`). */
-interface RecoveryData {
-  stream: string;
-  epoch: string;
-  offset: number;
-  recovered?: boolean;
-  messages?: Array<Record<string, any>>;
-}
-
 /** A presence notification of a group. */
 export interface PresenceEvent {
   group: string;
@@ -146,18 +119,6 @@ export interface ClientOptions {
   reorderWindowMs?: number;
   /** Messages held per stream while a gap is open; past it, `recover` at once (default 1,000). */
   maxHeldMessages?: number;
-}
-
-/** What the client knows of one stream. */
-interface StreamState {
-  epoch: string;
-  /** The last offset emitted. */
-  offset: number;
-  /** Messages after a gap, by offset. */
-  held: Map<number, BroadcastMessage>;
-  gapTimer?: ReturnType<typeof setTimeout>;
-  /** A `recover` (or `join` with `since`) is in flight: hold everything. */
-  recovering: boolean;
 }
 
 type Events = {
@@ -206,9 +167,7 @@ export class StreamerClient {
   private renewal?: ReturnType<typeof setTimeout>;
   private reconnectTimer?: ReturnType<typeof setTimeout>;
   private opening?: Promise<void>;
-  private readonly streams = new Map<string, StreamState>();
-  /** Groups joined through `join`, re-joined on every reconnect. */
-  private readonly groups = new Set<string>();
+  private readonly follower: StreamFollower;
   private opened = false;
 
   constructor(url: string, options: ClientOptions) {
@@ -227,6 +186,14 @@ export class StreamerClient {
       reorderWindowMs: options.reorderWindowMs ?? 1000,
       maxHeldMessages: options.maxHeldMessages ?? 1000,
     };
+    this.follower = new StreamFollower(
+      { reorderWindowMs: this.options.reorderWindowMs, maxHeldMessages: this.options.maxHeldMessages },
+      {
+        emit: (message) => this.emit("message", message),
+        reset: (reset) => this.emit("reset", reset),
+        ask: (action, payload) => this.request(action, payload),
+      },
+    );
   }
 
   /** Subscribes to an event; returns the unsubscribe function. */
@@ -283,89 +250,9 @@ export class StreamerClient {
     const reconnected = this.opened;
     this.opened = true;
     if (reconnected) {
-      this.recoverAll();
+      this.follower.recoverAll();
     }
     this.resume();
-  }
-
-  /**
-   * After a reconnect: re-join the groups (recovering their streams in the
-   * same step) and recover every other stream this client has seen.
-   */
-  private recoverAll(): void {
-    for (const group of this.groups) {
-      const stream = `group:${group}`;
-      const state = this.streams.get(stream);
-      const since = state ? { since: state.offset, epoch: state.epoch } : {};
-      this.recoverWith(stream, "join", { group, ...since });
-    }
-    for (const [stream, state] of this.streams) {
-      if (!stream.startsWith("group:") || !this.groups.has(stream.slice("group:".length))) {
-        this.recoverWith(stream, "recover", { stream, since: state.offset, epoch: state.epoch });
-      }
-    }
-  }
-
-  /** Holds `stream`'s messages until `action` answers with what was missed. */
-  private recoverWith(stream: string, action: "join" | "recover", payload: Record<string, unknown>): void {
-    const state = this.streams.get(stream);
-    if (state) {
-      if (state.recovering && action === "recover") {
-        return;
-      }
-      state.recovering = true;
-      clearTimeout(state.gapTimer);
-      state.gapTimer = undefined;
-    }
-    this.request<RecoveryData>(action, payload).then(
-      (data) => this.onRecovered(data),
-      () => {
-        // Recovery failed (e.g. rate limited, or the connection dropped):
-        // release the held messages; the next reconnect or gap tries again.
-        const now = this.streams.get(stream);
-        if (now) {
-          now.recovering = false;
-          this.drain(stream, now);
-        }
-      },
-    );
-  }
-
-  /** The answer of `recover` / `join`: fill the gap, or reset the stream. */
-  private onRecovered(data: RecoveryData): void {
-    if (!data || typeof data.stream !== "string") {
-      return;
-    }
-    let state = this.streams.get(data.stream);
-    if (!state) {
-      state = { epoch: data.epoch, offset: data.offset, held: new Map(), recovering: false };
-      this.streams.set(data.stream, state);
-    }
-    state.recovering = false;
-    if (data.recovered === undefined) {
-      // A plain join: the position to follow from.
-      if (state.epoch === "" || state.epoch !== data.epoch) {
-        state.epoch = data.epoch;
-        state.offset = data.offset;
-      }
-    } else if (data.recovered) {
-      if (state.epoch === "") {
-        state.epoch = data.epoch;
-      }
-      for (const frame of data.messages ?? []) {
-        this.onPositioned(data.stream, state, toMessage(frame));
-      }
-    } else {
-      state.epoch = data.epoch;
-      state.offset = data.offset;
-      for (const offset of [...state.held.keys()]) {
-        if (offset <= data.offset) {
-          state.held.delete(offset);
-        }
-      }
-      this.emit("reset", { stream: data.stream, epoch: data.epoch, offset: data.offset });
-    }
-    this.drain(data.stream, state);
   }
 
   /** Re-sends what was in flight when the last connection dropped. */
@@ -424,22 +311,9 @@ export class StreamerClient {
       return;
     }
     switch (frame.type) {
-      case "message": {
-        const message = toMessage(frame);
-        if (message.stream === undefined || message.offset === undefined || message.epoch === undefined) {
-          this.emit("message", message);
-          return;
-        }
-        let state = this.streams.get(message.stream);
-        if (!state) {
-          // The first message of a stream this client was not following:
-          // follow it from here.
-          state = { epoch: message.epoch, offset: message.offset - 1, held: new Map(), recovering: false };
-          this.streams.set(message.stream, state);
-        }
-        this.onPositioned(message.stream, state, message);
+      case "message":
+        this.follower.onFrame(frame);
         return;
-      }
       case "presence":
         this.emit("presence", frame as unknown as PresenceEvent);
         return;
@@ -507,105 +381,20 @@ export class StreamerClient {
     }
   }
 
-  /** One message of a stream: emit it in order, hold it after a gap, drop a duplicate. */
-  private onPositioned(stream: string, state: StreamState, message: BroadcastMessage): void {
-    const offset = message.offset!;
-    if (message.epoch !== state.epoch) {
-      if (state.epoch === "" && !state.recovering) {
-        // The stream had no message (and so no epoch) when we started following it.
-        state.epoch = message.epoch!;
-      } else if (state.recovering) {
-        state.held.set(offset, message);
-        return;
-      } else {
-        // A new epoch: what came before is lost; ask where things stand.
-        state.held.set(offset, message);
-        this.recoverWith(stream, "recover", { stream, since: state.offset, epoch: state.epoch });
-        return;
-      }
-    }
-    if (offset <= state.offset) {
-      return;
-    }
-    if (state.recovering || offset > state.offset + 1) {
-      state.held.set(offset, message);
-      if (!state.recovering) {
-        this.gap(stream, state);
-      }
-      return;
-    }
-    state.offset = offset;
-    this.emit("message", message);
-    this.drain(stream, state);
-  }
-
-  /** Emits held messages that now follow in order; waits on a remaining gap. */
-  private drain(stream: string, state: StreamState): void {
-    if (state.recovering) {
-      return;
-    }
-    for (;;) {
-      const next = state.held.get(state.offset + 1);
-      if (!next) {
-        break;
-      }
-      state.held.delete(state.offset + 1);
-      if (next.epoch !== state.epoch) {
-        continue;
-      }
-      state.offset += 1;
-      this.emit("message", next);
-    }
-    for (const offset of [...state.held.keys()]) {
-      if (offset <= state.offset) {
-        state.held.delete(offset);
-      }
-    }
-    if (state.held.size === 0) {
-      clearTimeout(state.gapTimer);
-      state.gapTimer = undefined;
-    } else {
-      this.gap(stream, state);
-    }
-  }
-
-  /** A gap: wait for the late message a short while, then recover. */
-  private gap(stream: string, state: StreamState): void {
-    const recover = () => {
-      state.gapTimer = undefined;
-      this.recoverWith(stream, "recover", { stream, since: state.offset, epoch: state.epoch });
-    };
-    if (state.held.size > this.options.maxHeldMessages) {
-      clearTimeout(state.gapTimer);
-      recover();
-    } else if (state.gapTimer === undefined) {
-      state.gapTimer = setTimeout(recover, this.options.reorderWindowMs);
-    }
-  }
-
   /**
    * Joins `group`; with history on its stream, its messages are followed
    * from now on (and after every reconnect the group is re-joined and what
    * was missed recovered). Resolves with the server's answer.
    */
   async join(group: string): Promise<{ group: string; joined: boolean; stream?: string; offset?: number; epoch?: string }> {
-    const stream = `group:${group}`;
-    const state = this.streams.get(stream);
-    const payload = state ? { group, since: state.offset, epoch: state.epoch } : { group };
-    const data = await this.request<any>("join", payload);
-    this.groups.add(group);
-    if (typeof data?.stream === "string") {
-      this.onRecovered(data as RecoveryData);
-    }
+    const data = await this.request<any>("join", this.follower.joinPayload(group));
+    this.follower.joined(group, data);
     return data;
   }
 
   /** Leaves `group` and stops following its stream. */
   async leave(group: string): Promise<unknown> {
-    this.groups.delete(group);
-    const state = this.streams.get(`group:${group}`);
-    clearTimeout(state?.gapTimer);
-    this.streams.delete(`group:${group}`);
+    this.follower.left(group);
     return this.request("leave", { group });
   }
 
@@ -615,20 +404,13 @@ export class StreamerClient {
    * Groups are followed by `join`.
    */
   async follow(stream: string): Promise<StreamReset> {
-    const data = await this.request<RecoveryData>("recover", { stream });
-    if (!this.streams.has(stream)) {
-      this.streams.set(stream, { epoch: data.epoch, offset: data.offset, held: new Map(), recovering: false });
-    }
-    return { stream: data.stream, epoch: data.epoch, offset: data.offset };
+    const data = await this.request<any>("recover", { stream });
+    return this.follower.followed(data);
   }
 
   /** The last offset and epoch emitted for each followed stream. */
   positions(): Record<string, { offset: number; epoch: string }> {
-    const out: Record<string, { offset: number; epoch: string }> = {};
-    for (const [stream, state] of this.streams) {
-      out[stream] = { offset: state.offset, epoch: state.epoch };
-    }
-    return out;
+    return this.follower.positions();
   }
 
   private settle(id: string, pending: Pending, finish: () => void): void {
@@ -692,25 +474,13 @@ export class StreamerClient {
     clearTimeout(this.reconnectTimer);
     clearInterval(this.heartbeat);
     clearTimeout(this.renewal);
-    for (const state of this.streams.values()) {
-      clearTimeout(state.gapTimer);
-    }
+    this.follower.stop();
     this.socket?.close(1000, "client closed");
     this.socket = undefined;
     for (const [id, pending] of this.pending) {
       this.settle(id, pending, () => pending.reject(new StreamerError("CANCELLED", "client closed", id)));
     }
   }
-}
-
-function toMessage(frame: Record<string, any>): BroadcastMessage {
-  const message: BroadcastMessage = { data: frame.data, topic: frame.topic, timestamp: frame.timestamp };
-  if (typeof frame.stream === "string" && Number.isSafeInteger(frame.offset) && typeof frame.epoch === "string") {
-    message.stream = frame.stream;
-    message.offset = frame.offset;
-    message.epoch = frame.epoch;
-  }
-  return message;
 }
 
 function toError(error: Record<string, any>, requestId?: string): StreamerError {

@@ -499,11 +499,17 @@ impl Jobs {
             .entry(key.clone())
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
+                let age = Duration::from_millis(
+                    u64::try_from(self.now_ms() - request.created_ms).unwrap_or(0),
+                );
+                let not_before =
+                    tokio::time::Instant::now() + relay::ACK_HEAD_START.saturating_sub(age);
                 tokio::spawn(relay::run(
                     rx,
                     self.registry.clone(),
                     self.fanout.clone(),
                     self.config.progress_interval,
+                    not_before,
                 ));
                 tx
             })

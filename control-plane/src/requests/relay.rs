@@ -1,7 +1,10 @@
 //! Relaying a request's frames to its subscribed connections: one relay
 //! task per request delivers in order and throttles progress to at most one
 //! frame per interval (10/s by default) while always delivering the first,
-//! the last and 100%. Time is tokio's, so tests drive the throttle with
+//! the last and 100%. A request's first frames go out no earlier than
+//! [`ACK_HEAD_START`] after it was accepted, so they follow its
+//! acknowledgment (the route's answer, which travels through the edge)
+//! instead of racing it. Time is tokio's, so tests drive the throttle with
 //! paused time.
 
 use std::{sync::Arc, time::Duration};
@@ -17,6 +20,9 @@ use crate::{
     error::Fault,
     registry::Registry,
 };
+
+/// How long after a request is accepted its first frames may go out.
+pub const ACK_HEAD_START: Duration = Duration::from_millis(100);
 
 /// Per-request progress throttle: the first frame and 100% go at once;
 /// others at most once per interval, the latest waiting replaces older ones
@@ -156,7 +162,11 @@ pub async fn run(
     registry: Arc<dyn Registry>,
     fanout: Arc<Fanout>,
     interval: Duration,
+    not_before: Instant,
 ) {
+    // The acknowledgment is the route's answer and travels another path;
+    // a head start keeps a fast processor's first frames behind it.
+    tokio::time::sleep_until(not_before).await;
     let mut throttle = Throttle::new(interval);
     let mut subscribers: Vec<String> = Vec::new();
     loop {
