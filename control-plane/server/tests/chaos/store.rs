@@ -127,6 +127,7 @@ async fn chaos_store_throttling_and_a_10_s_outage_fail_promptly_recover_fast_and
     env.push(("STREAMER_RECONCILE_INTERVAL_SECS", "0".into()));
     // Rows a late write left behind are seconds old when reconcile runs.
     env.push((TRUST_410_AT_ONCE.0, TRUST_410_AT_ONCE.1.into()));
+    env.push(("STREAMER_METRICS_ADDR", "127.0.0.1:0".into()));
     let vars = as_vars(&env);
     let dev = Dev::start(&vars).await;
 
@@ -201,27 +202,44 @@ async fn chaos_store_throttling_and_a_10_s_outage_fail_promptly_recover_fast_and
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(outage.elapsed())).await;
     proxy.set(HttpMode::Pass);
     let back = Instant::now();
+    let back_online = std::sync::Mutex::new(Vec::new());
     eventually("service resumes", || async {
         let mut tally = HashMap::new();
         match try_client(&dev, "after-the-outage", &mut tally).await {
             Some(ws) => {
-                leave(ws).await;
+                back_online.lock().expect("lock").push(ws);
                 true
             }
             None => false,
         }
     })
     .await;
+    live.append(&mut back_online.lock().expect("lock"));
     let resumed = back.elapsed();
     println!("checked: a connect succeeded {resumed:?} after the store returned");
     assert!(resumed < Duration::from_secs(5), "{resumed:?}");
 
-    // Half the clients leave (the gateway has seen each close); then one
-    // reconcile pass.
+    // Half the clients leave; once the control plane has handled each of
+    // their disconnects (a pass cannot be exact about a removal still in
+    // flight), one reconcile pass.
     let keep = live.len() / 2;
-    for ws in live.split_off(keep) {
+    let disconnects = || async {
+        dev.metrics_now()
+            .await
+            .get("streamer_disconnects_total")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let before = disconnects().await;
+    let leaving = live.split_off(keep);
+    let left = leaving.len() as f64;
+    for ws in leaving {
         leave(ws).await;
     }
+    eventually("the control plane handled every disconnect", || async {
+        disconnects().await >= before + left
+    })
+    .await;
     let report = admin(dev.grpc_channel(), ADMIN_TOKEN)
         .run_reconcile(v1::RunReconcileRequest {})
         .await
