@@ -210,6 +210,7 @@ async fn run(args: &Args, procs: &Processes, private_pem: &str) -> anyhow::Resul
     };
     let mut memory = vec![scenarios::heap_after(procs, &before, args.connections).await?];
     first.close().await;
+    scenarios::until_gone(procs, "bench-connect").await?;
 
     let mut seq = 0;
     let mut broadcast = Vec::new();
@@ -228,6 +229,7 @@ async fn run(args: &Args, procs: &Processes, private_pem: &str) -> anyhow::Resul
         }
         broadcast.push(scenarios::broadcast(args, procs, &mut fleet, &tenant, &mut seq).await?);
         fleet.close().await;
+        scenarios::until_gone(procs, &tenant).await?;
     }
     let history = history::measure(
         args,

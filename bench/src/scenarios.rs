@@ -341,6 +341,34 @@ pub struct HeapBefore {
     gateways: Vec<f64>,
 }
 
+/// Waits until the control plane has forgotten every connection of
+/// `tenant` (their `$disconnect` events are processed after the sockets
+/// close), so the next heap reading does not see them being freed.
+pub async fn until_gone(procs: &Processes, tenant: &str) -> anyhow::Result<()> {
+    let mut client = ConnectionServiceClient::with_interceptor(
+        procs.channel().await?,
+        BearerToken::new(ADMIN_TOKEN)?,
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let count = client
+            .count_connections(v1::CountConnectionsRequest {
+                tenant_id: tenant.into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .count;
+        if count == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{count} connections of {tenant} still registered after the fleet closed");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The heap of every process before a fleet connects.
 pub async fn heap_before(procs: &Processes) -> anyhow::Result<HeapBefore> {
     let mut gateways = Vec::new();
