@@ -235,7 +235,7 @@ impl EdgeHandler {
                 response(status, Some(reply.body), headers)
             }
             Err(status) => {
-                tracing::error!(code = ?status.code(), message = status.message(), "control plane connect call failed");
+                tracing::error!(code = ?status.code(), message = status.message(), cause = ?std::error::Error::source(&status), "control plane connect call failed");
                 self.compensate(&connection_id, status.code()).await;
                 response(
                     503,
@@ -299,7 +299,7 @@ impl EdgeHandler {
         match called {
             Ok(_) => response(200, None, HeaderMap::new()),
             Err(status) => {
-                tracing::error!(code = ?status.code(), message = status.message(), "control plane disconnect call failed");
+                tracing::error!(code = ?status.code(), message = status.message(), cause = ?std::error::Error::source(&status), "control plane disconnect call failed");
                 response(503, None, HeaderMap::new())
             }
         }
@@ -327,7 +327,7 @@ impl EdgeHandler {
         match called {
             Ok(reply) => response(200, reply.into_inner().reply, HeaderMap::new()),
             Err(status) => {
-                tracing::error!(code = ?status.code(), message = status.message(), "control plane route call failed");
+                tracing::error!(code = ?status.code(), message = status.message(), cause = ?std::error::Error::source(&status), "control plane route call failed");
                 let request_id = if event.is_base64_encoded {
                     None
                 } else {

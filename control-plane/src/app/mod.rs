@@ -311,6 +311,11 @@ impl App {
         let mut server = tonic::transport::Server::builder()
             .http2_keepalive_interval(transport.keepalive_interval)
             .http2_keepalive_timeout(Some(transport.keepalive_timeout))
+            // Without a cap, a burst of thousands of small calls on one
+            // connection (a gateway's $disconnects when many clients drop)
+            // exhausts h2's small-DATA-frame budget and the server closes
+            // the connection with every call on it.
+            .max_concurrent_streams(transport.max_concurrent_streams)
             .trace_fn(streamer_telemetry::grpc_server_span)
             .layer(transport::Conventions);
         if let Some(age) = transport.max_connection_age {

@@ -36,6 +36,8 @@ pub struct TransportConfig {
     pub keepalive_interval: Option<Duration>,
     /// How long a PING may go unanswered.
     pub keepalive_timeout: Duration,
+    /// Calls in flight on one connection (HTTP/2 `MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: u32,
     /// GOAWAY after this long (`None`: no limit).
     pub max_connection_age: Option<Duration>,
     /// How long calls in flight may run after a shutdown signal.
@@ -49,6 +51,7 @@ impl Default for TransportConfig {
             idle_timeout: Some(Duration::from_secs(300)),
             keepalive_interval: Some(Duration::from_secs(30)),
             keepalive_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 1000,
             max_connection_age: None,
             drain_timeout: Duration::from_secs(10),
         }
@@ -70,6 +73,7 @@ impl ServerConfig {
                 idle_timeout: nonzero(secs(src.get(&s::GRPC_IDLE_TIMEOUT_SECS))),
                 keepalive_interval: nonzero(secs(src.get(&s::GRPC_KEEPALIVE_INTERVAL_SECS))),
                 keepalive_timeout: secs(src.at_least(&s::GRPC_KEEPALIVE_TIMEOUT_SECS, 1)),
+                max_concurrent_streams: src.at_least(&s::GRPC_MAX_CONCURRENT_STREAMS, 1),
                 max_connection_age: nonzero(secs(src.get(&s::GRPC_MAX_CONNECTION_AGE_SECS))),
                 drain_timeout: secs(src.get(&s::DRAIN_TIMEOUT_SECS)),
             },
