@@ -14,12 +14,12 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use axum::{
     body::Bytes,
     extract::{Path, State},
-    http::{HeaderMap, Method, StatusCode, Uri},
+    http::{HeaderMap, Method, StatusCode, Uri, request::Parts},
     response::{IntoResponse, Response},
 };
 use serde_json::json;
 
-use super::{Conn, Gateway, aws_error, now_ms, sigv4, socket::Outbound};
+use super::{Conn, Gateway, aws_error, forbidden, now_ms, sigv4, socket::Outbound};
 
 /// The refusal of a call to the wrong stage, unsigned or badly signed, or
 /// over the request rate.
@@ -32,11 +32,7 @@ fn refuse(
     body: &[u8],
 ) -> Option<Response> {
     if stage != gateway.inner.options.stage {
-        return Some(aws_error(
-            StatusCode::FORBIDDEN,
-            "ForbiddenException",
-            Some("Forbidden"),
-        ));
+        return Some(forbidden());
     }
     if gateway.inner.options.verify_signatures
         && let Err(refusal) = sigv4::verify(
@@ -69,6 +65,25 @@ fn refuse(
 
 fn gone() -> Response {
     aws_error(StatusCode::GONE, "GoneException", None)
+}
+
+/// The open connection a bodiless call (`GET`, `DELETE`) addresses, or the
+/// answer that refuses it.
+fn addressed(
+    gateway: &Gateway,
+    stage: &str,
+    id: &str,
+    call: &Parts,
+) -> Result<Arc<Conn>, Box<Response>> {
+    if let Some(response) = refuse(gateway, stage, &call.method, &call.uri, &call.headers, b"") {
+        return Err(Box::new(response));
+    }
+    gateway
+        .inner
+        .conns
+        .get(id)
+        .map(|c| c.clone())
+        .ok_or_else(|| Box::new(gone()))
 }
 
 pub(super) async fn post_to_connection(
@@ -106,15 +121,11 @@ pub(super) async fn post_to_connection(
 pub(super) async fn get_connection(
     State(gateway): State<Gateway>,
     Path((stage, id)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    call: Parts,
 ) -> Response {
-    if let Some(response) = refuse(&gateway, &stage, &method, &uri, &headers, b"") {
-        return response;
-    }
-    let Some(conn) = gateway.inner.conns.get(&id).map(|c| c.clone()) else {
-        return gone();
+    let conn = match addressed(&gateway, &stage, &id, &call) {
+        Ok(conn) => conn,
+        Err(refused) => return *refused,
     };
     let iso = |ms: i64| {
         chrono::DateTime::from_timestamp_millis(ms)
@@ -137,15 +148,11 @@ pub(super) async fn get_connection(
 pub(super) async fn delete_connection(
     State(gateway): State<Gateway>,
     Path((stage, id)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    call: Parts,
 ) -> Response {
-    if let Some(response) = refuse(&gateway, &stage, &method, &uri, &headers, b"") {
-        return response;
-    }
-    let Some(conn) = gateway.inner.conns.get(&id).map(|c| c.clone()) else {
-        return gone();
+    let conn = match addressed(&gateway, &stage, &id, &call) {
+        Ok(conn) => conn,
+        Err(refused) => return *refused,
     };
     let _ = conn
         .tx
@@ -200,11 +207,7 @@ pub(super) async fn local_stats(
     Path(stage): Path<String>,
 ) -> Response {
     if stage != gateway.inner.options.stage {
-        return aws_error(
-            StatusCode::FORBIDDEN,
-            "ForbiddenException",
-            Some("Forbidden"),
-        );
+        return forbidden();
     }
     let heap = gateway.inner.heap_meter.as_ref().map(|meter| meter());
     let body = json!({

@@ -159,6 +159,15 @@ fn request_time(ms: i64) -> String {
         .to_string()
 }
 
+/// API Gateway's answer to a call to a stage it does not serve.
+fn forbidden() -> Response {
+    aws_error(
+        StatusCode::FORBIDDEN,
+        "ForbiddenException",
+        Some("Forbidden"),
+    )
+}
+
 /// An error answer as AWS shapes it.
 fn aws_error(status: StatusCode, error_type: &'static str, message: Option<&str>) -> Response {
     (

@@ -27,7 +27,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use tokio::sync::{Notify, mpsc};
 
-use super::{Conn, Gateway, aws_error, new_id, now_ms, query_maps};
+use super::{Conn, Gateway, aws_error, forbidden, new_id, now_ms, query_maps};
 
 /// Frames waiting for one slow client before `PostToConnection` waits.
 const OUTBOUND_QUEUE: usize = 256;
@@ -64,11 +64,7 @@ pub(super) async fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if stage != gateway.inner.options.stage {
-        return aws_error(
-            StatusCode::FORBIDDEN,
-            "ForbiddenException",
-            Some("Forbidden"),
-        );
+        return forbidden();
     }
     let ws = match ws {
         Ok(ws) => ws,
@@ -271,7 +267,10 @@ async fn run(
                 );
                 context["messageId"] = json!(new_id());
                 let event = json!({ "requestContext": context, "body": body, "isBase64Encoded": is_base64 });
-                let response = gateway.invoke(event).await;
+                // Boxed, here and for $disconnect below: the edge call's
+                // future is large, and inline it would be part of every idle
+                // connection's task.
+                let response = Box::pin(gateway.invoke(event)).await;
                 if let Some(reply) = body_text(&response)
                     && conn.tx.send(Outbound::Frame(Message::Text(reply.into()))).await.is_err()
                 {
@@ -297,7 +296,15 @@ async fn run(
     let identity = Identity::of(&conn);
     drop(conn);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
-    finish(&gateway, &connection_id, &host, code, reason, identity).await;
+    Box::pin(finish(
+        &gateway,
+        &connection_id,
+        &host,
+        code,
+        reason,
+        identity,
+    ))
+    .await;
 }
 
 /// What the `$disconnect` event reports about the client.
