@@ -39,6 +39,20 @@ fn json_of(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).expect("json output")
 }
 
+/// `streamerctl <words> --output json` as the admin, parsed (`words` split
+/// on white space).
+async fn admin_json(dev: &Dev, words: &str) -> Value {
+    let mut args: Vec<&str> = words.split_whitespace().collect();
+    args.extend(["--output", "json"]);
+    json_of(&ctl(dev, ADMIN_TOKEN, &args, None).await)
+}
+
+/// `streamerctl <words>` as `token`, for its exit code and output.
+async fn run(dev: &Dev, token: &str, words: &str) -> Output {
+    let args: Vec<&str> = words.split_whitespace().collect();
+    ctl(dev, token, &args, None).await
+}
+
 #[tokio::test]
 async fn streamerctl_queries_sends_and_fails_with_meaningful_codes() {
     let stack = Dev::start(&[
@@ -50,61 +64,14 @@ async fn streamerctl_queries_sends_and_fails_with_meaningful_codes() {
     let mut alice = stack.connect(&token("alice", "acme", &[])).await;
     let mut bob = stack.connect(&token("bob", "acme", &[])).await;
 
-    let health = json_of(&ctl(&stack, ADMIN_TOKEN, &["health", "--output", "json"], None).await);
+    let health = admin_json(&stack, "health").await;
     assert_eq!(health["status"], "serving");
 
-    let count = json_of(
-        &ctl(
-            &stack,
-            ADMIN_TOKEN,
-            &[
-                "connections",
-                "count",
-                "--tenant",
-                "acme",
-                "--output",
-                "json",
-            ],
-            None,
-        )
-        .await,
-    );
+    let count = admin_json(&stack, "connections count --tenant acme").await;
     assert_eq!(count["count"], 2);
-    let only_alice = json_of(
-        &ctl(
-            &stack,
-            ADMIN_TOKEN,
-            &[
-                "connections",
-                "count",
-                "--tenant",
-                "acme",
-                "--user",
-                "alice",
-                "--output",
-                "json",
-            ],
-            None,
-        )
-        .await,
-    );
+    let only_alice = admin_json(&stack, "connections count --tenant acme --user alice").await;
     assert_eq!(only_alice["count"], 1);
-    let listed = json_of(
-        &ctl(
-            &stack,
-            ADMIN_TOKEN,
-            &[
-                "connections",
-                "list",
-                "--tenant",
-                "acme",
-                "--output",
-                "json",
-            ],
-            None,
-        )
-        .await,
-    );
+    let listed = admin_json(&stack, "connections list --tenant acme").await;
     let listed = listed.as_array().expect("array").clone();
     assert_eq!(listed.len(), 2);
     let alice_id = listed
@@ -114,28 +81,14 @@ async fn streamerctl_queries_sends_and_fails_with_meaningful_codes() {
         .as_str()
         .expect("id")
         .to_owned();
-    let got = json_of(
-        &ctl(
-            &stack,
-            ADMIN_TOKEN,
-            &["connections", "get", &alice_id, "--output", "json"],
-            None,
-        )
-        .await,
-    );
+    let got = admin_json(&stack, &format!("connections get {alice_id}")).await;
     assert_eq!(
         (got["tenant_id"].clone(), got["user_id"].clone()),
         (json!("acme"), json!("alice"))
     );
 
     // A human table by default.
-    let table = ctl(
-        &stack,
-        ADMIN_TOKEN,
-        &["connections", "list", "--tenant", "acme"],
-        None,
-    )
-    .await;
+    let table = run(&stack, ADMIN_TOKEN, "connections list --tenant acme").await;
     assert!(table.status.success());
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
@@ -147,23 +100,7 @@ async fn streamerctl_queries_sends_and_fails_with_meaningful_codes() {
     assert_eq!(text.lines().count(), 3);
 
     // Send: to the tenant (--data), to one connection (stdin).
-    let report = json_of(
-        &ctl(
-            &stack,
-            ADMIN_TOKEN,
-            &[
-                "send",
-                "--tenant",
-                "acme",
-                "--data",
-                r#"{"x":1}"#,
-                "--output",
-                "json",
-            ],
-            None,
-        )
-        .await,
-    );
+    let report = admin_json(&stack, r#"send --tenant acme --data {"x":1}"#).await;
     assert_eq!(
         (report["targeted"].clone(), report["delivered"].clone()),
         (json!(2), json!(2))
@@ -193,51 +130,15 @@ async fn streamerctl_queries_sends_and_fails_with_meaningful_codes() {
         (frame["data"].clone(), frame["topic"].clone()),
         (json!([1, 2]), json!("t"))
     );
-    let bad = ctl(
-        &stack,
-        ADMIN_TOKEN,
-        &["send", "--tenant", "acme", "--data", "{nope"],
-        None,
-    )
-    .await;
+    let bad = run(&stack, ADMIN_TOKEN, "send --tenant acme --data {nope").await;
     assert_eq!(bad.status.code(), Some(2));
 
     // Groups.
-    let added = json_of(
-        &ctl(
-            &stack,
-            ADMIN_TOKEN,
-            &[
-                "groups", "add", "--tenant", "acme", "room", "--user", "bob", "--output", "json",
-            ],
-            None,
-        )
-        .await,
-    );
+    let added = admin_json(&stack, "groups add --tenant acme room --user bob").await;
     assert_eq!(added["added"], 1);
-    let members = json_of(
-        &ctl(
-            &stack,
-            ADMIN_TOKEN,
-            &[
-                "groups", "count", "--tenant", "acme", "room", "--output", "json",
-            ],
-            None,
-        )
-        .await,
-    );
+    let members = admin_json(&stack, "groups count --tenant acme room").await;
     assert_eq!(members["count"], 1);
-    let report = json_of(
-        &ctl(
-            &stack,
-            ADMIN_TOKEN,
-            &[
-                "send", "--tenant", "acme", "--group", "room", "--data", "3", "--output", "json",
-            ],
-            None,
-        )
-        .await,
-    );
+    let report = admin_json(&stack, "send --tenant acme --group room --data 3").await;
     assert_eq!(report["delivered"], 1);
     assert_eq!(recv(&mut bob).await["data"], 3);
 
@@ -258,47 +159,14 @@ async fn streamerctl_queries_sends_and_fails_with_meaningful_codes() {
             _ => {}
         }
     }
-    let request = json_of(
-        &ctl(
-            &stack,
-            ADMIN_TOKEN,
-            &[
-                "requests", "get", "--tenant", "acme", "job-1", "--output", "json",
-            ],
-            None,
-        )
-        .await,
-    );
+    let request = admin_json(&stack, "requests get --tenant acme job-1").await;
     assert_eq!(
         (request["status"].clone(), request["result"].clone()),
         (json!("completed"), json!({"v": 1}))
     );
-    let requests = json_of(
-        &ctl(
-            &stack,
-            ADMIN_TOKEN,
-            &[
-                "requests",
-                "list",
-                "--tenant",
-                "acme",
-                "--status",
-                "completed",
-                "--output",
-                "json",
-            ],
-            None,
-        )
-        .await,
-    );
+    let requests = admin_json(&stack, "requests list --tenant acme --status completed").await;
     assert_eq!(requests.as_array().map(Vec::len), Some(1));
-    let cancel = ctl(
-        &stack,
-        ADMIN_TOKEN,
-        &["requests", "cancel", "--tenant", "acme", "job-1"],
-        None,
-    )
-    .await;
+    let cancel = run(&stack, ADMIN_TOKEN, "requests cancel --tenant acme job-1").await;
     assert_eq!(
         cancel.status.code(),
         Some(1),
@@ -306,20 +174,13 @@ async fn streamerctl_queries_sends_and_fails_with_meaningful_codes() {
     );
 
     // Exit codes.
-    let missing = ctl(
-        &stack,
-        ADMIN_TOKEN,
-        &["connections", "get", "NoSuchConn00000="],
-        None,
-    )
-    .await;
+    let missing = run(&stack, ADMIN_TOKEN, "connections get NoSuchConn00000=").await;
     assert_eq!(missing.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
-    let bad_token = ctl(
+    let bad_token = run(
         &stack,
         "wrong-token-0123456789",
-        &["connections", "count", "--tenant", "acme"],
-        None,
+        "connections count --tenant acme",
     )
     .await;
     assert_eq!(bad_token.status.code(), Some(4));
@@ -336,19 +197,11 @@ async fn streamerctl_queries_sends_and_fails_with_meaningful_codes() {
         .expect("run");
     assert_eq!(unreachable.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach"));
-    let usage = ctl(&stack, ADMIN_TOKEN, &["connections", "count"], None).await;
+    let usage = run(&stack, ADMIN_TOKEN, "connections count").await;
     assert_eq!(usage.status.code(), Some(2));
 
     // Disconnect closes the socket.
-    let closed = json_of(
-        &ctl(
-            &stack,
-            ADMIN_TOKEN,
-            &["connections", "disconnect", &alice_id, "--output", "json"],
-            None,
-        )
-        .await,
-    );
+    let closed = admin_json(&stack, &format!("connections disconnect {alice_id}")).await;
     assert_eq!(closed["closed"], true);
 }
 

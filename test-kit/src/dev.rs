@@ -236,14 +236,20 @@ impl Dev {
 
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
+        sigterm(&self.child);
         tokio::time::timeout(DEADLINE, self.child.wait())
             .await
             .expect("exit in time")
             .expect("wait")
     }
+}
+
+/// Sends SIGTERM to `child` (a graceful stop, as ECS and systemd do).
+pub fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("the child is running");
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "kill -TERM {pid}");
 }

@@ -120,33 +120,8 @@ impl Fleet {
             .iter()
             .map(|a| format!("http://{a}"))
             .collect();
-        let mut gateway = Command::new(binary("streamer-gateway"))
-            .env_clear()
-            .env("RUST_LOG", "warn")
-            .env("STREAMER_CONTROL_PLANE_URL", urls.join(","))
-            .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
-            .env("STREAMER_GATEWAY_ADDR", "127.0.0.1:0")
-            .env("STREAMER_GATEWAY_CONNECTS_PER_SECOND", "0")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("gateway");
-        let mut lines = BufReader::new(gateway.stdout.take().expect("stdout")).lines();
-        let ready: Value = tokio::time::timeout(DEADLINE, async {
-            while let Some(line) = lines.next_line().await.expect("line") {
-                if let Some(json) = line.strip_prefix("STREAMER_GATEWAY_READY ") {
-                    return serde_json::from_str(json).expect("json");
-                }
-            }
-            panic!("the gateway exited");
-        })
-        .await
-        .expect("gateway ready");
-        fleet.ws = format!(
-            "ws://{}/{}",
-            ready["gateway"].as_str().expect("gateway"),
-            ready["stage"].as_str().expect("stage")
-        );
+        let (gateway, ws) = gateway(&urls.join(",")).await;
+        fleet.ws = ws;
         fleet.gateway = gateway;
         fleet
     }
@@ -194,4 +169,37 @@ impl Fleet {
         replica.child.start_kill().expect("kill");
         let _ = replica.child.wait().await;
     }
+}
+
+/// Starts `streamer-gateway` in front of `control_planes` (a comma list of
+/// URLs): the process and its WebSocket URL.
+pub async fn gateway(control_planes: &str) -> (Child, String) {
+    let mut child = Command::new(binary("streamer-gateway"))
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .env("STREAMER_CONTROL_PLANE_URL", control_planes)
+        .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
+        .env("STREAMER_GATEWAY_ADDR", "127.0.0.1:0")
+        .env("STREAMER_GATEWAY_CONNECTS_PER_SECOND", "0")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("gateway");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready: Value = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.expect("line") {
+            if let Some(json) = line.strip_prefix("STREAMER_GATEWAY_READY ") {
+                return serde_json::from_str(json).expect("json");
+            }
+        }
+        panic!("the gateway exited");
+    })
+    .await
+    .expect("gateway ready");
+    let ws = format!(
+        "ws://{}/{}",
+        ready["gateway"].as_str().expect("gateway"),
+        ready["stage"].as_str().expect("stage")
+    );
+    (child, ws)
 }

@@ -8,7 +8,8 @@ use streamer_proto::{
         self, admin_service_client::AdminServiceClient,
         broadcast_service_client::BroadcastServiceClient,
         connection_service_client::ConnectionServiceClient, edge_service_client::EdgeServiceClient,
-        group_service_client::GroupServiceClient, request_service_client::RequestServiceClient,
+        group_service_client::GroupServiceClient, history_service_client::HistoryServiceClient,
+        request_service_client::RequestServiceClient,
     },
 };
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
@@ -52,6 +53,11 @@ pub fn requests(channel: Channel, token: &str) -> RequestServiceClient<Authed> {
     RequestServiceClient::with_interceptor(channel, bearer(token))
 }
 
+/// `HistoryService`.
+pub fn history(channel: Channel, token: &str) -> HistoryServiceClient<Authed> {
+    HistoryServiceClient::with_interceptor(channel, bearer(token))
+}
+
 /// `AdminService`.
 pub fn admin(channel: Channel, token: &str) -> AdminServiceClient<Authed> {
     AdminServiceClient::with_interceptor(channel, bearer(token))
@@ -63,6 +69,47 @@ pub fn tenant_target(tenant: &str, data: serde_json::Value) -> v1::SendRequest {
         target: Some(v1::send_request::Target::TenantId(tenant.into())),
         payload: Some(v1::send_request::Payload::DataJson(data.to_string())),
         ..Default::default()
+    }
+}
+
+/// A Send of `data` (as JSON text) to every member of `group` in `tenant`.
+pub fn group_target(tenant: &str, group: &str, data: &serde_json::Value) -> v1::SendRequest {
+    v1::SendRequest {
+        target: Some(v1::send_request::Target::Group(v1::GroupTarget {
+            tenant_id: tenant.into(),
+            group: group.into(),
+        })),
+        payload: Some(v1::send_request::Payload::DataJson(data.to_string())),
+        ..Default::default()
+    }
+}
+
+/// The report inside the answer of a call that must succeed:
+/// `broadcast.send(r).await.reported()`.
+pub trait Reported {
+    /// What the call reports.
+    type Report;
+    /// The report; panics on an error status or a missing report.
+    fn reported(self) -> Self::Report;
+}
+
+impl Reported for Result<tonic::Response<v1::SendResponse>, tonic::Status> {
+    type Report = v1::DeliveryReport;
+    fn reported(self) -> v1::DeliveryReport {
+        self.expect("send")
+            .into_inner()
+            .report
+            .expect("a delivery report")
+    }
+}
+
+impl Reported for Result<tonic::Response<v1::RunReconcileResponse>, tonic::Status> {
+    type Report = v1::ReconcileReport;
+    fn reported(self) -> v1::ReconcileReport {
+        self.expect("reconcile")
+            .into_inner()
+            .report
+            .expect("a reconcile report")
     }
 }
 

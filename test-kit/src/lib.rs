@@ -71,10 +71,12 @@ pub mod prelude {
         dev::{ADMIN_TOKEN, CONFIG_TOML, Dev, EDGE_TOKEN, SERVICE_A_TOKEN, TRUST_410_AT_ONCE},
         eventually,
         grpc::{
-            Authed, admin, broadcast, channel, connections, edge, groups, processor_serving,
-            requests, tenant_target,
+            Authed, Reported, admin, broadcast, channel, connections, edge, group_target, groups,
+            history, processor_serving, requests, tenant_target,
         },
         token::{claims, keys, token},
-        ws::{Ws, closed, nothing_pending, recv, recv_type, refused, send, send_json, whoami},
+        ws::{
+            Ws, closed, nothing_pending, recv, recv_type, refused, send, send_json, submit, whoami,
+        },
     };
 }

@@ -74,6 +74,22 @@ pub async fn recv(ws: &mut Ws) -> Value {
     }
 }
 
+/// Sends request `id` of `action` with `payload`; whether it was
+/// acknowledged (frames of earlier requests that arrive first are skipped).
+pub async fn submit(ws: &mut Ws, id: &str, action: &str, payload: Value) -> bool {
+    send_json(
+        ws,
+        &serde_json::json!({"request_id": id, "action": action, "payload": payload}),
+    )
+    .await;
+    loop {
+        let frame = recv(ws).await;
+        if frame["request_id"] == id && frame["type"] != "progress" {
+            return frame["type"] == "acknowledgment";
+        }
+    }
+}
+
 /// The next frame of `kind` (`"message"`, `"presence"`, ...), skipping others.
 pub async fn recv_type(ws: &mut Ws, kind: &str) -> Value {
     loop {

@@ -80,10 +80,7 @@ async fn dev_on_dynamodb_end_to_end() {
     let report = broadcast
         .send(tenant_target("acme", json!(1)))
         .await
-        .expect("send")
-        .into_inner()
-        .report
-        .expect("report");
+        .reported();
     assert_eq!(report.delivered, 1);
     ws.close(None).await.expect("close");
     eventually("row removed on $disconnect", || async {
@@ -146,10 +143,7 @@ async fn gone_connections_are_removed_by_broadcast_and_by_reconcile() {
     let report = broadcast
         .send(tenant_target("acme", json!("x")))
         .await
-        .expect("send")
-        .into_inner()
-        .report
-        .expect("report");
+        .reported();
     assert_eq!((report.targeted, report.delivered, report.gone), (2, 1, 1));
     let row = client()
         .get_item()
@@ -176,10 +170,7 @@ async fn gone_connections_are_removed_by_broadcast_and_by_reconcile() {
     let report = admin
         .run_reconcile(v1::RunReconcileRequest {})
         .await
-        .expect("reconcile")
-        .into_inner()
-        .report
-        .expect("report");
+        .reported();
     assert_eq!(
         (report.checked, report.removed, report.alive, report.errors),
         (3, 2, 1, 0)
@@ -292,14 +283,7 @@ async fn a_control_plane_restart_on_dynamodb_loses_no_accepted_request() {
         (json!("acknowledgment"), json!("queued")),
         "{ack}"
     );
-    let pid = first.child.id().expect("pid");
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    streamer_test_kit::dev::sigterm(&first.child);
     let exit = tokio::time::timeout(DEADLINE, first.child.wait())
         .await
         .expect("exits")

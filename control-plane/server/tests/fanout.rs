@@ -61,10 +61,7 @@ async fn a_budgeted_broadcast_under_the_gateways_throttle_delivers_all_and_lets_
             &json!("just you"),
         ))
         .await
-        .expect("small send")
-        .into_inner()
-        .report
-        .expect("report");
+        .reported();
     let small_took = small_started.elapsed();
     assert_eq!(small.delivered, 1);
     assert_eq!(recv_type(&mut lone, "message").await["data"], "just you");
@@ -111,10 +108,7 @@ async fn without_a_budget_the_fanout_backs_off_on_429_and_still_delivers_all() {
             &data,
         ))
         .await
-        .expect("send")
-        .into_inner()
-        .report
-        .expect("report");
+        .reported();
     assert_eq!(
         (report.delivered, report.throttled, report.failed),
         (2000, 0, 0),

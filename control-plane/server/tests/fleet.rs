@@ -26,21 +26,6 @@ fn processor_on(fleet: &Fleet, i: usize) -> Processor {
     )
 }
 
-/// Submits `action` as request `id`; whether it was accepted.
-async fn submit(ws: &mut Ws, id: &str, action: &str) -> bool {
-    send_json(
-        ws,
-        &json!({"request_id": id, "action": action, "payload": {}}),
-    )
-    .await;
-    loop {
-        let frame = recv(ws).await;
-        if frame["request_id"] == id && frame["type"] != "progress" {
-            return frame["type"] == "acknowledgment";
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_cancel_on_another_replica_reaches_the_processor_and_frees_its_slot() {
     let fleet = Fleet::start(2, &[]).await;
@@ -70,7 +55,7 @@ async fn a_cancel_on_another_replica_reaches_the_processor_and_frees_its_slot() 
             .is_ok_and(|r| !r.into_inner().processors.is_empty())
     })
     .await;
-    assert!(submit(&mut ws, "first", "long_job").await);
+    assert!(submit(&mut ws, "first", "long_job", json!({})).await);
     let got = tokio::time::timeout(DEADLINE, started.recv())
         .await
         .expect("started");
@@ -95,7 +80,7 @@ async fn a_cancel_on_another_replica_reaches_the_processor_and_frees_its_slot() 
     assert!(took < Duration::from_secs(1), "{took:?}");
 
     // Its one slot is free: the next request starts.
-    assert!(submit(&mut ws, "second", "long_job").await);
+    assert!(submit(&mut ws, "second", "long_job", json!({})).await);
     let got = tokio::time::timeout(DEADLINE, started.recv())
         .await
         .expect("started");
@@ -126,10 +111,7 @@ async fn fan_out_quota_subscribe_and_history_hold_across_replicas() {
     let report = broadcast(fleet.channel(1), ADMIN_TOKEN)
         .send(tenant_target("acme", json!("to all")))
         .await
-        .expect("send")
-        .into_inner()
-        .report
-        .expect("report");
+        .reported();
     assert_eq!((report.targeted, report.delivered), (30, 30));
     eventually("everyone has it", || {
         let received = received.clone();
@@ -245,7 +227,7 @@ async fn a_killed_replica_hands_its_work_over_exactly_once() {
     })
     .await;
     for i in 0..8 {
-        assert!(submit(&mut ws, &format!("job-{i}"), "fleet_job").await);
+        assert!(submit(&mut ws, &format!("job-{i}"), "fleet_job", json!({})).await);
     }
     eventually("work started on replica 1", || {
         let runs = runs.clone();
@@ -329,10 +311,7 @@ async fn reconcile_runs_once_across_the_fleet_and_removes_rows_of_an_unreachable
             admin(channel, ADMIN_TOKEN)
                 .run_reconcile(v1::RunReconcileRequest {})
                 .await
-                .expect("reconcile")
-                .into_inner()
-                .report
-                .expect("report")
+                .reported()
         }
     };
     let first = run(0).await;

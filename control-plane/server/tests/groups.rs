@@ -16,17 +16,6 @@ fn groups(dev: &Dev, token: &str) -> GroupServiceClient<Authed> {
     )
 }
 
-fn to_group(tenant: &str, group: &str, data: Value) -> v1::SendRequest {
-    v1::SendRequest {
-        target: Some(v1::send_request::Target::Group(v1::GroupTarget {
-            tenant_id: tenant.into(),
-            group: group.into(),
-        })),
-        payload: Some(v1::send_request::Payload::DataJson(data.to_string())),
-        ..Default::default()
-    }
-}
-
 async fn request(ws: &mut Ws, frame: Value) -> Value {
     send_json(ws, &frame).await;
     recv(ws).await
@@ -101,29 +90,26 @@ async fn rooms_join_leave_send_and_presence() {
     // A send to the room reaches exactly its two members.
     let mut broadcast = broadcast(dev.grpc_channel(), ADMIN_TOKEN);
     let report = broadcast
-        .send(to_group("acme", "room-1", json!("hello room")))
+        .send(group_target("acme", "room-1", &json!("hello room")))
         .await
-        .expect("send")
-        .into_inner();
-    let report = report.report.expect("report");
+        .reported();
     assert_eq!((report.targeted, report.delivered), (2, 2));
     assert_eq!(recv(&mut alice).await["data"], "hello room");
     assert_eq!(recv(&mut bob).await["data"], "hello room");
     nothing_pending(&mut carol).await;
     nothing_pending(&mut erin).await;
     let report = broadcast
-        .send(to_group("globex", "room-1", json!("other")))
+        .send(group_target("globex", "room-1", &json!("other")))
         .await
-        .expect("send")
-        .into_inner();
-    assert_eq!(report.report.expect("report").targeted, 1);
+        .reported();
+    assert_eq!(report.targeted, 1);
     assert_eq!(recv(&mut erin).await["data"], "other");
 
     // Exclusions apply to groups too.
-    let mut excluding = to_group("acme", "room-1", json!("not bob"));
+    let mut excluding = group_target("acme", "room-1", &json!("not bob"));
     excluding.exclude_connection_ids = vec![bob_id.clone()];
-    let report = broadcast.send(excluding).await.expect("send").into_inner();
-    assert_eq!(report.report.expect("report").targeted, 1);
+    let report = broadcast.send(excluding).await.reported();
+    assert_eq!(report.targeted, 1);
     assert_eq!(recv(&mut alice).await["data"], "not bob");
 
     // Permission and payload checks.
@@ -171,11 +157,10 @@ async fn rooms_join_leave_send_and_presence() {
         (json!("leave"), json!("bob"))
     );
     let report = broadcast
-        .send(to_group("acme", "room-1", json!(1)))
+        .send(group_target("acme", "room-1", &json!(1)))
         .await
-        .expect("send")
-        .into_inner();
-    assert_eq!(report.report.expect("report").targeted, 1);
+        .reported();
+    assert_eq!(report.targeted, 1);
     assert_eq!(recv(&mut alice).await["data"], 1);
     nothing_pending(&mut bob).await;
 
@@ -322,7 +307,7 @@ async fn the_group_api_and_late_departures() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     let mut service_broadcast = broadcast(dev.grpc_channel(), SERVICE_A_TOKEN);
     let err = service_broadcast
-        .send(to_group("globex", "lobby", json!(1)))
+        .send(group_target("globex", "lobby", &json!(1)))
         .await
         .expect_err("other tenant");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -361,11 +346,9 @@ async fn the_group_api_and_late_departures() {
     }
     let mut broadcast = broadcast(dev.grpc_channel(), ADMIN_TOKEN);
     let report = broadcast
-        .send(to_group("acme", "lobby", json!("hi")))
+        .send(group_target("acme", "lobby", &json!("hi")))
         .await
-        .expect("send")
-        .into_inner();
-    let report = report.report.expect("report");
+        .reported();
     assert_eq!((report.targeted, report.delivered, report.gone), (3, 2, 1));
     for ws in [&mut alice, &mut alice2] {
         // The message and the ghost's departure, in either order.

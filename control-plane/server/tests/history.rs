@@ -15,7 +15,7 @@ use std::{
 
 use rand::Rng;
 use serde_json::{Value, json};
-use streamer_proto::v1::{self, history_service_client::HistoryServiceClient};
+use streamer_proto::v1;
 use streamer_test_kit::{
     history::{Follower, Handle, Plan, follow},
     prelude::*,
@@ -24,17 +24,6 @@ use tokio::sync::RwLock;
 
 /// History on rooms, users and the tenant stream.
 pub const HISTORY: (&str, &str) = ("STREAMER_HISTORY", "group:room-*,user:*,tenant");
-
-fn to_group(tenant: &str, group: &str, data: &Value) -> v1::SendRequest {
-    v1::SendRequest {
-        target: Some(v1::send_request::Target::Group(v1::GroupTarget {
-            tenant_id: tenant.into(),
-            group: group.into(),
-        })),
-        payload: Some(v1::send_request::Payload::DataJson(data.to_string())),
-        ..Default::default()
-    }
-}
 
 /// The scenario, on whatever `dev` `url` points at: `followers` join
 /// `group`, two senders send `total` messages at about 200/s in all, every
@@ -101,7 +90,7 @@ impl Scenario {
                         let _running = pause.read().await;
                         let channel = grpc.lock().expect("lock").clone();
                         let response = broadcast(channel, ADMIN_TOKEN)
-                            .send(to_group(&tenant, &group, &data))
+                            .send(group_target(&tenant, &group, &data))
                             .await
                             .expect("send")
                             .into_inner();
@@ -220,7 +209,7 @@ async fn on_the_embedded_store_a_restart_is_a_new_epoch_and_followers_are_told()
     let joined = recv(&mut ws).await;
     assert_eq!(joined["data"]["offset"], 0, "{joined}");
     let sent = broadcast(dev.grpc_channel(), ADMIN_TOKEN)
-        .send(to_group("acme", "room-epoch", &json!("before")))
+        .send(group_target("acme", "room-epoch", &json!("before")))
         .await
         .expect("send")
         .into_inner()
@@ -307,10 +296,7 @@ async fn services_read_history_and_position_within_their_tenant() {
             .await
             .expect("send");
     }
-    let mut history = HistoryServiceClient::with_interceptor(
-        dev.grpc_channel(),
-        streamer_proto::auth::BearerToken::new(ADMIN_TOKEN).expect("token"),
-    );
+    let mut history = streamer_test_kit::grpc::history(dev.grpc_channel(), ADMIN_TOKEN);
     let page = history
         .read_history(v1::ReadHistoryRequest {
             tenant_id: "acme".into(),
@@ -345,10 +331,7 @@ async fn services_read_history_and_position_within_their_tenant() {
     assert_eq!(position.offset, 5);
 
     // A token bound to acme reads acme's streams and no other tenant's.
-    let mut bound = HistoryServiceClient::with_interceptor(
-        dev.grpc_channel(),
-        streamer_proto::auth::BearerToken::new(SERVICE_A_TOKEN).expect("token"),
-    );
+    let mut bound = streamer_test_kit::grpc::history(dev.grpc_channel(), SERVICE_A_TOKEN);
     let own = bound
         .get_stream_position(v1::GetStreamPositionRequest {
             tenant_id: "acme".into(),

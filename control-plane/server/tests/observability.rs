@@ -166,10 +166,7 @@ async fn metrics_move_by_the_right_amounts() {
     let report = broadcast
         .send(tenant_target("obs", json!(1)))
         .await
-        .expect("send")
-        .into_inner()
-        .report
-        .expect("report");
+        .reported();
     assert_eq!(report.delivered, 2);
     recv(&mut a).await;
     recv(&mut b).await;

@@ -18,10 +18,7 @@ async fn broadcast_to_tenant_user_and_connection_with_exclusions() {
     let report = broadcast
         .send(tenant_target("acme", json!({"n": 1})))
         .await
-        .expect("send")
-        .into_inner()
-        .report;
-    let report = report.expect("report");
+        .reported();
     assert_eq!(
         (
             report.targeted,
@@ -60,13 +57,7 @@ async fn broadcast_to_tenant_user_and_connection_with_exclusions() {
         topic: "news".into(),
         ..Default::default()
     };
-    let report = broadcast
-        .send(request)
-        .await
-        .expect("send")
-        .into_inner()
-        .report
-        .expect("report");
+    let report = broadcast.send(request).await.reported();
     assert_eq!((report.targeted, report.delivered), (2, 2));
     for ws in [&mut alice1, &mut alice2] {
         let frame = recv(ws).await;
@@ -82,13 +73,7 @@ async fn broadcast_to_tenant_user_and_connection_with_exclusions() {
     let alice1_id = whoami(&mut alice1).await;
     let mut request = tenant_target("acme", json!("three"));
     request.exclude_connection_ids = vec![alice1_id.clone()];
-    let report = broadcast
-        .send(request)
-        .await
-        .expect("send")
-        .into_inner()
-        .report
-        .expect("report");
+    let report = broadcast.send(request).await.reported();
     assert_eq!((report.targeted, report.delivered), (2, 2));
     assert_eq!(recv(&mut alice2).await["data"], "three");
     assert_eq!(recv(&mut bob).await["data"], "three");
@@ -100,13 +85,7 @@ async fn broadcast_to_tenant_user_and_connection_with_exclusions() {
         payload: Some(v1::send_request::Payload::DataJson("4".into())),
         ..Default::default()
     };
-    let report = broadcast
-        .send(request)
-        .await
-        .expect("send")
-        .into_inner()
-        .report
-        .expect("report");
+    let report = broadcast.send(request).await.reported();
     assert_eq!((report.targeted, report.delivered), (1, 1));
     assert_eq!(recv(&mut alice1).await["data"], 4);
 
@@ -130,9 +109,7 @@ async fn a_connection_the_gateway_forgot_is_reported_gone_and_removed() {
     let report = broadcast
         .send(tenant_target("acme", json!("hi")))
         .await
-        .expect("send")
-        .into_inner();
-    let report = report.report.expect("report");
+        .reported();
     assert_eq!((report.targeted, report.delivered, report.gone), (2, 1, 1));
     assert_eq!(recv(&mut live).await["data"], "hi");
 
@@ -147,9 +124,8 @@ async fn a_connection_the_gateway_forgot_is_reported_gone_and_removed() {
     let report = broadcast
         .send(tenant_target("acme", json!("again")))
         .await
-        .expect("send")
-        .into_inner();
-    assert_eq!(report.report.expect("report").targeted, 1);
+        .reported();
+    assert_eq!(report.targeted, 1);
 }
 
 #[tokio::test]
@@ -389,13 +365,7 @@ async fn grpc_callers_must_authenticate_and_stay_in_their_role_and_tenant() {
         payload: Some(v1::send_request::Payload::DataJson("1".into())),
         ..Default::default()
     };
-    let report = service_broadcast
-        .send(to_conn)
-        .await
-        .expect("send")
-        .into_inner()
-        .report
-        .expect("report");
+    let report = service_broadcast.send(to_conn).await.reported();
     assert_eq!(
         report.targeted, 0,
         "another tenant's connection is not reachable"

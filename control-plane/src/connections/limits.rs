@@ -122,17 +122,7 @@ fn check(limiter: &Keyed<Arc<str>>, key: &Arc<str>) -> Result<(), Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn limits() -> LimitsConfig {
-        LimitsConfig {
-            max_message_bytes: 1024,
-            messages_per_minute: 60,
-            message_burst: 5,
-            connects_per_minute_per_ip: 2,
-            loopback_connects_unlimited: None,
-            max_connections_per_tenant: 0,
-        }
-    }
+    use crate::connections::tests::limits;
 
     #[tokio::test(start_paused = true)]
     async fn message_burst_then_the_rate() {

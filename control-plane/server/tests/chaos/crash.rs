@@ -6,7 +6,6 @@
 
 use std::{
     collections::HashMap,
-    process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -15,12 +14,10 @@ use serde_json::{Value, json};
 use streamer_client::processor::{ActionSpec, Processor};
 use streamer_proto::v1;
 use streamer_test_kit::{
-    dev::binary,
     moto::{Tables, as_vars},
     prelude::*,
     ws::{connect_many, count_messages},
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn kill(dev: &Dev, signal: &str) {
     let pid = dev.child.id().expect("pid");
@@ -55,22 +52,6 @@ fn worker(dev: &Dev, runs: Arc<Mutex<HashMap<String, u32>>>) -> Processor {
         )
 }
 
-/// Submits `chaos_job` `n` as request `id`; whether it was accepted
-/// (frames of earlier requests that arrive first are skipped).
-async fn submit(ws: &mut Ws, id: &str, n: u32) -> bool {
-    send_json(
-        ws,
-        &json!({"request_id": id, "action": "chaos_job", "payload": {"n": n}}),
-    )
-    .await;
-    loop {
-        let frame = recv(ws).await;
-        if frame["request_id"] == id && frame["type"] != "progress" {
-            return frame["type"] == "acknowledgment";
-        }
-    }
-}
-
 #[tokio::test]
 async fn chaos_sigkill_mid_work_on_dynamodb_loses_no_accepted_request_and_completes_none_twice() {
     let tables = Tables::new("chaos-kill");
@@ -99,7 +80,7 @@ async fn chaos_sigkill_mid_work_on_dynamodb_loses_no_accepted_request_and_comple
     let mut accepted = Vec::new();
     for n in 0..=50 {
         let id = format!("job-{n:03}");
-        if submit(&mut ws, &id, n).await {
+        if submit(&mut ws, &id, "chaos_job", json!({"n": n})).await {
             accepted.push((id, n));
         }
     }
@@ -129,7 +110,10 @@ async fn chaos_sigkill_mid_work_on_dynamodb_loses_no_accepted_request_and_comple
     let mut ws = second.connect(&token("alice", "acme", &[])).await;
     for n in 51..100 {
         let id = format!("job-{n:03}");
-        assert!(submit(&mut ws, &id, n).await, "{id} accepted");
+        assert!(
+            submit(&mut ws, &id, "chaos_job", json!({"n": n})).await,
+            "{id} accepted"
+        );
         accepted.push((id, n));
     }
     let requests_api = requests(second.grpc_channel(), ADMIN_TOKEN);
@@ -213,38 +197,6 @@ async fn serve(extra: &[(&str, &str)]) -> (tokio::process::Child, String) {
     (child, url)
 }
 
-/// Starts `streamer-gateway` in front of `control_plane`.
-async fn gateway(control_plane: &str) -> (tokio::process::Child, String) {
-    let mut child = tokio::process::Command::new(binary("streamer-gateway"))
-        .env_clear()
-        .env("RUST_LOG", "warn")
-        .env("STREAMER_CONTROL_PLANE_URL", control_plane)
-        .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
-        .env("STREAMER_GATEWAY_ADDR", "127.0.0.1:0")
-        .env("STREAMER_GATEWAY_CONNECTS_PER_SECOND", "0")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("gateway");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let ready = tokio::time::timeout(DEADLINE, async {
-        while let Some(line) = lines.next_line().await.expect("line") {
-            if let Some(json) = line.strip_prefix("STREAMER_GATEWAY_READY ") {
-                return serde_json::from_str::<Value>(json).expect("json");
-            }
-        }
-        panic!("the gateway exited");
-    })
-    .await
-    .expect("gateway ready");
-    let ws = format!(
-        "ws://{}/{}",
-        ready["gateway"].as_str().expect("addr"),
-        ready["stage"].as_str().expect("stage")
-    );
-    (child, ws)
-}
-
 #[tokio::test]
 async fn chaos_sigterm_lets_a_broadcast_in_flight_finish_then_exits_within_the_drain_timeout() {
     // 1,500 recipients at 500 calls/s: the broadcast takes about 3 s.
@@ -253,7 +205,7 @@ async fn chaos_sigterm_lets_a_broadcast_in_flight_finish_then_exits_within_the_d
         ("STREAMER_DRAIN_TIMEOUT_SECS", "8"),
     ])
     .await;
-    let (_gateway, ws_url) = gateway(&url).await;
+    let (_gateway, ws_url) = streamer_test_kit::fleet::gateway(&url).await;
     let sockets = connect_many(
         &format!("{ws_url}?token={}", token("u", "drain", &[])),
         1500,
@@ -277,22 +229,9 @@ async fn chaos_sigterm_lets_a_broadcast_in_flight_finish_then_exits_within_the_d
         async move { received.count() > 100 }
     })
     .await;
-    let pid = control_plane.id().expect("pid");
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    streamer_test_kit::dev::sigterm(&control_plane);
     let signalled = started.elapsed();
-    let report = sending
-        .await
-        .expect("join")
-        .expect("the send in flight completes")
-        .into_inner()
-        .report
-        .expect("report");
+    let report = sending.await.expect("join").reported();
     let exit = tokio::time::timeout(Duration::from_secs(15), control_plane.wait())
         .await
         .expect("exits within the drain timeout")

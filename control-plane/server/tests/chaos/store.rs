@@ -243,10 +243,7 @@ async fn chaos_store_throttling_and_a_10_s_outage_fail_promptly_recover_fast_and
     let report = admin(dev.grpc_channel(), ADMIN_TOKEN)
         .run_reconcile(v1::RunReconcileRequest {})
         .await
-        .expect("reconcile")
-        .into_inner()
-        .report
-        .expect("report");
+        .reported();
     let (rows, counter, orphans) = store_state(&table, "flaky").await;
     println!(
         "checked after one reconcile pass ({report:?}): {rows} rows for {keep} live clients, counter {counter}, {orphans} orphaned memberships"

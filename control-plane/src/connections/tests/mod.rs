@@ -27,7 +27,7 @@ struct Setup {
 
 /// 2 connects per IP per minute, a burst of 5 messages, 2 connections per
 /// tenant.
-fn limits() -> LimitsConfig {
+pub(super) fn limits() -> LimitsConfig {
     LimitsConfig {
         max_message_bytes: 1024,
         messages_per_minute: 60,

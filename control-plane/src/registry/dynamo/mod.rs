@@ -81,6 +81,21 @@ where
     RegistryError::Unavailable(describe(&err))
 }
 
+/// Whether a conditional write was applied (`false`: its condition failed).
+fn applied<T, E, R>(
+    result: Result<T, aws_sdk_dynamodb::error::SdkError<E, R>>,
+) -> Result<bool, RegistryError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(err) if condition_failed(&err) => Ok(false),
+        Err(err) => Err(unavailable(err)),
+    }
+}
+
 /// The DynamoDB registry.
 #[derive(Clone)]
 pub struct DynamoRegistry {
@@ -109,6 +124,17 @@ impl DynamoRegistry {
         }
     }
 
+    /// An update of the item keyed `key`.
+    fn update(
+        &self,
+        key: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&*self.table)
+            .key("connection_id", s(key))
+    }
+
     /// Moves a tenant's live-connection counter by `delta`; with `max`, an
     /// increment only succeeds while the counter is below it.
     async fn bump(
@@ -118,10 +144,7 @@ impl DynamoRegistry {
         max: Option<u64>,
     ) -> Result<bool, RegistryError> {
         let mut update = self
-            .client
-            .update_item()
-            .table_name(&*self.table)
-            .key("connection_id", s(&counter_key(tenant_id)))
+            .update(&counter_key(tenant_id))
             .update_expression("ADD active :delta")
             .expression_attribute_values(":delta", n(delta));
         if let Some(max) = max {
@@ -129,11 +152,7 @@ impl DynamoRegistry {
                 .condition_expression("attribute_not_exists(active) OR active < :max")
                 .expression_attribute_values(":max", n(i64::try_from(max).unwrap_or(i64::MAX)));
         }
-        match update.send().await {
-            Ok(_) => Ok(true),
-            Err(err) if condition_failed(&err) => Ok(false),
-            Err(err) => Err(unavailable(err)),
-        }
+        applied(update.send().await)
     }
 
     /// Gives a reserved quota slot back; a failure leaves the counter one
@@ -419,10 +438,7 @@ impl Registry for DynamoRegistry {
             .ttl
             .expires_at_ms(connection.connected_at_ms, last_seen);
         let result = self
-            .client
-            .update_item()
-            .table_name(&*self.table)
-            .key("connection_id", s(connection_id))
+            .update(connection_id)
             .update_expression("SET last_seen = :seen, expires_at = :exp")
             // Never recreate a removed row.
             .condition_expression("attribute_exists(connection_id)")
@@ -430,11 +446,7 @@ impl Registry for DynamoRegistry {
             .expression_attribute_values(":exp", n(expires_at.div_euclid(1000)))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err) if condition_failed(&err) => Ok(false),
-            Err(err) => Err(unavailable(err)),
-        }
+        applied(result)
     }
 
     async fn join(
@@ -444,10 +456,7 @@ impl Registry for DynamoRegistry {
         max_groups: usize,
     ) -> Result<bool, RegistryError> {
         let updated = self
-            .client
-            .update_item()
-            .table_name(&*self.table)
-            .key("connection_id", s(connection_id))
+            .update(connection_id)
             .update_expression("ADD groups :g")
             // Never creates a row, and never a group beyond the limit.
             .condition_expression(
@@ -502,22 +511,15 @@ impl Registry for DynamoRegistry {
 
     async fn leave(&self, connection_id: &str, group: &str) -> Result<bool, RegistryError> {
         let updated = self
-            .client
-            .update_item()
-            .table_name(&*self.table)
-            .key("connection_id", s(connection_id))
+            .update(connection_id)
             .update_expression("DELETE groups :g")
             .condition_expression("attribute_exists(tenant_id) AND contains(groups, :name)")
             .expression_attribute_values(":g", AttributeValue::Ss(vec![group.to_owned()]))
             .expression_attribute_values(":name", s(group))
             .send()
             .await;
-        match updated {
-            Ok(_) => {}
-            Err(err) if condition_failed(&err) => {
-                return Ok(false);
-            }
-            Err(err) => return Err(unavailable(err)),
+        if !applied(updated)? {
+            return Ok(false);
         }
         self.client
             .delete_item()

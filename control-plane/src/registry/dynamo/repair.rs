@@ -104,10 +104,7 @@ async fn set_counter(
     rows: i64,
 ) -> Result<bool, RegistryError> {
     let mut update = registry
-        .client
-        .update_item()
-        .table_name(&*registry.table)
-        .key("connection_id", s(&super::counter_key(tenant)))
+        .update(&super::counter_key(tenant))
         .update_expression("SET active = :rows")
         .expression_attribute_values(":rows", n(rows));
     update = match seen {
@@ -116,11 +113,7 @@ async fn set_counter(
             .expression_attribute_values(":seen", n(seen)),
         None => update.condition_expression("attribute_not_exists(active)"),
     };
-    match update.send().await {
-        Ok(_) => Ok(true),
-        Err(err) if condition_failed(&err) => Ok(false),
-        Err(err) => Err(unavailable(err)),
-    }
+    super::applied(update.send().await)
 }
 
 /// Whether the row of `connection_id` is (still) in `group`, by a
