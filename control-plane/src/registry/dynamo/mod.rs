@@ -135,6 +135,19 @@ impl DynamoRegistry {
             .key("connection_id", s(key))
     }
 
+    /// A delete of the connection row `connection_id` that never touches
+    /// another kind of item.
+    fn delete_row(
+        &self,
+        connection_id: &str,
+    ) -> aws_sdk_dynamodb::operation::delete_item::builders::DeleteItemFluentBuilder {
+        self.client
+            .delete_item()
+            .table_name(&*self.table)
+            .key("connection_id", s(connection_id))
+            .condition_expression("attribute_exists(tenant_id)")
+    }
+
     /// Moves a tenant's live-connection counter by `delta`; with `max`, an
     /// increment only succeeds while the counter is below it.
     async fn bump(
@@ -214,14 +227,7 @@ impl DynamoRegistry {
     /// was taken for it, so none is given back). Best effort: a row left
     /// behind is a ghost that reconcile removes.
     async fn forget_row(&self, connection_id: &str) {
-        let deleted = self
-            .client
-            .delete_item()
-            .table_name(&*self.table)
-            .key("connection_id", s(connection_id))
-            .condition_expression("attribute_exists(tenant_id)")
-            .send()
-            .await;
+        let deleted = self.delete_row(connection_id).send().await;
         if let Err(err) = deleted
             && !condition_failed(&err)
         {
@@ -346,11 +352,7 @@ impl Registry for DynamoRegistry {
         // The conditional delete decides which of several removers wins; only
         // the winner gives the tenant's slot back.
         let deleted = self
-            .client
-            .delete_item()
-            .table_name(&*self.table)
-            .key("connection_id", s(connection_id))
-            .condition_expression("attribute_exists(tenant_id)")
+            .delete_row(connection_id)
             .return_values(ReturnValue::AllOld)
             .send()
             .await;
