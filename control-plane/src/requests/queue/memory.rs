@@ -1,8 +1,13 @@
 //! The embedded request queue: one ordered map behind a mutex (held only
 //! for in-memory work, never across an await). Nothing survives a restart;
-//! use DynamoDB for durability.
+//! use DynamoDB for durability. Finished requests stay readable (`GetRequest`,
+//! `subscribe`, duplicate detection) until [`MAX_FINISHED`] newer ones have
+//! finished; DynamoDB keeps them for 7 days by TTL.
 
-use std::{collections::BTreeMap, sync::Mutex};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Mutex,
+};
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -11,18 +16,63 @@ use super::{Failure, ProgressState, QueueError, Request, RequestQueue, Status};
 
 type Key = (String, String);
 
+/// How many finished requests the embedded queue keeps (the most recently
+/// finished); without a bound a long-running `dev` or embedded deployment
+/// grows by every request it ever served (found by the 10-minute soak).
+pub const MAX_FINISHED: usize = 10_000;
+
 /// The embedded queue.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryQueue {
     requests: Mutex<BTreeMap<Key, Request>>,
+    /// Finished requests, oldest first.
+    finished: Mutex<VecDeque<Key>>,
+    max_finished: usize,
     /// Published actions: name → (spec, until ms).
     published: Mutex<std::collections::HashMap<String, (Value, i64)>>,
+}
+
+impl Default for MemoryQueue {
+    fn default() -> Self {
+        Self::keeping(MAX_FINISHED)
+    }
 }
 
 impl MemoryQueue {
     /// An empty queue.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty queue that keeps `max_finished` finished requests.
+    pub fn keeping(max_finished: usize) -> Self {
+        Self {
+            requests: Mutex::default(),
+            finished: Mutex::default(),
+            max_finished,
+            published: Mutex::default(),
+        }
+    }
+
+    /// Records that `key` has just finished, and forgets the oldest finished
+    /// requests past the bound.
+    fn retire(&self, key: Key) {
+        let Ok(mut finished) = self.finished.lock() else {
+            return;
+        };
+        finished.push_back(key);
+        let excess = finished.len().saturating_sub(self.max_finished);
+        let evicted: Vec<Key> = finished.drain(..excess).collect();
+        drop(finished);
+        if !evicted.is_empty() {
+            let _ = self.with(|requests| {
+                for key in evicted {
+                    if requests.get(&key).is_some_and(|r| r.status.is_final()) {
+                        requests.remove(&key);
+                    }
+                }
+            });
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<Key, Request>) -> T) -> Result<T, QueueError> {
@@ -39,19 +89,24 @@ impl MemoryQueue {
         request_id: &str,
         change: impl FnOnce(&mut Request) -> bool,
     ) -> Result<Request, QueueError> {
-        self.with(|requests| {
-            let Some(request) = requests.get_mut(&(tenant_id.to_owned(), request_id.to_owned()))
-            else {
+        let key = (tenant_id.to_owned(), request_id.to_owned());
+        let (request, finished_now) = self.with(|requests| {
+            let Some(request) = requests.get_mut(&key) else {
                 return Err(QueueError::NotFound);
             };
+            let was_final = request.status.is_final();
             if change(request) {
-                Ok(request.clone())
+                Ok((request.clone(), !was_final && request.status.is_final()))
             } else {
                 Err(QueueError::Conflict {
                     status: request.status.as_str(),
                 })
             }
-        })?
+        })??;
+        if finished_now {
+            self.retire(key);
+        }
+        Ok(request)
     }
 }
 
@@ -312,5 +367,56 @@ impl RequestQueue for MemoryQueue {
                 )
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_the_most_recently_finished_requests_are_kept() {
+        let queue = MemoryQueue::keeping(2);
+        for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+            let now = i64::try_from(i).expect("small");
+            queue
+                .create(Request::queued(
+                    "t",
+                    id,
+                    "job",
+                    Value::Null,
+                    "u",
+                    "c",
+                    3,
+                    1000,
+                    now,
+                ))
+                .await
+                .expect("create");
+        }
+        // A request still queued or running is never forgotten.
+        queue.cancel("t", "b", None, 10).await.expect("cancel b");
+        queue.cancel("t", "c", None, 11).await.expect("cancel c");
+        assert!(queue.get("t", "a").await.expect("get").is_some());
+        queue.cancel("t", "a", None, 12).await.expect("cancel a");
+        // Three finished, two kept: the first to finish is gone.
+        assert!(queue.get("t", "b").await.expect("get").is_none());
+        assert!(queue.get("t", "c").await.expect("get").is_some());
+        assert!(queue.get("t", "a").await.expect("get").is_some());
+        // A finished request's id is free again once it is forgotten.
+        queue
+            .create(Request::queued(
+                "t",
+                "b",
+                "job",
+                Value::Null,
+                "u",
+                "c",
+                3,
+                1000,
+                13,
+            ))
+            .await
+            .expect("b again");
     }
 }
