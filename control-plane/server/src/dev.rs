@@ -65,6 +65,7 @@ pub struct DevStack {
     /// The private key file, when the signing key is `dev`'s own.
     pub private_key: Option<std::path::PathBuf>,
     stop: watch::Sender<bool>,
+    grpc_stop: watch::Sender<bool>,
     grpc_tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     gateway_task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -74,7 +75,9 @@ impl DevStack {
     /// the control plane, then stops the gRPC server after in-flight calls.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        self.gateway_task.await?.context("gateway failed")?;
+        let gateway = self.gateway_task.await;
+        let _ = self.grpc_stop.send(true);
+        gateway?.context("gateway failed")?;
         for task in self.grpc_tasks {
             task.await?.context("grpc server failed")?;
         }
@@ -227,13 +230,17 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
     let gateway = Gateway::new(handler, options);
 
     let (stop, stop_rx) = watch::channel(false);
+    // The gRPC servers stop only after the gateway has closed its sockets and
+    // delivered their `$disconnect`s (on one signal, their GOAWAY refused
+    // those calls).
+    let (grpc_stop, grpc_stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let grpc_tasks = apps
         .into_iter()
         .zip(grpc_listeners)
-        .map(|(app, listener)| tokio::spawn(app.serve(listener, stopped(stop_rx.clone()))))
+        .map(|(app, listener)| tokio::spawn(app.serve(listener, stopped(grpc_stop_rx.clone()))))
         .collect();
     let gateway_task = tokio::spawn(gateway.serve(gateway_listener, stopped(stop_rx.clone())));
     if let Some(listener) = metrics_listener {
@@ -274,6 +281,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         sample_token,
         private_key,
         stop,
+        grpc_stop,
         grpc_tasks,
         gateway_task,
     })
