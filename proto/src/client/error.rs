@@ -210,6 +210,21 @@ mod tests {
     }
 
     #[test]
+    fn the_client_protocol_page_lists_every_code() {
+        let page = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/client-protocol.md"),
+        )
+        .expect("docs/client-protocol.md");
+        for code in ErrorCode::ALL {
+            assert!(
+                page.contains(&format!("| `{}` |", code.as_str())),
+                "docs/client-protocol.md does not list {}",
+                code.as_str()
+            );
+        }
+    }
+
+    #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
         let e = ClientError::rate_limited(Duration::from_millis(5_001));
         assert_eq!(e.retry_after_secs(), Some(6));
