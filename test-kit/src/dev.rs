@@ -246,10 +246,15 @@ impl Dev {
 
 /// Sends SIGTERM to `child` (a graceful stop, as ECS and systemd do).
 pub fn sigterm(child: &tokio::process::Child) {
+    signal(child, "-TERM");
+}
+
+/// Sends `signal` (`"-TERM"`, `"-KILL"`, ...) to `child` with `kill`.
+pub fn signal(child: &tokio::process::Child, signal: &str) {
     let pid = child.id().expect("the child is running");
     let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args([signal, &pid.to_string()])
         .status()
         .expect("kill");
-    assert!(sent.success(), "kill -TERM {pid}");
+    assert!(sent.success(), "kill {signal} {pid}");
 }

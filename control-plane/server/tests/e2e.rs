@@ -365,12 +365,7 @@ async fn sigterm_closes_clients_and_exits_cleanly() {
     let mut dev = Dev::start(&[]).await;
     let mut ws = dev.connect(&token("alice", "acme", &[])).await;
     assert_eq!(whoami(&mut ws).await.len(), 16);
-    let pid = dev.child.id().expect("pid");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    streamer_test_kit::dev::sigterm(&dev.child);
     let frame = closed(&mut ws).await.expect("close frame");
     assert_eq!(u16::from(frame.code), 1001);
     let exit = tokio::time::timeout(DEADLINE, dev.child.wait())

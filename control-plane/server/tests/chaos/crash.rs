@@ -19,17 +19,6 @@ use streamer_test_kit::{
     ws::{connect_many, count_messages},
 };
 
-fn kill(dev: &Dev, signal: &str) {
-    let pid = dev.child.id().expect("pid");
-    assert!(
-        std::process::Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-}
-
 /// A processor for `chaos_job` against `dev`, counting how often each
 /// request ran.
 fn worker(dev: &Dev, runs: Arc<Mutex<HashMap<String, u32>>>) -> Processor {
@@ -92,7 +81,7 @@ async fn chaos_sigkill_mid_work_on_dynamodb_loses_no_accepted_request_and_comple
                 .await
         }
     });
-    kill(&first, "-KILL");
+    streamer_test_kit::dev::signal(&first.child, "-KILL");
     let killed_at = Instant::now();
     let _ = sending.await;
     processor.abort();
