@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use serde_json::{Value, json};
 
-use streamer_proto::ids;
+use streamer_proto::{client::chunk::CHUNK_ACTION, ids};
 
 use crate::{
     config::{ActionConfig, ActionMode},
@@ -126,6 +126,9 @@ impl AsyncAction {
         if !ids::valid_action(name) {
             return Err(ActionsError::Name(name.to_owned()));
         }
+        if name == CHUNK_ACTION {
+            return Err(ActionsError::Reserved(name.to_owned()));
+        }
         let schema_source = schema;
         let schema = schema
             .map(|schema| {
@@ -203,6 +206,8 @@ fn check_schema(schema: Option<&jsonschema::Validator>, payload: &Value) -> Resu
 pub enum ActionsError {
     #[error("action {0:?}: invalid name")]
     Name(String),
+    #[error("action {0:?}: the name is reserved by the protocol (chunked messages)")]
+    Reserved(String),
     #[error("action {0:?} is declared twice")]
     Duplicate(String),
     #[error(
@@ -266,6 +271,9 @@ impl Actions {
             let name = config.name.clone();
             if !ids::valid_action(&name) {
                 return Err(ActionsError::Name(name));
+            }
+            if name == CHUNK_ACTION {
+                return Err(ActionsError::Reserved(name));
             }
             if !seen.insert(name.clone()) {
                 return Err(ActionsError::Duplicate(name));

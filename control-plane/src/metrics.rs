@@ -182,6 +182,9 @@ pub struct Metrics {
     pub connects: Family<OutcomeLabel, Counter>,
     /// `streamer_disconnects_total`
     pub disconnects: Counter,
+    /// `streamer_chunked_frames_total`: frames over the delivery limit sent
+    /// as `chunk` frames
+    pub chunked_frames: Counter,
     /// `streamer_auth_failures_total{reason}`
     pub auth_failures: Family<ReasonLabel, Counter>,
     /// `streamer_messages_total{action,outcome}`
@@ -234,6 +237,7 @@ impl Metrics {
             connections_active: Family::default(),
             connects: Family::default(),
             disconnects: Counter::default(),
+            chunked_frames: Counter::default(),
             auth_failures: Family::default(),
             messages: Family::default(),
             rate_limited: Family::default(),
@@ -267,6 +271,11 @@ impl Metrics {
             "streamer_disconnects",
             "Connections removed on $disconnect",
             m.disconnects.clone(),
+        );
+        registry.register(
+            "streamer_chunked_frames",
+            "Frames over the delivery limit sent as chunk frames",
+            m.chunked_frames.clone(),
         );
         registry.register(
             "streamer_auth_failures",

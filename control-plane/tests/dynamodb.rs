@@ -233,6 +233,9 @@ async fn shared_limits_span_replicas() {
         connects_per_minute_per_ip: 3,
         loopback_connects_unlimited: None,
         max_connections_per_tenant: 0,
+        chunked_max_bytes: 1024,
+        chunked_max_chunks: 4,
+        chunked_timeout: std::time::Duration::from_secs(30),
     };
     let a = SharedLimits::new(client(), &table, &limits, Clock::new());
     let b = SharedLimits::new(client(), &table, &limits, Clock::new());

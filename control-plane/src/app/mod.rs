@@ -143,7 +143,7 @@ impl App {
         let jobs = Arc::new(Jobs::new(JobsParts {
             queue: stores.queue,
             registry: registry.clone(),
-            fanout,
+            fanout: fanout.clone(),
             actions: actions.clone(),
             config: config.jobs.clone(),
             clock,
@@ -159,6 +159,8 @@ impl App {
             groups: groups.clone(),
             streams: streams.clone(),
             delivery: delivery.clone(),
+            fanout,
+            chunks: stores.chunks,
             clock,
             touch_interval: config.store.touch_interval,
         }));

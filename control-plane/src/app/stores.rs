@@ -15,6 +15,7 @@ use crate::{
     store::dynamo,
     streams::{History, Retention, dynamo::DynamoHistory, memory::MemoryHistory},
 };
+use crate::connections::chunks::{ChunkLimits, Chunks, MemoryChunks, dynamo::DynamoChunks};
 
 /// The opened stores.
 pub struct Stores {
@@ -24,6 +25,8 @@ pub struct Stores {
     pub queue: Arc<dyn RequestQueue>,
     /// Stream history.
     pub history: Arc<dyn History>,
+    /// Chunked client messages being joined.
+    pub chunks: Arc<dyn Chunks>,
     /// The DynamoDB client, when the store is DynamoDB (for the shared
     /// rate limits).
     pub dynamodb: Option<aws_sdk_dynamodb::Client>,
@@ -49,6 +52,11 @@ pub async fn open(config: &Config, clock: Clock) -> Stores {
         size: config.history.size,
         ttl: config.history.ttl,
     };
+    let chunk_limits = ChunkLimits {
+        max_bytes: config.limits.chunked_max_bytes,
+        max_chunks: config.limits.chunked_max_chunks,
+        timeout: config.limits.chunked_timeout,
+    };
     let (departures_tx, departures) = tokio::sync::mpsc::unbounded_channel();
     let instrumented = |backend: Arc<dyn Registry>| -> Arc<dyn Registry> {
         Arc::new(Instrumented::new(backend).with_departures(departures_tx.clone()))
@@ -58,6 +66,7 @@ pub async fn open(config: &Config, clock: Clock) -> Stores {
             registry: instrumented(Arc::new(MemoryRegistry::with_ttl(ttl, clock))),
             queue: Arc::new(MemoryQueue::new()),
             history: Arc::new(MemoryHistory::new(retention)),
+            chunks: Arc::new(MemoryChunks::new(chunk_limits)),
             dynamodb: None,
             departures,
         },
@@ -78,6 +87,11 @@ pub async fn open(config: &Config, clock: Clock) -> Stores {
                     client.clone(),
                     &config.history.table,
                     retention,
+                )),
+                chunks: Arc::new(DynamoChunks::new(
+                    client.clone(),
+                    &config.store.chunks_table,
+                    chunk_limits,
                 )),
                 dynamodb: Some(client),
                 departures,
@@ -113,6 +127,11 @@ pub fn tables(config: &Config) -> Vec<(&'static str, String, dynamo::TableSpec)>
             "STREAMER_HISTORY_TABLE",
             config.history.table.clone(),
             crate::streams::dynamo::table_spec(),
+        ),
+        (
+            "STREAMER_CHUNKS_TABLE",
+            config.store.chunks_table.clone(),
+            crate::connections::chunks::dynamo::table_spec(),
         ),
     ]
 }

@@ -57,6 +57,12 @@ pub struct LimitsConfig {
     pub loopback_connects_unlimited: Option<bool>,
     /// Most connections one tenant may hold; 0 means no quota.
     pub max_connections_per_tenant: u64,
+    /// Largest client message joined from `chunk` frames.
+    pub chunked_max_bytes: usize,
+    /// Most `chunk` frames of one client message.
+    pub chunked_max_chunks: u32,
+    /// How long a chunked message may take to complete.
+    pub chunked_timeout: Duration,
 }
 
 impl LimitsConfig {
@@ -68,6 +74,9 @@ impl LimitsConfig {
             connects_per_minute_per_ip: src.at_least(&s::CONNECTS_PER_MINUTE_PER_IP, 1),
             loopback_connects_unlimited: src.opt(&s::LOOPBACK_CONNECTS_UNLIMITED),
             max_connections_per_tenant: src.get(&s::MAX_CONNECTIONS_PER_TENANT),
+            chunked_max_bytes: src.at_least(&s::CHUNKED_MESSAGE_MAX_BYTES, 1),
+            chunked_max_chunks: src.at_least(&s::CHUNKED_MESSAGE_MAX_CHUNKS, 2),
+            chunked_timeout: Duration::from_secs(src.at_least(&s::CHUNKED_MESSAGE_TIMEOUT_SECS, 1)),
         }
     }
 }
@@ -93,6 +102,8 @@ pub struct DeliveryConfig {
     pub deadline: Duration,
     /// How long after its `$connect` a connection's 410 is not trusted.
     pub connecting_grace: Duration,
+    /// Largest frame posted whole; larger ones are cut into `chunk` frames.
+    pub max_frame_bytes: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -107,6 +118,7 @@ impl Default for DeliveryConfig {
             burst: 0,
             deadline: Duration::from_secs(60),
             connecting_grace: Duration::from_secs(10),
+            max_frame_bytes: 128_000,
         }
     }
 }
@@ -126,6 +138,7 @@ impl DeliveryConfig {
             },
             deadline: millis(src.at_least(&s::DELIVERY_DEADLINE_MS, 1)),
             connecting_grace: millis(src.get(&s::DELIVERY_CONNECTING_GRACE_MS)),
+            max_frame_bytes: src.at_least(&s::DELIVERY_MAX_FRAME_BYTES, 512),
         }
     }
 }
@@ -205,6 +218,8 @@ pub struct StoreConfig {
     pub requests_table: String,
     /// Rate-limit table.
     pub rate_limits_table: String,
+    /// Table of chunked client messages being joined.
+    pub chunks_table: String,
     /// Keep the message and connect limits in the store (shared by replicas).
     pub shared_rate_limits: bool,
     /// Row expiry after the last refresh, and after connect.
@@ -230,6 +245,7 @@ impl StoreConfig {
             connections_table: src.get(&s::CONNECTIONS_TABLE),
             requests_table: src.get(&s::REQUESTS_TABLE),
             rate_limits_table: src.get(&s::RATE_LIMITS_TABLE),
+            chunks_table: src.get(&s::CHUNKS_TABLE),
             shared_rate_limits,
             connection_ttl: secs(src.at_least(&s::CONNECTION_TTL_SECS, 60)),
             touch_interval: secs(src.get(&s::TOUCH_INTERVAL_SECS)),

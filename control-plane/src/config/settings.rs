@@ -82,6 +82,9 @@ settings! {
     MAX_MESSAGE_BYTES = (Some("STREAMER_MAX_MESSAGE_BYTES"), Some("limits.max_message_bytes"), "131072", None, "largest client message (`PAYLOAD_TOO_LARGE`)");
     MESSAGES_PER_MINUTE = (Some("STREAMER_MESSAGES_PER_MINUTE"), Some("limits.messages_per_minute"), "100", None, "per-connection message rate");
     MESSAGE_BURST = (Some("STREAMER_MESSAGE_BURST"), Some("limits.message_burst"), "20", None, "per-connection burst");
+    CHUNKED_MESSAGE_MAX_BYTES = (Some("STREAMER_CHUNKED_MESSAGE_MAX_BYTES"), Some("limits.chunked_message_max_bytes"), "1048576", None, "largest client message sent as `chunk` frames, joined");
+    CHUNKED_MESSAGE_MAX_CHUNKS = (Some("STREAMER_CHUNKED_MESSAGE_MAX_CHUNKS"), Some("limits.chunked_message_max_chunks"), "64", None, "most `chunk` frames one client message may have");
+    CHUNKED_MESSAGE_TIMEOUT_SECS = (Some("STREAMER_CHUNKED_MESSAGE_TIMEOUT_SECS"), Some("limits.chunked_message_timeout_secs"), "30", None, "a chunked client message not complete this long after its first chunk is dropped");
     CONNECTS_PER_MINUTE_PER_IP = (Some("STREAMER_CONNECTS_PER_MINUTE_PER_IP"), Some("limits.connects_per_minute_per_ip"), "10", None, "connection attempts per source IP (also the burst)");
     LOOPBACK_CONNECTS_UNLIMITED = (Some("STREAMER_LOOPBACK_CONNECTS_UNLIMITED"), Some("limits.loopback_connects_unlimited"), "", Some("`false` (`dev`: `true`)"), "connects from 127.0.0.0/8 and ::1 skip the per-IP connect limit");
     MAX_CONNECTIONS_PER_TENANT = (Some("STREAMER_MAX_CONNECTIONS_PER_TENANT"), Some("limits.max_connections_per_tenant"), "0", Some("`0` (none)"), "tenant connection quota");
@@ -94,6 +97,7 @@ settings! {
     DELIVERY_DEADLINE_MS = (Some("STREAMER_DELIVERY_DEADLINE_MS"), Some("delivery.deadline_ms"), "60000", None, "a send retries throttled calls until this long after it started; what is still undelivered then is reported");
     DELIVERY_CALL_TIMEOUT_MS = (Some("STREAMER_DELIVERY_CALL_TIMEOUT_MS"), Some("delivery.call_timeout_ms"), "5000", None, "timeout of one Management API call");
     DELIVERY_CONNECTING_GRACE_MS = (Some("STREAMER_DELIVERY_CONNECTING_GRACE_MS"), Some("delivery.connecting_grace_ms"), "10000", None, "a 410 for a connection younger than this does not remove it: API Gateway answers 410 while a connection's `$connect` is still running");
+    DELIVERY_MAX_FRAME_BYTES = (Some("STREAMER_DELIVERY_MAX_FRAME_BYTES"), Some("delivery.max_frame_bytes"), "128000", None, "largest frame posted whole (API Gateway's message limit is 128 KB); a larger one goes out as `chunk` frames, or as a `PAYLOAD_TOO_LARGE` error to a client that connected with `chunks=false`");
     STORE = (Some("STREAMER_STORE"), Some("store.kind"), "memory", None, "`memory` (embedded) or `dynamodb`");
     CONNECTIONS_TABLE = (Some("STREAMER_CONNECTIONS_TABLE"), Some("store.connections_table"), "streamer-connections", None, "DynamoDB connections table");
     REQUESTS_TABLE = (Some("STREAMER_REQUESTS_TABLE"), Some("store.requests_table"), "streamer-requests", None, "DynamoDB requests table");
@@ -112,6 +116,7 @@ settings! {
     HISTORY_TTL_SECS = (Some("STREAMER_HISTORY_TTL_SECS"), Some("history.ttl_secs"), "600", None, "how long a message is kept (the smaller of the two limits wins)");
     HISTORY_RECOVER_MAX = (Some("STREAMER_HISTORY_RECOVER_MAX"), Some("history.recover_max"), "1000", None, "most messages one `recover` returns (past that: `recovered: false`)");
     HISTORY_TABLE = (Some("STREAMER_HISTORY_TABLE"), Some("store.history_table"), "streamer-history", None, "DynamoDB table of stream history");
+    CHUNKS_TABLE = (Some("STREAMER_CHUNKS_TABLE"), Some("store.chunks_table"), "streamer-chunks", None, "DynamoDB table of chunked client messages being joined (any replica may receive a chunk)");
     RETRY_BASE_MS = (Some("STREAMER_RETRY_BASE_MS"), Some("jobs.retry_base_ms"), "1000", None, "first retry delay of a failed attempt (doubled per attempt, jittered)");
     RETRY_MAX_MS = (Some("STREAMER_RETRY_MAX_MS"), Some("jobs.retry_max_ms"), "60000", None, "longest retry delay");
     PROGRESS_INTERVAL_MS = (Some("STREAMER_PROGRESS_INTERVAL_MS"), Some("jobs.progress_interval_ms"), "100", None, "at most one progress frame per request per interval (10/s)");

@@ -102,6 +102,14 @@ impl ConnectDecision {
     }
 }
 
+/// Whether the client joins `chunk` frames: yes unless it connected with
+/// `chunks=false` (or `0` / `no`).
+fn accepts_chunks(query: &HashMap<String, String>) -> bool {
+    !query
+        .get("chunks")
+        .is_some_and(|v| matches!(v.as_str(), "false" | "0" | "no"))
+}
+
 /// The metric label of a token refusal.
 fn auth_reason(reason: AuthError) -> &'static str {
     match reason {
@@ -239,6 +247,7 @@ impl ControlPlane {
             last_seen_ms: now,
             expires_at_ms: 0,
             groups: Vec::new().into(),
+            chunks: accepts_chunks(&input.query),
         };
         match self
             .registry

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod builtins;
+pub mod chunks;
 pub mod connect;
 pub mod groups;
 pub mod limits;
@@ -13,12 +14,12 @@ pub mod shared_limits;
 
 use std::{sync::Arc, time::Duration};
 
-use self::{auth::JwtVerifier, groups::Groups, limits::RateLimiter};
+use self::{auth::JwtVerifier, chunks::Chunks, groups::Groups, limits::RateLimiter};
 use crate::{
     actions::Actions,
     clock::Clock,
     config::LimitsConfig,
-    delivery::Delivery,
+    delivery::{Delivery, fanout::Fanout},
     error::{Fault, RegistryError},
     metrics::metrics,
     registry::{Connection, Registry},
@@ -45,6 +46,8 @@ pub struct ControlPlane {
     groups: Arc<Groups>,
     streams: Streams,
     delivery: Arc<dyn Delivery>,
+    fanout: Arc<Fanout>,
+    chunks: Arc<dyn Chunks>,
     clock: Clock,
     touch_interval_ms: i64,
 }
@@ -78,6 +81,11 @@ pub struct Parts {
     pub streams: Streams,
     /// The gateway (to close connections).
     pub delivery: Arc<dyn Delivery>,
+    /// The delivery policy (replies too large to go back whole are sent
+    /// through it, as chunks).
+    pub fanout: Arc<Fanout>,
+    /// Where chunked client messages wait for their last piece.
+    pub chunks: Arc<dyn Chunks>,
     /// The clock.
     pub clock: Clock,
     /// Refresh `last_seen` at most this often.
@@ -98,6 +106,8 @@ impl ControlPlane {
             groups: parts.groups,
             streams: parts.streams,
             delivery: parts.delivery,
+            fanout: parts.fanout,
+            chunks: parts.chunks,
             clock: parts.clock,
             touch_interval_ms: crate::clock::ms(parts.touch_interval),
         }
@@ -106,6 +116,7 @@ impl ControlPlane {
     /// `$disconnect`: forget the connection; `true` when it was registered.
     pub async fn disconnect(&self, connection_id: &str) -> Result<bool, RegistryError> {
         let removed = self.registry.remove(connection_id).await?;
+        self.chunks.disconnected(connection_id).await;
         if let Some(connection) = &removed {
             let duration_ms = self.clock.now_ms() - connection.connected_at_ms;
             tracing::info!(connection_id, tenant_id = %connection.tenant_id, duration_ms, "disconnected");

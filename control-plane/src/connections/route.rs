@@ -6,12 +6,16 @@
 //! a usable one.
 
 use base64::Engine;
-use streamer_proto::client::{self, Envelope, Frame};
+use streamer_proto::client::{
+    self, Envelope, Frame,
+    chunk::{CHUNK_ACTION, Chunk},
+};
 
 use super::{ControlPlane, OPERATION_BUDGET, not_registered};
 use crate::{
     actions::{AsyncAction, Resolved},
     config::grants,
+    delivery::PreparedFrame,
     error::Fault,
     metrics::{LimitLabel, MessageLabels, metrics},
     registry::Connection,
@@ -25,16 +29,17 @@ const UNKNOWN_ACTION_LABEL: &str = "_unknown";
 /// Message metric label for frames that outlasted [`OPERATION_BUDGET`].
 const TIMED_OUT_LABEL: &str = "_timed_out";
 
-/// A routed frame: the reply and how to count it.
+/// A routed frame: the reply (none while a chunked message is incomplete,
+/// or when it went out as chunks) and how to count it.
 struct Routed {
-    reply: String,
+    reply: Option<String>,
     action: String,
     outcome: &'static str,
 }
 
 fn failed(request_id: Option<String>, fault: Fault, action: &str) -> Routed {
     Routed {
-        reply: Frame::error(request_id.as_deref(), &fault.client()).to_json(),
+        reply: Some(Frame::error(request_id.as_deref(), &fault.client()).to_json()),
         action: action.to_owned(),
         outcome: fault.code().label(),
     }
@@ -50,6 +55,9 @@ pub(super) fn permit(connection: &Connection, permission: &str, what: &str) -> R
         )))
     }
 }
+
+/// The message metric label of chunk frames.
+const CHUNK_LABEL: &str = "_chunk";
 
 impl ControlPlane {
     /// One client frame. Returns the reply frame, if any.
@@ -77,7 +85,23 @@ impl ControlPlane {
                 outcome: routed.outcome,
             })
             .inc();
-        Some(routed.reply)
+        routed.reply
+    }
+
+    /// Spends one cell of the connection's message limit; the refusal when
+    /// it is spent.
+    async fn charge(&self, connection_id: &str, request_id: Option<String>) -> Option<Routed> {
+        let wait = self.limiter.check_message(connection_id).await.err()?;
+        tracing::debug!(connection_id, "message rate limited");
+        metrics()
+            .rate_limited
+            .get_or_create(&LimitLabel { limit: "message" })
+            .inc();
+        Some(failed(
+            request_id,
+            Fault::rate_limited("rate limit exceeded; slow down", wait),
+            INVALID_ACTION_LABEL,
+        ))
     }
 
     async fn route_inner(&self, connection_id: &str, body: &str, is_base64: bool) -> Routed {
@@ -101,18 +125,6 @@ impl ControlPlane {
         };
         tracing::Span::current().record("tenant_id", &*connection.tenant_id);
         self.touch_if_due(&connection);
-        if let Err(wait) = self.limiter.check_message(connection_id).await {
-            tracing::debug!(connection_id, "message rate limited");
-            metrics()
-                .rate_limited
-                .get_or_create(&LimitLabel { limit: "message" })
-                .inc();
-            return failed(
-                client::peek_request_id(body),
-                Fault::rate_limited("rate limit exceeded; slow down", wait),
-                INVALID_ACTION_LABEL,
-            );
-        }
         let decoded;
         let text = if is_base64 {
             match base64::engine::general_purpose::STANDARD
@@ -125,6 +137,9 @@ impl ControlPlane {
                     decoded.as_str()
                 }
                 None => {
+                    if let Some(limited) = self.charge(connection_id, None).await {
+                        return limited;
+                    }
                     return failed(
                         None,
                         Fault::invalid("message must be UTF-8 JSON text"),
@@ -136,17 +151,38 @@ impl ControlPlane {
             body
         };
         if text.len() > self.limits.max_message_bytes {
+            if let Some(limited) = self.charge(connection_id, client::peek_request_id(text)).await {
+                return limited;
+            }
             let fault = Fault::too_large(format!(
-                "message exceeds {} bytes",
+                "message exceeds {} bytes; send it as chunks",
                 self.limits.max_message_bytes
             ));
             return failed(client::peek_request_id(text), fault, INVALID_ACTION_LABEL);
         }
-        let envelope = match client::parse_envelope(text) {
+        let parsed = client::parse_envelope(text);
+        if let Ok(envelope) = &parsed
+            && envelope.action == CHUNK_ACTION
+        {
+            return self.chunk(&connection, envelope).await;
+        }
+        if let Some(limited) = self.charge(connection_id, client::peek_request_id(text)).await {
+            return limited;
+        }
+        self.handle(&connection, parsed).await
+    }
+
+    /// A parsed message (whole, or joined from chunks): its action's reply.
+    async fn handle(
+        &self,
+        connection: &Connection,
+        parsed: Result<Envelope, (Option<String>, client::ClientError)>,
+    ) -> Routed {
+        let envelope = match parsed {
             Ok(envelope) => envelope,
             Err((request_id, error)) => {
                 return Routed {
-                    reply: Frame::error(request_id.as_deref(), &error).to_json(),
+                    reply: Some(Frame::error(request_id.as_deref(), &error).to_json()),
                     action: INVALID_ACTION_LABEL.to_owned(),
                     outcome: error.code.label(),
                 };
@@ -163,13 +199,97 @@ impl ControlPlane {
         } else {
             UNKNOWN_ACTION_LABEL
         };
-        match self.run_action(&connection, &envelope).await {
+        match self.run_action(connection, &envelope).await {
             Ok(reply) => Routed {
-                reply: reply.to_json(),
+                reply: self.reply(connection, reply.to_json()).await,
                 action: action.to_owned(),
                 outcome: "ok",
             },
             Err(fault) => failed(Some(envelope.request_id.clone()), fault, action),
+        }
+    }
+
+    /// A reply that fits goes back as the route response; a larger one
+    /// (a big `recover`, say) goes out through the Management API, as
+    /// chunks.
+    async fn reply(&self, connection: &Connection, reply: String) -> Option<String> {
+        if reply.len() <= self.fanout.max_frame_bytes() {
+            return Some(reply);
+        }
+        let outcome = self
+            .fanout
+            .send_one(connection, &PreparedFrame::new(reply))
+            .await
+            .outcome();
+        tracing::debug!(connection_id = %connection.connection_id, ?outcome, "a large reply went out as chunks");
+        None
+    }
+
+    /// A `chunk` frame: one piece of a larger message. The piece that
+    /// starts a message (and any refused piece) spends a cell of the message
+    /// limit; the rest of the message's pieces do not, so a 1 MiB message
+    /// costs what any message costs. The joined message is then handled as
+    /// if it had come whole.
+    async fn chunk(&self, connection: &Connection, envelope: &Envelope) -> Routed {
+        let request_id = Some(envelope.request_id.clone());
+        let piece: Chunk = match serde_json::from_value(envelope.payload.clone()) {
+            Ok(piece) => piece,
+            Err(_) => {
+                if let Some(limited) = self.charge(&connection.connection_id, request_id.clone()).await {
+                    return limited;
+                }
+                return failed(
+                    request_id,
+                    Fault::invalid(
+                        "chunk payload must be {chunk_id, index, count, data} (data a string)",
+                    ),
+                    CHUNK_LABEL,
+                );
+            }
+        };
+        let limits = *self.chunks.limits();
+        match self
+            .chunks
+            .add(&connection.connection_id, piece, self.clock.now_ms())
+            .await
+        {
+            Ok(added) => {
+                if added.started
+                    && let Some(limited) = self.charge(&connection.connection_id, request_id).await
+                {
+                    self.chunks.forget(&connection.connection_id).await;
+                    return limited;
+                }
+                match added.joined {
+                    None => Routed {
+                        reply: None,
+                        action: CHUNK_LABEL.to_owned(),
+                        outcome: "ok",
+                    },
+                    Some(text) => {
+                        let parsed = client::parse_envelope(&text);
+                        if let Ok(inner) = &parsed
+                            && inner.action == CHUNK_ACTION
+                        {
+                            return failed(
+                                Some(inner.request_id.clone()),
+                                Fault::invalid("a chunked message cannot itself be a chunk"),
+                                CHUNK_LABEL,
+                            );
+                        }
+                        self.handle(connection, parsed).await
+                    }
+                }
+            }
+            Err(err) => {
+                if let Some(limited) = self.charge(&connection.connection_id, request_id.clone()).await {
+                    return limited;
+                }
+                if err.dropped() {
+                    tracing::info!(connection_id = %connection.connection_id, ?err, "chunked message dropped");
+                }
+                failed(request_id, err.fault(&limits), CHUNK_LABEL)
+            }
         }
     }
 

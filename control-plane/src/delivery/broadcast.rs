@@ -209,10 +209,7 @@ impl Broadcaster {
             .collect();
         let recipients = targets
             .into_iter()
-            .map(|c| Recipient {
-                endpoint: c.endpoint,
-                connection_id: c.connection_id,
-            })
+            .map(|c| Recipient::of(&c))
             .collect();
         let sent = self
             .fanout

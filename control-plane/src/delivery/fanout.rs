@@ -37,10 +37,13 @@ use tokio::{
     time::Instant,
 };
 
+use streamer_proto::client::{ClientError, ErrorCode, Frame, chunk};
+
 use super::{Attempt, Delivery, Endpoint, Outcome, PreparedFrame};
 use crate::{
     config::DeliveryConfig,
     metrics::{OperationLabel, metrics},
+    registry::Connection,
 };
 
 /// Calls in flight, adapted to 429s (additive increase, multiplicative
@@ -176,6 +179,19 @@ pub struct Recipient {
     pub endpoint: Arc<str>,
     /// Its connection id.
     pub connection_id: Arc<str>,
+    /// It joins `chunk` frames (else a frame too large gets it an error).
+    pub chunks: bool,
+}
+
+impl Recipient {
+    /// Where `connection` is reached.
+    pub fn of(connection: &Connection) -> Self {
+        Self {
+            endpoint: connection.endpoint.clone(),
+            connection_id: connection.connection_id.clone(),
+            chunks: connection.chunks,
+        }
+    }
 }
 
 /// What a send did, recipient by recipient, counted.
@@ -275,6 +291,14 @@ impl EndpointHealth {
     }
 }
 
+/// Each slot's recipient and outcome.
+fn outcomes(slots: Vec<Slot>) -> Vec<(Recipient, Outcome)> {
+    slots
+        .into_iter()
+        .map(|s| (s.recipient, s.outcome.unwrap_or(Outcome::Failed)))
+        .collect()
+}
+
 impl std::fmt::Debug for Fanout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fanout")
@@ -286,10 +310,10 @@ impl std::fmt::Debug for Fanout {
 /// Per-recipient state of one send.
 struct Slot {
     endpoint: u32,
-    connection_id: Arc<str>,
+    recipient: Recipient,
     attempts: u32,
     throttled_last: bool,
-    settled: bool,
+    outcome: Option<Outcome>,
 }
 
 impl Fanout {
@@ -334,25 +358,76 @@ impl Fanout {
         Duration::from_millis(rand::rng().random_range(0..=millis))
     }
 
-    /// Sends one frame to one connection under the same policy.
-    pub async fn send_one(
-        self: &Arc<Self>,
-        endpoint: &Arc<str>,
-        connection_id: &Arc<str>,
-        frame: &PreparedFrame,
-    ) -> Sent {
-        self.send(
-            vec![Recipient {
-                endpoint: endpoint.clone(),
-                connection_id: connection_id.clone(),
-            }],
-            frame,
-        )
-        .await
+    /// The largest frame posted whole.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.config.max_frame_bytes
     }
 
-    /// Sends `frame` to every recipient and counts what happened.
+    /// Sends one frame to one connection under the same policy.
+    pub async fn send_one(self: &Arc<Self>, connection: &Connection, frame: &PreparedFrame) -> Sent {
+        self.send(vec![Recipient::of(connection)], frame).await
+    }
+
+    /// Sends `frame` to every recipient and counts what happened. A frame
+    /// over the gateway's message limit goes out as `chunk` frames, one
+    /// piece to every recipient before the next (a recipient drops out at
+    /// its first failed piece); a recipient that does not join chunks gets
+    /// a `PAYLOAD_TOO_LARGE` error instead, and counts as too large.
     pub async fn send(self: &Arc<Self>, recipients: Vec<Recipient>, frame: &PreparedFrame) -> Sent {
+        let limit = self.config.max_frame_bytes;
+        if frame.bytes.len() <= limit {
+            return self.send_whole(recipients, frame).await.0;
+        }
+        let (joiners, refusers): (Vec<_>, Vec<_>) = recipients.into_iter().partition(|r| r.chunks);
+        let text = String::from_utf8_lossy(&frame.bytes);
+        let request_id = streamer_proto::client::peek_request_id(&text);
+        let mut sent = Sent::default();
+        if !refusers.is_empty() {
+            let error = ClientError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "a {}-byte frame is over the {limit}-byte message limit; connect without chunks=false to receive it as chunks",
+                    frame.bytes.len()
+                ),
+            );
+            let notice = PreparedFrame::new(Frame::error(request_id.as_deref(), &error).to_json());
+            let count = u32::try_from(refusers.len()).unwrap_or(u32::MAX);
+            let notified = self.send_whole(refusers, &notice).await.0;
+            sent.too_large += count - u32::try_from(notified.gone.len()).unwrap_or(0);
+            sent.gone.extend(notified.gone);
+        }
+        let chunk_id = uuid::Uuid::new_v4().simple().to_string();
+        let Some(pieces) = chunk::split(&text, limit, &chunk_id, |c| Frame::chunk(c).to_json())
+        else {
+            sent.too_large += u32::try_from(joiners.len()).unwrap_or(u32::MAX);
+            return sent;
+        };
+        metrics().chunked_frames.inc();
+        let mut alive = joiners;
+        for piece in pieces {
+            if alive.is_empty() {
+                break;
+            }
+            let (_, outcomes) = self.send_whole(alive, &PreparedFrame::new(piece)).await;
+            alive = Vec::with_capacity(outcomes.len());
+            for (recipient, outcome) in outcomes {
+                if outcome == Outcome::Delivered {
+                    alive.push(recipient);
+                } else {
+                    sent.count(outcome, &recipient.connection_id);
+                }
+            }
+        }
+        sent.delivered += u32::try_from(alive.len()).unwrap_or(u32::MAX);
+        sent
+    }
+
+    /// Posts `frame` as it is; the counts, and each recipient's outcome.
+    async fn send_whole(
+        self: &Arc<Self>,
+        recipients: Vec<Recipient>,
+        frame: &PreparedFrame,
+    ) -> (Sent, Vec<(Recipient, Outcome)>) {
         let deadline = Instant::now() + self.config.deadline;
         let mut sent = Sent::default();
         // Endpoints parsed once per send; recipients mapped to (endpoint, id).
@@ -378,10 +453,10 @@ impl Fanout {
             };
             slots.push(Slot {
                 endpoint,
-                connection_id: recipient.connection_id,
+                recipient,
                 attempts: 0,
                 throttled_last: false,
-                settled: false,
+                outcome: None,
             });
         }
         let histogram = metrics()
@@ -412,7 +487,7 @@ impl Fanout {
             let due = retries.peek().is_some_and(|Reverse((at, _))| *at <= now);
             if !due && next_fresh >= slots.len() {
                 if in_flight.is_empty() && retries.is_empty() {
-                    return sent;
+                    return (sent, outcomes(slots));
                 }
                 let wake = retries
                     .peek()
@@ -452,7 +527,7 @@ impl Fanout {
             slots[i].attempts += 1;
             let delivery = self.delivery.clone();
             let endpoint = endpoints[slots[i].endpoint as usize].clone();
-            let id = slots[i].connection_id.clone();
+            let id = slots[i].recipient.connection_id.clone();
             let frame = frame.clone();
             let call_timeout = self.config.call_timeout;
             let health = self.health.clone();
@@ -486,12 +561,14 @@ impl Fanout {
                 );
             }
         }
-        for slot in slots.iter().filter(|s| !s.settled) {
-            if slot.throttled_last {
-                sent.throttled += 1;
+        for slot in slots.iter_mut().filter(|s| s.outcome.is_none()) {
+            let outcome = if slot.throttled_last {
+                Outcome::Throttled
             } else {
-                sent.failed += 1;
-            }
+                Outcome::Failed
+            };
+            slot.outcome = Some(outcome);
+            sent.count(outcome, &slot.recipient.connection_id);
         }
         tracing::warn!(
             recipients = slots.len(),
@@ -499,7 +576,7 @@ impl Fanout {
             throttled = sent.throttled,
             "delivery deadline reached"
         );
-        sent
+        (sent, outcomes(slots))
     }
 
     fn settle(
@@ -521,8 +598,8 @@ impl Fanout {
                 if matches!(outcome, Outcome::Delivered | Outcome::Gone) {
                     self.limit.on_success();
                 }
-                slot.settled = true;
-                sent.count(outcome, &slot.connection_id);
+                slot.outcome = Some(outcome);
+                sent.count(outcome, &slot.recipient.connection_id);
             }
             Attempt::Throttled => {
                 self.limit.on_throttle();
@@ -531,7 +608,7 @@ impl Fanout {
                 if at < deadline {
                     retries.push(Reverse((at, i)));
                 } else {
-                    slot.settled = true;
+                    slot.outcome = Some(Outcome::Throttled);
                     sent.throttled += 1;
                 }
             }
@@ -541,7 +618,7 @@ impl Fanout {
                 if slot.attempts < self.config.max_attempts && at < deadline {
                     retries.push(Reverse((at, i)));
                 } else {
-                    slot.settled = true;
+                    slot.outcome = Some(Outcome::Failed);
                     sent.failed += 1;
                 }
             }

@@ -26,6 +26,7 @@ pub fn sample(connection_id: &str, tenant_id: &str, user_id: &str) -> Connection
         last_seen_ms: now_ms(),
         expires_at_ms: 0,
         groups: Vec::new().into(),
+        chunks: true,
     }
 }
 
@@ -312,7 +313,11 @@ pub async fn idle_rows_are_found_for_reconcile(registry: &dyn Registry, prefix: 
 /// A row reads back as written and removal is idempotent.
 pub async fn insert_get_remove(registry: &dyn Registry, prefix: &str) {
     let tenant = format!("{prefix}t-basic");
-    let conn = sample(&format!("{prefix}c1"), &tenant, "alice");
+    // A client that refused chunks reads back as one.
+    let conn = Connection {
+        chunks: false,
+        ..sample(&format!("{prefix}c1"), &tenant, "alice")
+    };
     registry.insert(conn.clone(), 0).await.expect("insert");
     let got = registry
         .get(&conn.connection_id)

@@ -40,6 +40,10 @@ pub struct Connection {
     pub expires_at_ms: i64,
     /// The groups (rooms) the connection is in, within its tenant.
     pub groups: Arc<[Arc<str>]>,
+    /// The client joins `chunk` frames (it did not connect with
+    /// `chunks=false`): a frame over the delivery limit reaches it as
+    /// chunks, not as a `PAYLOAD_TOO_LARGE` error.
+    pub chunks: bool,
 }
 
 impl Connection {

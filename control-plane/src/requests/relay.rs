@@ -218,7 +218,7 @@ async fn send(
             continue;
         };
         let sent = fanout
-            .send_one(&connection.endpoint, &connection.connection_id, &frame)
+            .send_one(&connection, &frame)
             .await;
         if sent.outcome() == Outcome::Gone
             && crate::delivery::gone_for_good(

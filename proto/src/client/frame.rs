@@ -127,6 +127,19 @@ pub enum Frame {
         /// When.
         timestamp: String,
     },
+    /// A piece of a frame too large for one gateway message: the client
+    /// joins the pieces and handles the frame they make
+    /// ([`super::chunk`]).
+    Chunk {
+        /// Names the frame; the same in every piece.
+        chunk_id: String,
+        /// The piece's position, from 0.
+        index: u32,
+        /// How many pieces there are.
+        count: u32,
+        /// The piece of the frame's JSON text.
+        data: String,
+    },
 }
 
 impl Frame {
@@ -208,6 +221,16 @@ impl Frame {
             user_id: user_id.to_owned(),
             connection_id: connection_id.to_owned(),
             timestamp: timestamp_now(),
+        }
+    }
+
+    /// A `chunk` frame carrying `chunk`.
+    pub fn chunk(chunk: &super::chunk::Chunk) -> Self {
+        Frame::Chunk {
+            chunk_id: chunk.chunk_id.clone(),
+            index: chunk.index,
+            count: chunk.count,
+            data: chunk.data.clone(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! [`Frame`]; nothing else in the system writes frame JSON by hand, and no
 //! internal error text ever goes into one.
 
+pub mod chunk;
 mod envelope;
 mod error;
 mod frame;

@@ -35,6 +35,9 @@ pub(super) fn limits() -> LimitsConfig {
         connects_per_minute_per_ip: 2,
         loopback_connects_unlimited: None,
         max_connections_per_tenant: 2,
+        chunked_max_bytes: 4096,
+        chunked_max_chunks: 8,
+        chunked_timeout: Duration::from_secs(30),
     }
 }
 
@@ -72,7 +75,7 @@ fn setup(loopback_unlimited: bool) -> Setup {
     let jobs = Arc::new(Jobs::new(JobsParts {
         queue: Arc::new(MemoryQueue::new()),
         registry: registry.clone(),
-        fanout,
+        fanout: fanout.clone(),
         actions: actions.clone(),
         config: JobsConfig::default(),
         clock,
@@ -96,6 +99,12 @@ fn setup(loopback_unlimited: bool) -> Setup {
         groups: Arc::new(Groups::new(registry.clone(), presence, groups_config)),
         streams,
         delivery: gateway.clone(),
+        fanout,
+        chunks: Arc::new(super::chunks::MemoryChunks::new(super::chunks::ChunkLimits {
+            max_bytes: 4096,
+            max_chunks: 8,
+            timeout: Duration::from_secs(30),
+        })),
         clock,
         touch_interval: Duration::from_secs(60),
     });

@@ -49,6 +49,9 @@ pub fn item_of(c: &Connection, expires_at_ms: i64) -> Item {
         ("last_seen".to_owned(), n(c.last_seen_ms)),
         ("expires_at".to_owned(), n(expires_at_ms.div_euclid(1000))),
     ])
+    .into_iter()
+    .chain((!c.chunks).then(|| ("no_chunks".to_owned(), AttributeValue::Bool(true))))
+    .collect()
 }
 
 /// A connection row with its groups.
@@ -86,6 +89,7 @@ pub fn connection_of(item: &Item) -> Option<Connection> {
         last_seen_ms: number(item, "last_seen")?,
         expires_at_ms: number(item, "expires_at")?.saturating_mul(1000),
         groups: groups_of(item).into_iter().map(Arc::from).collect(),
+        chunks: !matches!(item.get("no_chunks"), Some(AttributeValue::Bool(true))),
     })
 }
 

@@ -4,7 +4,7 @@
 //!
 //! | item | key `connection_id` | attributes |
 //! | --- | --- | --- |
-//! | a connection | the API Gateway id | `tenant_id`, `user_key` (`tenant#user`), `user_id`, `endpoint`, `permissions`, `source_ip`, `user_agent`, `connected_at`, `last_seen` (ms), `expires_at` (s, the TTL attribute), `groups` |
+//! | a connection | the API Gateway id | `tenant_id`, `user_key` (`tenant#user`), `user_id`, `endpoint`, `permissions`, `source_ip`, `user_agent`, `connected_at`, `last_seen` (ms), `expires_at` (s, the TTL attribute), `groups`, `no_chunks` (only when the client refused chunks) |
 //! | a tenant's counter | `tenant#<tenant>` (ids never contain `#`) | `active`: rows of the tenant |
 //! | a group membership | `member#<connection>#<group>` | the member's row under `member_id` / `m_tenant`, `group_key` (`tenant#group`), `group` |
 //!
