@@ -1,6 +1,8 @@
 //! `streamer-client`: a typed Rust client for the Streamer server API, for
 //! internal services that broadcast to WebSocket clients and query who is
-//! connected.
+//! connected; the processor SDK ([`processor`]); and a WebSocket client of
+//! the client protocol ([`socket`]), chunking messages past the gateway's
+//! limits both ways.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), streamer_client::Error> {
@@ -19,6 +21,7 @@
 
 pub mod processor;
 mod send;
+pub mod socket;
 pub mod token;
 
 pub use send::Send;

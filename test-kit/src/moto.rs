@@ -73,6 +73,7 @@ impl Tables {
             ("STREAMER_REQUESTS_TABLE", format!("{t}-requests")),
             ("STREAMER_RATE_LIMITS_TABLE", format!("{t}-limits")),
             ("STREAMER_HISTORY_TABLE", format!("{t}-history")),
+            ("STREAMER_CHUNKS_TABLE", format!("{t}-chunks")),
         ]
     }
 

@@ -21,9 +21,11 @@
  *   event says so and the application refetches its state.
  */
 
+import { ChunkJoiner, MAX_FRAME_BYTES, splitMessage } from "./chunks.js";
 import { type BroadcastMessage, StreamFollower, type StreamReset } from "./streams.js";
 
 export type { BroadcastMessage, StreamReset } from "./streams.js";
+export { ChunkJoiner, MAX_FRAME_BYTES, splitMessage } from "./chunks.js";
 
 /** Error codes the server sends. */
 export type ErrorCode =
@@ -119,6 +121,15 @@ export interface ClientOptions {
   reorderWindowMs?: number;
   /** Messages held per stream while a gap is open; past it, `recover` at once (default 1,000). */
   maxHeldMessages?: number;
+  /**
+   * Join the server's `chunk` frames (default true). With false the client
+   * connects with `chunks=false`: a frame over the gateway's 128 KB limit
+   * then arrives as a `PAYLOAD_TOO_LARGE` error, and messages over
+   * `maxFrameBytes` are sent whole (and refused by the gateway).
+   */
+  chunks?: boolean;
+  /** The largest frame sent whole; larger messages go as chunks (default 32,000: API Gateway's browser frame limit is 32 KB). */
+  maxFrameBytes?: number;
 }
 
 type Events = {
@@ -169,6 +180,7 @@ export class StreamerClient {
   private opening?: Promise<void>;
   private readonly follower: StreamFollower;
   private opened = false;
+  private joiner = new ChunkJoiner();
 
   constructor(url: string, options: ClientOptions) {
     this.url = url;
@@ -185,6 +197,8 @@ export class StreamerClient {
       maxReconnectDelayMs: options.maxReconnectDelayMs ?? 30_000,
       reorderWindowMs: options.reorderWindowMs ?? 1000,
       maxHeldMessages: options.maxHeldMessages ?? 1000,
+      chunks: options.chunks ?? true,
+      maxFrameBytes: options.maxFrameBytes ?? MAX_FRAME_BYTES,
     };
     this.follower = new StreamFollower(
       { reorderWindowMs: this.options.reorderWindowMs, maxHeldMessages: this.options.maxHeldMessages },
@@ -233,13 +247,15 @@ export class StreamerClient {
   private async open(): Promise<void> {
     const token = typeof this.options.token === "function" ? await this.options.token() : this.options.token;
     const separator = this.url.includes("?") ? "&" : "?";
-    const socket = new this.WebSocketImpl(`${this.url}${separator}token=${encodeURIComponent(token)}`);
+    const chunks = this.options.chunks ? "" : "&chunks=false";
+    const socket = new this.WebSocketImpl(`${this.url}${separator}token=${encodeURIComponent(token)}${chunks}`);
     await new Promise<void>((resolve, reject) => {
       socket.onopen = () => resolve();
       socket.onerror = () => reject(new StreamerError("UNAUTHORIZED", "connection refused"));
       socket.onclose = (ev) => reject(new StreamerError("SERVICE_UNAVAILABLE", `connection closed (${ev.code})`));
     });
     this.socket = socket;
+    this.joiner = new ChunkJoiner();
     this.attempt = 0;
     socket.onmessage = (ev) => this.onFrame(String(ev.data));
     socket.onerror = () => {};
@@ -262,7 +278,7 @@ export class StreamerClient {
         this.resubscribe(id);
       } else {
         pending.resent = true;
-        this.socket?.send(pending.frame);
+        this.transmit(pending.frame, id);
       }
     }
   }
@@ -303,6 +319,14 @@ export class StreamerClient {
     }
   }
 
+  /** Sends a client message, as chunks when it is over the frame limit. */
+  private transmit(text: string, requestId: string): void {
+    const frames = this.options.chunks ? splitMessage(text, requestId, this.options.maxFrameBytes) : [text];
+    for (const frame of frames) {
+      this.socket?.send(frame);
+    }
+  }
+
   private onFrame(text: string): void {
     let frame: Record<string, any>;
     try {
@@ -311,6 +335,13 @@ export class StreamerClient {
       return;
     }
     switch (frame.type) {
+      case "chunk": {
+        const joined = this.joiner.add(frame);
+        if (joined !== undefined) {
+          this.onFrame(joined);
+        }
+        return;
+      }
       case "message":
         this.follower.onFrame(frame);
         return;
@@ -454,7 +485,7 @@ export class StreamerClient {
         reject,
         cleanup: () => options.signal?.removeEventListener("abort", onAbort),
       });
-      this.socket?.send(frame);
+      this.transmit(frame, id);
     });
   }
 

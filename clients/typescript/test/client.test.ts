@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import { WebSocket } from "ws";
-import { StreamerClient, StreamerError, type Progress, type StreamReset } from "../src/index.js";
+import { ChunkJoiner, splitMessage, StreamerClient, StreamerError, type Progress, type StreamReset } from "../src/index.js";
 
 const devBin = process.env.STREAMER_DEV_BIN;
 const ctlBin = process.env.STREAMER_CTL_BIN;
@@ -102,6 +102,64 @@ test("async request with progress", async () => {
   const percentages = progress.map((p) => p.percentage);
   assert.deepEqual([...percentages].sort((a, b) => a - b), percentages, "in order");
   assert.equal(percentages.at(-1), 100);
+  c.close();
+});
+
+test("a message over 32 KB is cut into chunk frames that each fit and join back", () => {
+  const text = JSON.stringify({ id: "r1", action: "echo", payload: { s: "é漢🎉\"\\\n\u0001".repeat(20_000) } });
+  const frames = splitMessage(text, "r1");
+  assert.ok(frames.length > 1);
+  const pieces: string[] = [];
+  for (const frame of frames) {
+    assert.ok(new TextEncoder().encode(frame).length <= 32_000, "each frame fits in 32,000 bytes");
+    const parsed = JSON.parse(frame);
+    assert.equal(parsed.action, "chunk");
+    assert.equal(parsed.id, "r1");
+    pieces[parsed.payload.index] = parsed.payload.data;
+  }
+  assert.equal(pieces.join(""), text);
+  assert.deepEqual(splitMessage("{}", "r2"), ["{}"], "a message that fits goes whole");
+
+  // Server chunk frames of two frames, interleaved and out of order.
+  const joiner = new ChunkJoiner();
+  const piece = (id: string, index: number, data: string) => ({ type: "chunk", chunk_id: id, index, count: 2, data });
+  assert.equal(joiner.add(piece("a", 1, "2}")), undefined);
+  assert.equal(joiner.add(piece("b", 0, '{"b":')), undefined);
+  assert.equal(joiner.add(piece("a", 1, "dup")), undefined, "a repeated piece is ignored");
+  assert.equal(joiner.add(piece("a", 0, '{"a":')), '{"a":2}');
+  assert.equal(joiner.add(piece("b", 1, "3}")), '{"b":3}');
+  assert.equal(joiner.pending, 0);
+});
+
+test("a 2 MB report and a 500 KB message arrive whole through the gateway", async () => {
+  const c = client();
+  const big = { start_date: "2019-01-01", end_date: "2025-12-31", format: "csv", report_type: "annual", include_data: true };
+  const result = (await c.request("generate_report", big)) as { days: number; data: string };
+  assert.ok(result.data.length > 2_000_000, `2 MB of rows, got ${result.data.length}`);
+  const lines = result.data.trimEnd().split("\n");
+  assert.equal(lines.length, result.days * 24 + 1, "every row");
+  assert.equal(lines[0], "hour,region,amount,orders");
+  for (const i of [0, 1, 12_345, result.days * 24 - 1]) {
+    const cents = (i * 7919) % 100_000;
+    const hour = new Date(Date.UTC(2019, 0, 1) + i * 3_600_000).toISOString().slice(0, 19);
+    const expected = `${hour}Z,region-${i % 7},${Math.floor(cents / 100)}.${String(cents % 100).padStart(2, "0")},${i % 1000}`;
+    assert.equal(lines[i + 1], expected, `row ${i}`);
+  }
+  const blob = Array.from({ length: 500_000 }, (_, i) => String.fromCharCode(97 + (i % 26))).join("");
+  const echoed = (await c.request("echo", { blob, quote: '"é漢🎉\\' })) as { blob: string; quote: string };
+  assert.equal(echoed.blob, blob);
+  assert.equal(echoed.quote, '"é漢🎉\\');
+  c.close();
+});
+
+test("a client that refuses chunks is told PAYLOAD_TOO_LARGE", async () => {
+  const c = new StreamerClient(wsUrl, { token, WebSocket, chunks: false });
+  const big = { start_date: "2019-01-01", end_date: "2025-12-31", format: "csv", report_type: "annual", include_data: true };
+  await assert.rejects(c.request("generate_report", big), (error: unknown) => {
+    assert.ok(error instanceof StreamerError);
+    assert.equal(error.code, "PAYLOAD_TOO_LARGE");
+    return true;
+  });
   c.close();
 });
 

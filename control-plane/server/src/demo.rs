@@ -22,7 +22,8 @@ pub fn report_schema() -> Value {
             "start_date": date,
             "end_date": date,
             "format": { "enum": ["pdf", "csv", "excel"] },
-            "report_type": { "enum": ["monthly", "quarterly", "annual"] }
+            "report_type": { "enum": ["monthly", "quarterly", "annual"] },
+            "include_data": { "type": "boolean" }
         }
     })
 }
@@ -55,6 +56,32 @@ async fn steps(
     }
     progress.report(100, "done", None).await;
     Ok(())
+}
+
+/// Longest report whose rows the demo renders (about 5 MB of CSV).
+const MAX_REPORT_DAYS: i64 = 4_000;
+
+/// The report's rows as CSV, one per hour: `hour,region,amount,orders`.
+/// Deterministic, so a test can check every byte arrived (row `i` has
+/// region `i % 7`, amount `(i * 7919) % 100000` cents, orders `i % 1000`).
+pub fn report_rows(start: NaiveDate, days: i64) -> String {
+    let mut out = String::from("hour,region,amount,orders\n");
+    let Some(first) = start.and_hms_opt(0, 0, 0) else {
+        return out;
+    };
+    for i in 0..days.clamp(0, MAX_REPORT_DAYS) * 24 {
+        let hour = first + chrono::Duration::hours(i);
+        let cents = (i * 7919) % 100_000;
+        out.push_str(&format!(
+            "{}Z,region-{},{}.{:02},{}\n",
+            hour.format("%Y-%m-%dT%H:%M:%S"),
+            i % 7,
+            cents / 100,
+            cents % 100,
+            i % 1000
+        ));
+    }
+    out
 }
 
 /// The demo processor for the control plane at `addr`.
@@ -101,7 +128,7 @@ pub fn processor(addr: &str, token: &str, duration: Duration) -> Processor {
                 )
                 .await?;
                 let days = (end - start).num_days() + 1;
-                Ok(json!({
+                let mut report = json!({
                     "report_type": job.payload["report_type"],
                     "format": job.payload["format"],
                     "start_date": job.payload["start_date"],
@@ -109,7 +136,11 @@ pub fn processor(addr: &str, token: &str, duration: Duration) -> Processor {
                     "days": days,
                     "rows": days * 24,
                     "generated_at": streamer_proto::client::timestamp_now(),
-                }))
+                });
+                if job.payload["include_data"] == json!(true) {
+                    report["data"] = json!(report_rows(start, days));
+                }
+                Ok(report)
             },
         )
 }

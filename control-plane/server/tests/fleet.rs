@@ -197,6 +197,40 @@ async fn connect_and_message_limits_hold_across_replicas() {
 }
 
 #[tokio::test]
+async fn a_chunked_message_joins_across_replicas() {
+    let fleet = Fleet::start(2, &[]).await;
+    let url = fleet.url(&token("alice", "chunks", &[]));
+    let (base, token) = url.split_once("?token=").expect("token in the url");
+    let mut socket = streamer_client::socket::Socket::connect(base, token)
+        .await
+        .expect("connect");
+    // 300 KB: 10 chunk frames, each `$default` event on the next replica;
+    // the echo (over 128 KB) comes back as chunk frames.
+    let blob: String = (0..300_000u32)
+        .map(|i| char::from(b'a' + u8::try_from(i % 26).expect("letter")))
+        .collect();
+    for round in 0..2 {
+        let id = socket
+            .request("echo", json!({ "round": round, "blob": blob }))
+            .await
+            .expect("send");
+        let reply = loop {
+            let frame = tokio::time::timeout(DEADLINE, socket.recv())
+                .await
+                .expect("in time")
+                .expect("open");
+            if frame["request_id"] == id.as_str() {
+                break frame;
+            }
+        };
+        assert_eq!(reply["type"], "response", "{}", reply["error"]);
+        assert_eq!(reply["data"]["round"], round);
+        assert_eq!(reply["data"]["blob"].as_str(), Some(blob.as_str()));
+    }
+    socket.close().await;
+}
+
+#[tokio::test]
 async fn a_killed_replica_hands_its_work_over_exactly_once() {
     let mut fleet = Fleet::start(2, &[]).await;
     let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::new(Mutex::new(HashMap::new()));

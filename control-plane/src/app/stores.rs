@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::connections::chunks::{ChunkLimits, Chunks, MemoryChunks, dynamo::DynamoChunks};
 use crate::{
     clock::Clock,
     config::{Config, StoreKind},
@@ -15,7 +16,6 @@ use crate::{
     store::dynamo,
     streams::{History, Retention, dynamo::DynamoHistory, memory::MemoryHistory},
 };
-use crate::connections::chunks::{ChunkLimits, Chunks, MemoryChunks, dynamo::DynamoChunks};
 
 /// The opened stores.
 pub struct Stores {

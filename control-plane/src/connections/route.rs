@@ -151,7 +151,10 @@ impl ControlPlane {
             body
         };
         if text.len() > self.limits.max_message_bytes {
-            if let Some(limited) = self.charge(connection_id, client::peek_request_id(text)).await {
+            if let Some(limited) = self
+                .charge(connection_id, client::peek_request_id(text))
+                .await
+            {
                 return limited;
             }
             let fault = Fault::too_large(format!(
@@ -166,7 +169,10 @@ impl ControlPlane {
         {
             return self.chunk(&connection, envelope).await;
         }
-        if let Some(limited) = self.charge(connection_id, client::peek_request_id(text)).await {
+        if let Some(limited) = self
+            .charge(connection_id, client::peek_request_id(text))
+            .await
+        {
             return limited;
         }
         self.handle(&connection, parsed).await
@@ -235,7 +241,10 @@ impl ControlPlane {
         let piece: Chunk = match serde_json::from_value(envelope.payload.clone()) {
             Ok(piece) => piece,
             Err(_) => {
-                if let Some(limited) = self.charge(&connection.connection_id, request_id.clone()).await {
+                if let Some(limited) = self
+                    .charge(&connection.connection_id, request_id.clone())
+                    .await
+                {
                     return limited;
                 }
                 return failed(
@@ -282,7 +291,10 @@ impl ControlPlane {
                 }
             }
             Err(err) => {
-                if let Some(limited) = self.charge(&connection.connection_id, request_id.clone()).await {
+                if let Some(limited) = self
+                    .charge(&connection.connection_id, request_id.clone())
+                    .await
+                {
                     return limited;
                 }
                 if err.dropped() {

@@ -207,10 +207,7 @@ impl Broadcaster {
             })
             .map(|c| c.connection_id.clone())
             .collect();
-        let recipients = targets
-            .into_iter()
-            .map(|c| Recipient::of(&c))
-            .collect();
+        let recipients = targets.into_iter().map(|c| Recipient::of(&c)).collect();
         let sent = self
             .fanout
             .send(recipients, &PreparedFrame::new(frame))

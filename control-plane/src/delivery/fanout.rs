@@ -364,7 +364,11 @@ impl Fanout {
     }
 
     /// Sends one frame to one connection under the same policy.
-    pub async fn send_one(self: &Arc<Self>, connection: &Connection, frame: &PreparedFrame) -> Sent {
+    pub async fn send_one(
+        self: &Arc<Self>,
+        connection: &Connection,
+        frame: &PreparedFrame,
+    ) -> Sent {
         self.send(vec![Recipient::of(connection)], frame).await
     }
 

@@ -217,9 +217,7 @@ async fn send(
         let Ok(Some(connection)) = registry.get(subscriber).await else {
             continue;
         };
-        let sent = fanout
-            .send_one(&connection, &frame)
-            .await;
+        let sent = fanout.send_one(&connection, &frame).await;
         if sent.outcome() == Outcome::Gone
             && crate::delivery::gone_for_good(
                 connection.connected_at_ms,

@@ -213,6 +213,86 @@ impl Joiner {
     }
 }
 
+/// Joins a client's incoming `chunk` frames: pieces of several frames may
+/// interleave (two large broadcasts at once), each frame is given back when
+/// its last piece arrives; bounded in bytes held and in time.
+#[derive(Debug)]
+pub struct Reassembler {
+    partials: std::collections::HashMap<String, (Joiner, std::time::Instant, usize)>,
+    held: usize,
+    max_bytes: usize,
+    timeout: std::time::Duration,
+}
+
+impl Default for Reassembler {
+    /// 64 MiB held at most, 60 s per frame.
+    fn default() -> Self {
+        Self::new(64 * 1024 * 1024, std::time::Duration::from_secs(60))
+    }
+}
+
+impl Reassembler {
+    /// Holds at most `max_bytes` across frames; drops a frame not complete
+    /// `timeout` after its first piece.
+    pub fn new(max_bytes: usize, timeout: std::time::Duration) -> Self {
+        Self {
+            partials: std::collections::HashMap::new(),
+            held: 0,
+            max_bytes,
+            timeout,
+        }
+    }
+
+    /// Adds a piece; the frame's text when it was the last one. A piece
+    /// that does not fit (malformed, repeated, over the bound) is refused
+    /// and its frame dropped.
+    pub fn add(&mut self, chunk: Chunk) -> Result<Option<String>, JoinError> {
+        let now = std::time::Instant::now();
+        let timeout = self.timeout;
+        let mut freed = 0;
+        self.partials.retain(|_, (_, started, bytes)| {
+            let keep = now.duration_since(*started) <= timeout;
+            if !keep {
+                freed += *bytes;
+            }
+            keep
+        });
+        self.held -= freed;
+        let id = chunk.chunk_id.clone();
+        let len = chunk.data.len();
+        if !self.partials.contains_key(&id) {
+            let joiner = Joiner::start(&chunk, u32::MAX)?;
+            self.partials.insert(id.clone(), (joiner, now, 0));
+        }
+        let room = self.max_bytes.saturating_sub(self.held);
+        let Some((joiner, _, bytes)) = self.partials.get_mut(&id) else {
+            return Ok(None);
+        };
+        match joiner.add(chunk, (*bytes).saturating_add(room)) {
+            Ok(None) => {
+                *bytes += len;
+                self.held += len;
+                Ok(None)
+            }
+            Ok(Some(text)) => {
+                self.held -= *bytes;
+                self.partials.remove(&id);
+                Ok(Some(text))
+            }
+            Err(err) => {
+                self.held -= *bytes;
+                self.partials.remove(&id);
+                Err(err)
+            }
+        }
+    }
+
+    /// Frames being joined.
+    pub fn pending(&self) -> usize {
+        self.partials.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,7 +316,7 @@ mod tests {
             "ab\"\\\n".repeat(3000),
             "9".repeat(500)
         );
-        for limit in [200, 1000, 32_000] {
+        for limit in [200, 1000, 8_000] {
             let frames = split(&text, limit, "id-1", server_envelope).expect("cut");
             assert!(frames.len() >= 2);
             let mut joiner = None;
@@ -259,6 +339,28 @@ mod tests {
     }
 
     #[test]
+    fn interleaved_frames_are_each_joined() {
+        let a = split(&"a".repeat(500), 200, "a", server_envelope).expect("a");
+        let b = split(&"b".repeat(500), 200, "b", server_envelope).expect("b");
+        let parse = |frame: &str| {
+            let mut value: serde_json::Value = serde_json::from_str(frame).expect("json");
+            value.as_object_mut().expect("object").remove("type");
+            serde_json::from_value::<Chunk>(value).expect("chunk")
+        };
+        let mut r = Reassembler::new(10_000, std::time::Duration::from_secs(60));
+        let mut joined = Vec::new();
+        for (x, y) in a.iter().zip(&b) {
+            joined.extend(r.add(parse(x)).expect("a piece"));
+            joined.extend(r.add(parse(y)).expect("b piece"));
+        }
+        assert_eq!(joined, vec!["a".repeat(500), "b".repeat(500)]);
+        assert_eq!(r.pending(), 0);
+        let mut small = Reassembler::new(100, std::time::Duration::from_secs(60));
+        assert_eq!(small.add(parse(&a[0])), Err(JoinError::TooLarge));
+        assert_eq!(small.pending(), 0);
+    }
+
+    #[test]
     fn the_joiner_refuses_what_does_not_belong() {
         let chunk = |id: &str, index, count, data: &str| Chunk {
             chunk_id: id.to_owned(),
@@ -267,25 +369,43 @@ mod tests {
             data: data.to_owned(),
         };
         assert_eq!(
-            Joiner::start(&chunk("a", 0, 1, ""), 10).map(|_| ()).unwrap_err(),
+            Joiner::start(&chunk("a", 0, 1, ""), 10)
+                .map(|_| ())
+                .unwrap_err(),
             JoinError::Malformed("count must be at least 2 (a message that fits is sent whole)")
         );
         assert_eq!(
-            Joiner::start(&chunk("a b", 0, 2, ""), 10).map(|_| ()).unwrap_err(),
+            Joiner::start(&chunk("a b", 0, 2, ""), 10)
+                .map(|_| ())
+                .unwrap_err(),
             JoinError::Malformed("chunk_id must be 1 to 64 letters, digits, '-' or '_'")
         );
         assert_eq!(
-            Joiner::start(&chunk("a", 0, 11, ""), 10).map(|_| ()).unwrap_err(),
+            Joiner::start(&chunk("a", 0, 11, ""), 10)
+                .map(|_| ())
+                .unwrap_err(),
             JoinError::TooLarge
         );
         let mut j = Joiner::start(&chunk("a", 0, 3, ""), 10).expect("start");
         assert_eq!(j.add(chunk("a", 0, 3, "xx"), 5), Ok(None));
         assert_eq!(j.add(chunk("a", 0, 3, "xx"), 5), Err(JoinError::Duplicate));
-        assert_eq!(j.add(chunk("b", 1, 3, "xx"), 5), Err(JoinError::Interleaved));
-        assert_eq!(j.add(chunk("a", 1, 4, "xx"), 5), Err(JoinError::CountChanged));
-        assert_eq!(j.add(chunk("a", 3, 3, "xx"), 5), Err(JoinError::Malformed("index must be below count")));
+        assert_eq!(
+            j.add(chunk("b", 1, 3, "xx"), 5),
+            Err(JoinError::Interleaved)
+        );
+        assert_eq!(
+            j.add(chunk("a", 1, 4, "xx"), 5),
+            Err(JoinError::CountChanged)
+        );
+        assert_eq!(
+            j.add(chunk("a", 3, 3, "xx"), 5),
+            Err(JoinError::Malformed("index must be below count"))
+        );
         assert_eq!(j.add(chunk("a", 1, 3, "xxxx"), 5), Err(JoinError::TooLarge));
         assert_eq!(j.add(chunk("a", 2, 3, "yy"), 5), Ok(None));
-        assert_eq!(j.add(chunk("a", 1, 3, "z"), 5), Ok(Some("xxzyy".to_owned())));
+        assert_eq!(
+            j.add(chunk("a", 1, 3, "z"), 5),
+            Ok(Some("xxzyy".to_owned()))
+        );
     }
 }

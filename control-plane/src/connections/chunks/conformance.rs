@@ -53,8 +53,14 @@ where
 
     // Pieces in any order join into the message; only the first starts it.
     let a = c("order");
-    assert_eq!(store.add(&a, piece("m1", 2, 3, "c"), t0).await, Ok(pending(true)));
-    assert_eq!(store.add(&a, piece("m1", 0, 3, "a"), t0).await, Ok(pending(false)));
+    assert_eq!(
+        store.add(&a, piece("m1", 2, 3, "c"), t0).await,
+        Ok(pending(true))
+    );
+    assert_eq!(
+        store.add(&a, piece("m1", 0, 3, "a"), t0).await,
+        Ok(pending(false))
+    );
     assert_eq!(
         store.add(&a, piece("m1", 1, 3, "b"), t0).await,
         Ok(Added {
@@ -63,7 +69,10 @@ where
         })
     );
     // The next message of the connection starts afresh, even with the same id.
-    assert_eq!(store.add(&a, piece("m1", 0, 2, "x"), t0).await, Ok(pending(true)));
+    assert_eq!(
+        store.add(&a, piece("m1", 0, 2, "x"), t0).await,
+        Ok(pending(true))
+    );
     assert_eq!(
         store.add(&a, piece("m1", 1, 2, "y"), t0).await,
         Ok(Added {
@@ -74,7 +83,10 @@ where
 
     // A repeated index is refused; the message still completes.
     let b = c("dup");
-    store.add(&b, piece("m", 0, 2, "a"), t0).await.expect("first");
+    store
+        .add(&b, piece("m", 0, 2, "a"), t0)
+        .await
+        .expect("first");
     assert_eq!(
         store.add(&b, piece("m", 0, 2, "a"), t0).await,
         Err(ChunkError::Refused(JoinError::Duplicate))
@@ -84,21 +96,37 @@ where
         Err(ChunkError::Refused(JoinError::CountChanged))
     );
     assert_eq!(
-        store.add(&b, piece("m", 1, 2, "b"), t0).await.expect("last").joined.as_deref(),
+        store
+            .add(&b, piece("m", 1, 2, "b"), t0)
+            .await
+            .expect("last")
+            .joined
+            .as_deref(),
         Some("ab")
     );
 
     // One message at a time per connection; other connections are free.
     let d = c("interleaved");
-    store.add(&d, piece("first", 0, 2, "1"), t0).await.expect("first");
+    store
+        .add(&d, piece("first", 0, 2, "1"), t0)
+        .await
+        .expect("first");
     assert_eq!(
         store.add(&d, piece("second", 0, 2, "2"), t0).await,
         Err(ChunkError::Refused(JoinError::Interleaved))
     );
     let other = c("other");
-    assert_eq!(store.add(&other, piece("second", 0, 2, "2"), t0).await, Ok(pending(true)));
     assert_eq!(
-        store.add(&d, piece("first", 1, 2, "1"), t0).await.expect("last").joined.as_deref(),
+        store.add(&other, piece("second", 0, 2, "2"), t0).await,
+        Ok(pending(true))
+    );
+    assert_eq!(
+        store
+            .add(&d, piece("first", 1, 2, "1"), t0)
+            .await
+            .expect("last")
+            .joined
+            .as_deref(),
         Some("11")
     );
 
@@ -112,17 +140,29 @@ where
         store.add(&e, piece("m", 0, 2, &"x".repeat(101)), t0).await,
         Err(ChunkError::Refused(JoinError::TooLarge))
     );
-    store.add(&e, piece("m", 0, 2, &"x".repeat(60)), t0).await.expect("60 bytes");
+    store
+        .add(&e, piece("m", 0, 2, &"x".repeat(60)), t0)
+        .await
+        .expect("60 bytes");
     assert_eq!(
         store.add(&e, piece("m", 1, 2, &"x".repeat(41)), t0).await,
         Err(ChunkError::Refused(JoinError::TooLarge))
     );
     assert!(
-        store.add(&e, piece("m", 1, 2, "y"), t0).await.expect("restarted").started,
+        store
+            .add(&e, piece("m", 1, 2, "y"), t0)
+            .await
+            .expect("restarted")
+            .started,
         "the refused message was dropped: its next piece starts a new one"
     );
     assert_eq!(
-        store.add(&e, piece("m", 0, 2, &"x".repeat(99)), t0).await.expect("at the limit").joined.map(|j| j.len()),
+        store
+            .add(&e, piece("m", 0, 2, &"x".repeat(99)), t0)
+            .await
+            .expect("at the limit")
+            .joined
+            .map(|j| j.len()),
         Some(100)
     );
     assert_eq!(
@@ -136,23 +176,49 @@ where
     // message replaces it.
     let f = c("timeout");
     let late = t0 + crate::clock::ms(limits().timeout) + 1;
-    store.add(&f, piece("slow", 0, 2, "a"), t0).await.expect("first");
+    store
+        .add(&f, piece("slow", 0, 2, "a"), t0)
+        .await
+        .expect("first");
     assert_eq!(
         store.add(&f, piece("slow", 1, 2, "b"), late).await,
         Err(ChunkError::TimedOut)
     );
-    store.add(&f, piece("again", 0, 2, "a"), late).await.expect("after the timeout");
+    store
+        .add(&f, piece("again", 0, 2, "a"), late)
+        .await
+        .expect("after the timeout");
     let g = c("replaced");
-    store.add(&g, piece("old", 0, 2, "a"), t0).await.expect("old");
-    assert_eq!(store.add(&g, piece("new", 0, 2, "b"), late).await, Ok(pending(true)));
+    store
+        .add(&g, piece("old", 0, 2, "a"), t0)
+        .await
+        .expect("old");
     assert_eq!(
-        store.add(&g, piece("new", 1, 2, "c"), late).await.expect("new").joined.as_deref(),
+        store.add(&g, piece("new", 0, 2, "b"), late).await,
+        Ok(pending(true))
+    );
+    assert_eq!(
+        store
+            .add(&g, piece("new", 1, 2, "c"), late)
+            .await
+            .expect("new")
+            .joined
+            .as_deref(),
         Some("bc")
     );
 
     // Forgetting drops the message.
     let h = c("forget");
-    store.add(&h, piece("m", 0, 2, "a"), t0).await.expect("first");
+    store
+        .add(&h, piece("m", 0, 2, "a"), t0)
+        .await
+        .expect("first");
     store.forget(&h).await;
-    assert!(store.add(&h, piece("m", 1, 2, "b"), t0).await.expect("anew").started);
+    assert!(
+        store
+            .add(&h, piece("m", 1, 2, "b"), t0)
+            .await
+            .expect("anew")
+            .started
+    );
 }

@@ -127,12 +127,19 @@ impl DynamoChunks {
         let mut item = key(connection_id, HEAD);
         item.insert("chunk_id".into(), s(&chunk.chunk_id));
         item.insert("count".into(), n(i64::from(chunk.count)));
-        item.insert("instance".into(), s(&uuid::Uuid::new_v4().simple().to_string()));
+        item.insert(
+            "instance".into(),
+            s(&uuid::Uuid::new_v4().simple().to_string()),
+        );
         item.insert("started_at".into(), n(now_ms));
         item.insert("received".into(), n(0));
         item.insert("bytes".into(), n(0));
         item.insert("expires_at".into(), n(self.expires_at(now_ms)));
-        let mut put = self.client.put_item().table_name(&*self.table).set_item(Some(item));
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&*self.table)
+            .set_item(Some(item));
         put = match previous {
             None => put.condition_expression("attribute_not_exists(connection_id)"),
             Some(instance) => put

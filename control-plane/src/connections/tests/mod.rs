@@ -100,11 +100,13 @@ fn setup(loopback_unlimited: bool) -> Setup {
         streams,
         delivery: gateway.clone(),
         fanout,
-        chunks: Arc::new(super::chunks::MemoryChunks::new(super::chunks::ChunkLimits {
-            max_bytes: 4096,
-            max_chunks: 8,
-            timeout: Duration::from_secs(30),
-        })),
+        chunks: Arc::new(super::chunks::MemoryChunks::new(
+            super::chunks::ChunkLimits {
+                max_bytes: 4096,
+                max_chunks: 8,
+                timeout: Duration::from_secs(30),
+            },
+        )),
         clock,
         touch_interval: Duration::from_secs(60),
     });

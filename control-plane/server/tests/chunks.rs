@@ -1,0 +1,313 @@
+//! Payloads past API Gateway's limits, end to end through the real `dev`
+//! (control plane and emulator, which closes 1009 on a frame over 32 KB or
+//! a message over 128 KB as API Gateway does): a 2 MB report and a 500 KB
+//! client message arrive whole through the Rust socket client; the edges of
+//! both limits; a client that refuses chunks; and the abuse cases.
+
+use serde_json::{Value, json};
+use streamer_client::socket::{Socket, SocketOptions};
+use streamer_proto::client::Frame;
+use streamer_test_kit::prelude::*;
+
+/// A message burst of 5: a 1 MiB chunked message (33 frames) must still
+/// pass, since only the piece that starts a message is charged.
+async fn dev() -> Dev {
+    Dev::start(&[
+        ("STREAMER_DEMO_DURATION_MS", "200"),
+        ("STREAMER_MESSAGE_BURST", "5"),
+        ("STREAMER_MESSAGES_PER_MINUTE", "60"),
+    ])
+    .await
+}
+
+async fn socket(dev: &Dev, user: &str) -> Socket {
+    Socket::connect(&dev.ws_url(), &token(user, "acme", &[]))
+        .await
+        .expect("connect")
+}
+
+/// The frame that settles request `id` (response, complete or error).
+async fn settled(socket: &mut Socket, id: &str) -> Value {
+    loop {
+        let frame = tokio::time::timeout(DEADLINE, socket.recv())
+            .await
+            .expect("a frame in time")
+            .expect("the connection stays open");
+        let done = matches!(
+            frame["type"].as_str(),
+            Some("response" | "complete" | "error")
+        );
+        if done && frame["request_id"] == id {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_2_mb_report_and_a_500_kb_message_arrive_whole() {
+    let dev = dev().await;
+    processor_serving(dev.grpc_channel(), ADMIN_TOKEN, "generate_report").await;
+    let mut alice = socket(&dev, "alice").await;
+
+    let payload = json!({
+        "start_date": "2019-01-01", "end_date": "2025-12-31",
+        "format": "csv", "report_type": "annual", "include_data": true
+    });
+    let id = alice
+        .request("generate_report", payload)
+        .await
+        .expect("send");
+    let done = settled(&mut alice, &id).await;
+    assert_eq!(
+        done["type"],
+        "complete",
+        "{}",
+        &done.to_string()[..200.min(done.to_string().len())]
+    );
+    let start = chrono::NaiveDate::from_ymd_opt(2019, 1, 1).expect("date");
+    let days = done["result"]["days"].as_i64().expect("days");
+    let data = done["result"]["data"].as_str().expect("data");
+    assert!(
+        data.len() > 2_000_000,
+        "a 2 MB report: {} bytes",
+        data.len()
+    );
+    assert_eq!(
+        data,
+        streamer_server::demo::report_rows(start, days),
+        "every byte, in order"
+    );
+
+    // 500 KB from the client: 16 chunk frames up, joined by the control
+    // plane; echoed back as chunk frames down, joined by the client.
+    let blob: String = (0..500_000u32)
+        .map(|i| char::from(b'a' + u8::try_from(i % 26).expect("letter")))
+        .collect();
+    let id = alice
+        .request("echo", json!({ "blob": blob, "quote": "\"é漢🎉\\" }))
+        .await
+        .expect("send");
+    let echoed = settled(&mut alice, &id).await;
+    assert_eq!(echoed["type"], "response", "{}", echoed["error"]);
+    assert_eq!(echoed["data"]["blob"].as_str(), Some(blob.as_str()));
+    assert_eq!(echoed["data"]["quote"], "\"é漢🎉\\");
+
+    // A 1 MiB message (33 chunks) under a burst of 5: one message charged.
+    let big = "z".repeat(1_000_000);
+    let id = alice
+        .request("echo", json!({ "big": big }))
+        .await
+        .expect("send");
+    let echoed = settled(&mut alice, &id).await;
+    assert_eq!(
+        echoed["data"]["big"].as_str().map(str::len),
+        Some(1_000_000)
+    );
+    alice.close().await;
+}
+
+/// The `message` frame a broadcast of `data` makes, as the server writes it.
+fn message_len(data: &Value) -> usize {
+    Frame::message(data.clone(), None, None).to_json().len()
+}
+
+#[tokio::test]
+async fn the_edges_of_both_limits() {
+    let dev = dev().await;
+    let mut raw = dev.connect(&token("bob", "acme", &[])).await;
+    let client = broadcast(dev.grpc_channel(), ADMIN_TOKEN);
+    // Server → client: 128,000 bytes go whole, 128,001 as chunks.
+    let overhead = message_len(&json!(""));
+    for (len, kind) in [(128_000, "message"), (128_001, "chunk")] {
+        let data = json!("y".repeat(len - overhead));
+        assert_eq!(message_len(&data), len);
+        let report = client
+            .clone()
+            .send(tenant_target("acme", data))
+            .await
+            .reported();
+        assert_eq!(report.delivered, 1);
+        let frame = recv(&mut raw).await;
+        assert_eq!(frame["type"], kind, "a {len}-byte frame");
+        if kind == "chunk" {
+            assert_eq!(frame["count"], 2);
+            assert_eq!(recv(&mut raw).await["index"], 1);
+        }
+    }
+    // Client → server: a 32,000-byte message goes whole (the emulator
+    // takes frames up to 32 KB), a larger one as chunks; over 32 KB in
+    // one frame the gateway closes 1009, as API Gateway does.
+    let mut carol = socket(&dev, "carol").await;
+    for len in [32_000, 32_001, 40_000] {
+        let frame_of = |n: usize| json!({ "id": format!("edge-{len}"), "action": "echo", "payload": "x".repeat(n) });
+        let message = frame_of(len - frame_of(0).to_string().len());
+        assert_eq!(message.to_string().len(), len);
+        carol.send(&message).await.expect("send");
+        let reply = settled(&mut carol, &format!("edge-{len}")).await;
+        assert_eq!(reply["type"], "response", "a {len}-byte message");
+    }
+    let mut whole = dev.connect(&token("dave", "acme", &[])).await;
+    send(&mut whole, &"x".repeat(33_000)).await;
+    assert_eq!(
+        closed(&mut whole).await.map(|c| u16::from(c.code)),
+        Some(1009),
+        "one frame over 32 KB"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_refuses_chunks_gets_payload_too_large() {
+    let dev = dev().await;
+    let options = SocketOptions {
+        chunks: false,
+        ..SocketOptions::default()
+    };
+    let mut erin = Socket::connect_with(&dev.ws_url(), &token("erin", "acme", &[]), options)
+        .await
+        .expect("connect");
+    let id = erin
+        .request("echo", json!({ "small": true }))
+        .await
+        .expect("send");
+    assert_eq!(settled(&mut erin, &id).await["type"], "response");
+    let client = broadcast(dev.grpc_channel(), ADMIN_TOKEN);
+    let report = client
+        .clone()
+        .send(tenant_target("acme", json!("w".repeat(200_000))))
+        .await
+        .reported();
+    assert_eq!(
+        (report.targeted, report.too_large, report.delivered),
+        (1, 1, 0)
+    );
+    let frame = tokio::time::timeout(DEADLINE, erin.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert_eq!(frame["type"], "error");
+    assert_eq!(frame["error"]["code"], "PAYLOAD_TOO_LARGE");
+    let message = frame["error"]["message"].as_str().expect("message");
+    assert!(message.contains("chunks"), "{message}");
+}
+
+/// A raw chunk frame.
+fn piece(id: &str, chunk_id: &str, index: u32, count: u32, data: &str) -> Value {
+    json!({ "id": id, "action": "chunk", "payload": { "chunk_id": chunk_id, "index": index, "count": count, "data": data } })
+}
+
+async fn answer(ws: &mut Ws, frame: &Value) -> Value {
+    send_json(ws, frame).await;
+    recv(ws).await
+}
+
+#[tokio::test]
+async fn chunk_abuse_gets_clear_errors_and_loses_nothing() {
+    let dev = Dev::start(&[
+        ("STREAMER_CHUNKED_MESSAGE_MAX_BYTES", "100000"),
+        ("STREAMER_CHUNKED_MESSAGE_MAX_CHUNKS", "8"),
+        ("STREAMER_MESSAGE_BURST", "1000"),
+    ])
+    .await;
+    let mut ws = dev.connect(&token("mallory", "acme", &[])).await;
+    let code = |frame: &Value| {
+        frame["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    // Too many chunks, and a message over the total.
+    let reply = answer(&mut ws, &piece("a", "many", 0, 9, "x")).await;
+    assert_eq!(code(&reply), "PAYLOAD_TOO_LARGE", "{reply}");
+    assert_eq!(reply["request_id"], "a");
+    let over = "x".repeat(30_000);
+    for index in 0..3 {
+        send_json(&mut ws, &piece("b", "total", index, 8, &over)).await;
+    }
+    nothing_pending(&mut ws).await;
+    let reply = answer(&mut ws, &piece("b", "total", 3, 8, &over)).await;
+    assert_eq!(code(&reply), "PAYLOAD_TOO_LARGE", "{reply}");
+
+    // Interleaved messages: the second is refused, the first completes.
+    send_json(
+        &mut ws,
+        &piece("c", "first", 0, 2, r#"{"id":"c","action":"echo","#),
+    )
+    .await;
+    let reply = answer(&mut ws, &piece("d", "second", 0, 2, "{")).await;
+    assert_eq!(code(&reply), "VALIDATION_ERROR", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("one chunked message at a time")
+    );
+    let reply = answer(
+        &mut ws,
+        &piece("c", "first", 1, 2, r#""payload":{"ok":1}}"#),
+    )
+    .await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["data"]["ok"].as_i64()),
+        (Some("response"), Some(1)),
+        "{reply}"
+    );
+
+    // Malformed pieces, a repeated index, a count that changes.
+    for (frame, expected) in [
+        (
+            json!({"id":"e","action":"chunk","payload":{"chunk_id":"m"}}),
+            "VALIDATION_ERROR",
+        ),
+        (piece("e", "bad id!", 0, 2, "x"), "VALIDATION_ERROR"),
+        (piece("e", "m", 2, 2, "x"), "VALIDATION_ERROR"),
+        (piece("e", "m", 0, 1, "x"), "VALIDATION_ERROR"),
+    ] {
+        let reply = answer(&mut ws, &frame).await;
+        assert_eq!(code(&reply), expected, "{frame} → {reply}");
+    }
+    send_json(&mut ws, &piece("f", "rep", 0, 3, r#"{"id":"f","#)).await;
+    let reply = answer(&mut ws, &piece("f", "rep", 0, 3, "again")).await;
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already received"),
+        "{reply}"
+    );
+    let reply = answer(&mut ws, &piece("f", "rep", 1, 4, "x")).await;
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("count differs"),
+        "{reply}"
+    );
+    send_json(&mut ws, &piece("f", "rep", 1, 3, r#""action":"#)).await;
+    let reply = answer(&mut ws, &piece("f", "rep", 2, 3, r#""ping"}"#)).await;
+    assert_eq!(reply["type"], "pong", "{reply}");
+
+    // A joined message that is not a valid message, or is itself a chunk.
+    send_json(&mut ws, &piece("g", "junk", 0, 2, "not ")).await;
+    let reply = answer(&mut ws, &piece("g", "junk", 1, 2, "json")).await;
+    assert_eq!(code(&reply), "VALIDATION_ERROR", "{reply}");
+    let nested = piece("h", "inner", 0, 2, "x").to_string();
+    let (head, tail) = nested.split_at(nested.len() / 2);
+    send_json(&mut ws, &piece("h", "outer", 0, 2, head)).await;
+    let reply = answer(&mut ws, &piece("h", "outer", 1, 2, tail)).await;
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot itself be a chunk"),
+        "{reply}"
+    );
+
+    // The connection is still good.
+    let reply = answer(
+        &mut ws,
+        &json!({"id": "z", "action": "echo", "payload": "still here"}),
+    )
+    .await;
+    assert_eq!(reply["data"], "still here");
+}
