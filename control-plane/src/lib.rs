@@ -8,7 +8,7 @@
 //! ```text
 //! app          assembly: build the rooms from the config, open the stores, serve
 //! api          gRPC adapters: decode, call a room, map errors; caller auth; transport rules
-//! connections  connect, route a client frame, built-in actions, groups, rate limits
+//! connections  connect, route a client frame, built-in actions, groups, rate limits, chunked messages
 //! requests     long-running requests: queue, sessions, dispatch, retry, relay, sweeper
 //! delivery     the Management API behind a trait, broadcast, presence, reconcile
 //! streams      stream history: offsets, epochs, retention, recovery; embedded and DynamoDB
