@@ -50,11 +50,12 @@ fi
 stamp=$venv/.requirements.sha
 want=$(sha256sum scripts/requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "installing the pinned tools of scripts/requirements.txt (moto, cfn-lint, grpcurl, SAM CLI, cargo-lambda); about a minute the first time"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements.txt \
         || die "cannot install the pinned test tools from scripts/requirements.txt"
     echo "$want" > "$stamp"
 fi
-for tool in moto_server cfn-lint grpcurl sam; do
+for tool in moto_server cfn-lint grpcurl sam cargo-lambda; do
     [ -x "$venv/bin/$tool" ] || die "$tool is missing from $venv/bin"
 done
 export PATH="$venv/bin:$PATH"
@@ -100,6 +101,8 @@ cargo build --workspace --bins --locked
 
 step "cargo test"
 # The chaos suite runs next, on its own, so its log shows what it injected.
+# lambda_runtime.rs runs the edge Lambdas under `cargo lambda watch` (its
+# first invocation builds them as cargo-lambda resolves them, about a minute).
 cargo test --workspace --locked -- --skip chaos_
 
 step "chaos suite (faults injected between the real processes)"
