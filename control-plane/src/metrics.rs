@@ -185,6 +185,9 @@ pub struct Metrics {
     /// `streamer_chunked_frames_total`: frames over the delivery limit sent
     /// as `chunk` frames
     pub chunked_frames: Counter,
+    /// `streamer_legacy_mirror_failures_total`: dual writes into the Go
+    /// system's table that failed
+    pub legacy_mirror_failures: Counter,
     /// `streamer_auth_failures_total{reason}`
     pub auth_failures: Family<ReasonLabel, Counter>,
     /// `streamer_messages_total{action,outcome}`
@@ -238,6 +241,7 @@ impl Metrics {
             connects: Family::default(),
             disconnects: Counter::default(),
             chunked_frames: Counter::default(),
+            legacy_mirror_failures: Counter::default(),
             auth_failures: Family::default(),
             messages: Family::default(),
             rate_limited: Family::default(),
@@ -276,6 +280,11 @@ impl Metrics {
             "streamer_chunked_frames",
             "Frames over the delivery limit sent as chunk frames",
             m.chunked_frames.clone(),
+        );
+        registry.register(
+            "streamer_legacy_mirror_failures",
+            "Dual writes into the Go system's connection table that failed",
+            m.legacy_mirror_failures.clone(),
         );
         registry.register(
             "streamer_auth_failures",

@@ -54,6 +54,31 @@ enum Command {
         #[command(subcommand)]
         command: TablesCommand,
     },
+    /// Migration from the Go system (deploy/README.md, "Migrating from the
+    /// Go system").
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MigrateCommand {
+    /// Register the Go system's open connections in Streamer's registry
+    /// (STREAMER_STORE=dynamodb), so they receive Streamer's broadcasts.
+    /// Reads both of its item shapes; idempotent, so it can run on a
+    /// schedule while traffic shifts.
+    LegacyConnections {
+        /// The Go system's connections table.
+        #[arg(long)]
+        from_table: String,
+        /// Count what would be imported without writing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run again every this many seconds until stopped (SIGTERM / Ctrl-C).
+        #[arg(long)]
+        every_secs: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -91,12 +116,18 @@ fn main() -> ExitCode {
     }
     if matches!(
         cli.command,
-        Command::Tables {
-            command: TablesCommand::Create
-        }
+        Command::Tables { .. } | Command::Migrate { .. }
     ) && let Err(err) = aws_ready()
     {
         return config_error(&err);
+    }
+    if matches!(cli.command, Command::Migrate { .. })
+        && config.store.kind != streamer_control_plane::config::StoreKind::DynamoDb
+    {
+        return config_error(&ConfigError::one(format!(
+            "missing setting {}=dynamodb: `migrate` imports into the DynamoDB registry",
+            settings::STORE.name()
+        )));
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -121,6 +152,14 @@ fn main() -> ExitCode {
                     }
                 })
                 .map_err(anyhow::Error::msg),
+            Command::Migrate {
+                command:
+                    MigrateCommand::LegacyConnections {
+                        from_table,
+                        dry_run,
+                        every_secs,
+                    },
+            } => migrate_legacy(&config, &from_table, dry_run, every_secs).await,
         };
         telemetry.shutdown();
         result
@@ -172,6 +211,40 @@ fn aws_ready() -> Result<(), ConfigError> {
          for a local DynamoDB-compatible server also set AWS_ENDPOINT_URL_DYNAMODB)",
         settings::CONNECTIONS_TABLE.name()
     )))
+}
+
+/// `migrate legacy-connections`: one import, or one every `every_secs`.
+async fn migrate_legacy(
+    config: &Config,
+    from_table: &str,
+    dry_run: bool,
+    every_secs: Option<u64>,
+) -> anyhow::Result<()> {
+    use streamer_control_plane::registry::{Ttl, dynamo::DynamoRegistry, legacy};
+    let client = streamer_control_plane::store::dynamo::client().await;
+    let ttl = Ttl {
+        idle: config.store.connection_ttl,
+        max_age: config.store.connection_ttl,
+    };
+    let clock = streamer_control_plane::clock::Clock::new();
+    let registry = DynamoRegistry::new(client.clone(), &config.store.connections_table, ttl, clock);
+    loop {
+        let report = legacy::import(&client, from_table, &registry, ttl, clock.now_ms(), dry_run)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        println!(
+            "{}{from_table} → {}: {report}",
+            if dry_run { "dry run: " } else { "" },
+            config.store.connections_table
+        );
+        let Some(every) = every_secs else {
+            return Ok(());
+        };
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(every.max(1))) => {}
+            () = shutdown_signal() => return Ok(()),
+        }
+    }
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -102,9 +102,9 @@ async fn watch(dev: &Dev, dir: &TempDir) -> Watch {
 
 /// The fixture `name` with `token` in place of `__TOKEN__`, in a file.
 fn fixture(dir: &TempDir, name: &str, token: &str) -> PathBuf {
-    let text = std::fs::read_to_string(workspace().join(format!(
-        "edge-lambdas/tests/fixtures/{name}.json"
-    )))
+    let text = std::fs::read_to_string(
+        workspace().join(format!("edge-lambdas/tests/fixtures/{name}.json")),
+    )
     .expect("fixture");
     let path = dir.0.join(format!("{name}-{}.json", token.len()));
     std::fs::write(&path, text.replace("__TOKEN__", token)).expect("write fixture");
@@ -156,18 +156,21 @@ async fn the_lambda_binaries_answer_real_events_under_cargo_lambda() {
     let watch = watch(&dev, &dir).await;
     let valid = token("alice", "acme", &[]);
     let mut admin = connections(dev.grpc_channel(), ADMIN_TOKEN);
-    let row = |admin: &mut streamer_proto::v1::connection_service_client::ConnectionServiceClient<Authed>| {
-        let mut admin = admin.clone();
-        async move {
-            admin
-                .get_connection(v1::GetConnectionRequest {
-                    connection_id: "PwQ8XdTQjoECJhw=".into(),
-                })
-                .await
-                .ok()
-                .and_then(|r| r.into_inner().connection)
-        }
-    };
+    let row =
+        |admin: &mut streamer_proto::v1::connection_service_client::ConnectionServiceClient<
+            Authed,
+        >| {
+            let mut admin = admin.clone();
+            async move {
+                admin
+                    .get_connection(v1::GetConnectionRequest {
+                        connection_id: "PwQ8XdTQjoECJhw=".into(),
+                    })
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_inner().connection)
+            }
+        };
 
     // $connect with a bad token: 401 and the JSON body API Gateway relays.
     let refused = invoke(
@@ -218,8 +221,16 @@ async fn the_lambda_binaries_answer_real_events_under_cargo_lambda() {
     assert_eq!(reply["statusCode"], 200, "{reply}");
     let frame: Value = serde_json::from_str(reply["body"].as_str().expect("body")).expect("frame");
     assert_eq!(
-        (frame["type"].clone(), frame["request_id"].clone(), frame["data"].clone()),
-        (json!("response"), json!("fixture-1"), json!({"hello": "lambda"}))
+        (
+            frame["type"].clone(),
+            frame["request_id"].clone(),
+            frame["data"].clone()
+        ),
+        (
+            json!("response"),
+            json!("fixture-1"),
+            json!({"hello": "lambda"})
+        )
     );
 
     // $disconnect: the row is gone.

@@ -10,7 +10,7 @@ use crate::{
     config::{Config, StoreKind},
     registry::{
         Connection, Registry, Ttl, dynamo::DynamoRegistry, instrumented::Instrumented,
-        memory::MemoryRegistry,
+        legacy::LegacyMirror, memory::MemoryRegistry,
     },
     requests::queue::{RequestQueue, dynamo::DynamoQueue, memory::MemoryQueue},
     store::dynamo,
@@ -73,12 +73,23 @@ pub async fn open(config: &Config, clock: Clock) -> Stores {
         StoreKind::DynamoDb => {
             let client = dynamo::client().await;
             Stores {
-                registry: instrumented(Arc::new(DynamoRegistry::new(
-                    client.clone(),
-                    &config.store.connections_table,
-                    ttl,
-                    clock,
-                ))),
+                registry: instrumented({
+                    let registry: Arc<dyn Registry> = Arc::new(DynamoRegistry::new(
+                        client.clone(),
+                        &config.store.connections_table,
+                        ttl,
+                        clock,
+                    ));
+                    match &config.store.legacy_mirror_table {
+                        Some(table) => Arc::new(LegacyMirror::new(
+                            registry,
+                            client.clone(),
+                            table,
+                            config.store.legacy_shape,
+                        )),
+                        None => registry,
+                    }
+                }),
                 queue: Arc::new(DynamoQueue::new(
                     client.clone(),
                     &config.store.requests_table,

@@ -207,6 +207,28 @@ impl FromStr for StoreKind {
     }
 }
 
+/// The item shape of the Go system's connection table
+/// (`registry::legacy` reads and writes both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LegacyShape {
+    /// `store.Connection`: PascalCase attributes keyed by `ConnectionID`.
+    #[default]
+    Classic,
+    /// `dynamorm.Connection`: `pk` / `sk` with snake_case attributes.
+    DynamOrm,
+}
+
+impl FromStr for LegacyShape {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "classic" => Ok(LegacyShape::Classic),
+            "dynamorm" => Ok(LegacyShape::DynamOrm),
+            other => Err(format!("{other:?}: use classic or dynamorm")),
+        }
+    }
+}
+
 /// State storage settings.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -220,6 +242,11 @@ pub struct StoreConfig {
     pub rate_limits_table: String,
     /// Table of chunked client messages being joined.
     pub chunks_table: String,
+    /// The dual write: mirror connection writes into this table of the Go
+    /// system (none: off).
+    pub legacy_mirror_table: Option<String>,
+    /// The shape of the Go system's items.
+    pub legacy_shape: LegacyShape,
     /// Keep the message and connect limits in the store (shared by replicas).
     pub shared_rate_limits: bool,
     /// Row expiry after the last refresh, and after connect.
@@ -234,6 +261,16 @@ impl StoreConfig {
         let shared_rate_limits = src
             .opt(&s::SHARED_RATE_LIMITS)
             .unwrap_or(kind == StoreKind::DynamoDb);
+        if src
+            .opt::<String>(&s::LEGACY_MIRROR_TABLE)
+            .is_some_and(|t| !t.is_empty())
+            && kind != StoreKind::DynamoDb
+        {
+            src.problem(
+                &s::LEGACY_MIRROR_TABLE,
+                "the dual write needs STREAMER_STORE=dynamodb",
+            );
+        }
         if shared_rate_limits && kind != StoreKind::DynamoDb {
             src.problem(
                 &s::SHARED_RATE_LIMITS,
@@ -246,6 +283,10 @@ impl StoreConfig {
             requests_table: src.get(&s::REQUESTS_TABLE),
             rate_limits_table: src.get(&s::RATE_LIMITS_TABLE),
             chunks_table: src.get(&s::CHUNKS_TABLE),
+            legacy_mirror_table: src
+                .opt::<String>(&s::LEGACY_MIRROR_TABLE)
+                .filter(|t| !t.is_empty()),
+            legacy_shape: src.get(&s::LEGACY_SHAPE),
             shared_rate_limits,
             connection_ttl: secs(src.at_least(&s::CONNECTION_TTL_SECS, 60)),
             touch_interval: secs(src.get(&s::TOUCH_INTERVAL_SECS)),

@@ -117,6 +117,8 @@ settings! {
     HISTORY_RECOVER_MAX = (Some("STREAMER_HISTORY_RECOVER_MAX"), Some("history.recover_max"), "1000", None, "most messages one `recover` returns (past that: `recovered: false`)");
     HISTORY_TABLE = (Some("STREAMER_HISTORY_TABLE"), Some("store.history_table"), "streamer-history", None, "DynamoDB table of stream history");
     CHUNKS_TABLE = (Some("STREAMER_CHUNKS_TABLE"), Some("store.chunks_table"), "streamer-chunks", None, "DynamoDB table of chunked client messages being joined (any replica may receive a chunk)");
+    LEGACY_MIRROR_TABLE = (Some("STREAMER_LEGACY_MIRROR_TABLE"), Some("store.legacy_mirror_table"), "", Some("none (off)"), "migration from the Go system: mirror every connection write into its connections table (the dual write), in `STREAMER_LEGACY_SHAPE`");
+    LEGACY_SHAPE = (Some("STREAMER_LEGACY_SHAPE"), Some("store.legacy_shape"), "classic", None, "the Go system's connection items: `classic` (`ConnectionID`, `TenantID`, ...) or `dynamorm` (`pk` = `CONN#<id>`, `sk` = `METADATA`)");
     RETRY_BASE_MS = (Some("STREAMER_RETRY_BASE_MS"), Some("jobs.retry_base_ms"), "1000", None, "first retry delay of a failed attempt (doubled per attempt, jittered)");
     RETRY_MAX_MS = (Some("STREAMER_RETRY_MAX_MS"), Some("jobs.retry_max_ms"), "60000", None, "longest retry delay");
     PROGRESS_INTERVAL_MS = (Some("STREAMER_PROGRESS_INTERVAL_MS"), Some("jobs.progress_interval_ms"), "100", None, "at most one progress frame per request per interval (10/s)");

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 pub mod conformance;
 pub mod dynamo;
 pub mod instrumented;
+pub mod legacy;
 pub mod memory;
 
 /// A registered connection. Strings are shared (`Arc<str>`) so that copies
