@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the three edge Lambdas for provided.al2023 with cargo-lambda
+# Builds the three edge Lambdas and the migration's rollout controller for
+# provided.al2023 with cargo-lambda
 # (installed from PyPI, with zig, into .build/venv) and zips each bootstrap.
 # Output: target/lambda/<binary>/bootstrap and target/lambda/<binary>.zip, the
 # paths deploy/template.yaml's CodeUri points at.
@@ -28,8 +29,10 @@ if ! rustup target list --installed | grep -qx "$target"; then
         exit 1
     }
 fi
-for bin in streamer-edge-connect streamer-edge-disconnect streamer-edge-default; do
-    cargo lambda build --release "$flag" -p streamer-edge --bin "$bin"
+for pair in streamer-edge:streamer-edge-connect streamer-edge:streamer-edge-disconnect \
+    streamer-edge:streamer-edge-default streamer-rollout:streamer-rollout; do
+    package=${pair%%:*} bin=${pair#*:}
+    cargo lambda build --release "$flag" -p "$package" --bin "$bin"
     (cd "target/lambda/$bin" && rm -f "../$bin.zip" && python3 -m zipfile -c "../$bin.zip" bootstrap)
     echo "built target/lambda/$bin.zip ($arch)"
 done
