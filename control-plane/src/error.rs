@@ -281,6 +281,16 @@ pub enum QueueError {
     },
     #[error("queue unavailable: {0}")]
     Unavailable(String),
+    /// A payload or result over what the store keeps.
+    #[error("the {what} is {bytes} bytes; the request store keeps at most {max}")]
+    TooLarge {
+        /// `payload` or `result`.
+        what: &'static str,
+        /// Its size (JSON bytes).
+        bytes: usize,
+        /// The store's limit.
+        max: usize,
+    },
 }
 
 impl QueueError {
@@ -311,6 +321,9 @@ impl From<QueueError> for Fault {
                 tracing::warn!(error = %detail, "request queue unavailable");
                 Fault::unavailable("service temporarily unavailable, retry later")
             }
+            QueueError::TooLarge { what, bytes, max } => Fault::too_large(format!(
+                "the {what} is {bytes} bytes; the request store keeps at most {max}"
+            )),
         }
     }
 }

@@ -345,3 +345,60 @@ async fn a_control_plane_restart_on_dynamodb_loses_no_accepted_request() {
     assert_eq!(state["data"]["status"], "completed");
     assert_eq!(state["data"]["result"], json!({"doubled": 14}));
 }
+
+#[tokio::test]
+async fn requests_past_what_a_dynamodb_item_keeps_fail_with_the_reason() {
+    let tables = Tables::new("big-requests");
+    tables.create().await;
+    let dev = dynamo_dev(
+        &tables,
+        &[
+            ("STREAMER_DEMO_DURATION_MS", "100"),
+            ("STREAMER_MESSAGE_BURST", "100"),
+        ],
+    )
+    .await;
+    processor_serving(dev.grpc_channel(), ADMIN_TOKEN, "generate_report").await;
+    let mut socket =
+        streamer_client::socket::Socket::connect(&dev.ws_url(), &token("alice", "acme", &[]))
+            .await
+            .expect("connect");
+    // A 2-year report renders about 700 KB of rows: more than one item keeps.
+    let id = socket
+        .request(
+            "generate_report",
+            json!({"start_date": "2023-01-01", "end_date": "2024-12-31", "format": "csv", "report_type": "annual", "include_data": true}),
+        )
+        .await
+        .expect("send");
+    let failed = loop {
+        let frame = socket.recv().await.expect("open");
+        if frame["request_id"] == id.as_str()
+            && matches!(frame["type"].as_str(), Some("complete" | "error"))
+        {
+            break frame;
+        }
+    };
+    assert_eq!(failed["error"]["code"], "PROCESSING_FAILED", "{failed}");
+    let message = failed["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("the request store keeps at most 170000"),
+        "{message}"
+    );
+
+    // A 300 KB payload (sent as chunks) is refused before it is queued.
+    let id = socket
+        .request(
+            "generate_report",
+            json!({"start_date": "2023-01-01", "end_date": "2023-01-02", "format": "csv", "report_type": "annual", "note": "n".repeat(300_000)}),
+        )
+        .await
+        .expect("send");
+    let refused = loop {
+        let frame = socket.recv().await.expect("open");
+        if frame["request_id"] == id.as_str() {
+            break frame;
+        }
+    };
+    assert_eq!(refused["error"]["code"], "PAYLOAD_TOO_LARGE", "{refused}");
+}

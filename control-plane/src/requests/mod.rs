@@ -163,6 +163,16 @@ impl Jobs {
 
     /// Accepts a request and wakes idle processors.
     pub async fn submit(&self, request: Request) -> Result<(), QueueError> {
+        if let Some(max) = self.queue.max_value_bytes() {
+            let bytes = request.payload.to_string().len();
+            if bytes > max {
+                return Err(QueueError::TooLarge {
+                    what: "payload",
+                    bytes,
+                    max,
+                });
+            }
+        }
         self.queue.create(request).await?;
         count("accepted");
         self.work_available.notify_waiters();
@@ -448,6 +458,25 @@ impl Jobs {
     ) -> Result<(), JobError> {
         if !session.holds(tenant_id, request_id) {
             return Err(JobError::NotHeld);
+        }
+        if let Some(max) = self.queue.max_value_bytes() {
+            let bytes = result.to_string().len();
+            if bytes > max {
+                // The request fails for good (a retry would make the same
+                // result); the client and the processor are told why.
+                let too_large = QueueError::TooLarge {
+                    what: "result",
+                    bytes,
+                    max,
+                };
+                let failure = Failure {
+                    code: "PROCESSING_FAILED".into(),
+                    message: too_large.to_string(),
+                };
+                self.fail(session, tenant_id, request_id, failure, false)
+                    .await?;
+                return Err(JobError::Queue(too_large));
+            }
         }
         let request = self
             .queue

@@ -162,6 +162,12 @@ pub use crate::error::QueueError;
 /// The request queue contract (embedded and DynamoDB backends).
 #[async_trait]
 pub trait RequestQueue: Send + Sync + 'static {
+    /// The largest payload, and the largest result, the store keeps (JSON
+    /// bytes); `None`: no limit of its own.
+    fn max_value_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// Accepts a new request; `Duplicate` (with the existing one) when the
     /// tenant already used the id.
     async fn create(&self, request: Request) -> Result<(), QueueError>;

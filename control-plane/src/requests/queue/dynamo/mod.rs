@@ -48,6 +48,9 @@ fn unavailable<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
     QueueError::Unavailable(describe(&err))
 }
 
+/// The largest payload, and the largest result, one request item keeps.
+pub const MAX_VALUE_BYTES: usize = 170_000;
+
 /// The table as `tables create` makes it.
 pub fn table_spec() -> TableSpec {
     TableSpec {
@@ -131,6 +134,12 @@ impl DynamoQueue {
 
 #[async_trait]
 impl RequestQueue for DynamoQueue {
+    /// A request is one item and an item holds 400 KB: payload and result
+    /// get 170,000 bytes each, leaving room for the rest.
+    fn max_value_bytes(&self) -> Option<usize> {
+        Some(MAX_VALUE_BYTES)
+    }
+
     async fn create(&self, request: Request) -> Result<(), QueueError> {
         let put = self
             .client
