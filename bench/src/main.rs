@@ -11,6 +11,7 @@
 //! in time; the processes it starts are killed when it ends.
 
 mod baselines;
+mod chunks;
 mod fleet;
 mod history;
 mod processes;
@@ -67,6 +68,9 @@ enum Helper {
     },
     /// A bare WebSocket echo server, the round-trip floor (internal).
     EchoServer,
+    /// Only the payloads-past-the-limits round trips (also part of a full
+    /// run).
+    Chunks,
     /// A steady mixed load against `dev`: RSS, descriptors, tasks and
     /// errors at each interval, and a verdict (exit 1 when it fails).
     Soak {
@@ -143,6 +147,19 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
         }) => return fleet::agent(&url, connections, concurrency).await,
         Some(Helper::EchoServer) => return baselines::echo_server().await,
+        Some(Helper::Chunks) => {
+            let keys = generate_rsa_key_pair()?;
+            let procs = Processes::start(&cli.args, &keys.public_pem, 1).await?;
+            let result = chunks::measure(
+                &cli.args,
+                &procs,
+                &token(&keys.private_pem, "chunks", "bench-chunks")?,
+            )
+            .await;
+            procs.stop().await;
+            report::print_chunks(&result?);
+            return Ok(());
+        }
         Some(Helper::Soak { minutes, clients }) => {
             return soak::run(Duration::from_secs_f64(minutes.max(0.1) * 60.0), clients).await;
         }
@@ -240,11 +257,14 @@ async fn run(args: &Args, procs: &Processes, private_pem: &str) -> anyhow::Resul
         &mut seq,
     )
     .await?;
+    let chunks =
+        chunks::measure(args, procs, &token(private_pem, "chunks", "bench-chunks")?).await?;
     Ok(Report {
         connect,
         echo,
         broadcast,
         memory,
         history,
+        chunks,
     })
 }

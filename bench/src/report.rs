@@ -127,6 +127,26 @@ pub struct Report {
     pub memory: Vec<MemoryResult>,
     /// Stream history: its cost on a broadcast, recovery latency.
     pub history: crate::history::HistoryResult,
+    /// Echo round trips of messages past the gateway's limits.
+    pub chunks: Vec<crate::chunks::ChunkedEcho>,
+}
+
+/// Prints the chunked round trips as table rows.
+pub fn print_chunks(chunks: &[crate::chunks::ChunkedEcho]) {
+    for c in chunks {
+        println!(
+            "| echo of {} KB, one connection ({}) | p50 {:.2} ms, p99 {:.2} ms; {:.1} MB/s |",
+            c.bytes / 1000,
+            if c.frames_up == 1 {
+                "sent and answered whole".to_owned()
+            } else {
+                format!("{} chunk frames up, chunked down", c.frames_up)
+            },
+            c.round_trip.p50_ms,
+            c.round_trip.p99_ms,
+            c.mb_per_sec
+        );
+    }
 }
 
 /// Prints `report` as a Markdown table.
@@ -203,4 +223,5 @@ pub fn print_table(report: &Report) {
             m.connections, m.control_plane_bytes_per_connection, m.gateway_bytes_per_connection
         );
     }
+    print_chunks(&report.chunks);
 }
