@@ -236,6 +236,7 @@ async fn shared_limits_span_replicas() {
         chunked_max_bytes: 1024,
         chunked_max_chunks: 4,
         chunked_timeout: std::time::Duration::from_secs(30),
+        chunked_held_max_bytes: 1 << 20,
     };
     let a = SharedLimits::new(client(), &table, &limits, Clock::new());
     let b = SharedLimits::new(client(), &table, &limits, Clock::new());

@@ -56,6 +56,7 @@ pub async fn open(config: &Config, clock: Clock) -> Stores {
         max_bytes: config.limits.chunked_max_bytes,
         max_chunks: config.limits.chunked_max_chunks,
         timeout: config.limits.chunked_timeout,
+        max_held_bytes: config.limits.chunked_held_max_bytes,
     };
     let (departures_tx, departures) = tokio::sync::mpsc::unbounded_channel();
     let instrumented = |backend: Arc<dyn Registry>| -> Arc<dyn Registry> {

@@ -63,6 +63,8 @@ pub struct LimitsConfig {
     pub chunked_max_chunks: u32,
     /// How long a chunked message may take to complete.
     pub chunked_timeout: Duration,
+    /// Most bytes of unfinished chunked messages in memory, all connections.
+    pub chunked_held_max_bytes: usize,
 }
 
 impl LimitsConfig {
@@ -77,6 +79,7 @@ impl LimitsConfig {
             chunked_max_bytes: src.at_least(&s::CHUNKED_MESSAGE_MAX_BYTES, 1),
             chunked_max_chunks: src.at_least(&s::CHUNKED_MESSAGE_MAX_CHUNKS, 2),
             chunked_timeout: Duration::from_secs(src.at_least(&s::CHUNKED_MESSAGE_TIMEOUT_SECS, 1)),
+            chunked_held_max_bytes: src.at_least(&s::CHUNKED_MESSAGES_HELD_MAX_BYTES, 1),
         }
     }
 }

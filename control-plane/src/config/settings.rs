@@ -85,6 +85,7 @@ settings! {
     CHUNKED_MESSAGE_MAX_BYTES = (Some("STREAMER_CHUNKED_MESSAGE_MAX_BYTES"), Some("limits.chunked_message_max_bytes"), "1048576", None, "largest client message sent as `chunk` frames, joined");
     CHUNKED_MESSAGE_MAX_CHUNKS = (Some("STREAMER_CHUNKED_MESSAGE_MAX_CHUNKS"), Some("limits.chunked_message_max_chunks"), "64", None, "most `chunk` frames one client message may have");
     CHUNKED_MESSAGE_TIMEOUT_SECS = (Some("STREAMER_CHUNKED_MESSAGE_TIMEOUT_SECS"), Some("limits.chunked_message_timeout_secs"), "30", None, "a chunked client message not complete this long after its first chunk is dropped");
+    CHUNKED_MESSAGES_HELD_MAX_BYTES = (Some("STREAMER_CHUNKED_MESSAGES_HELD_MAX_BYTES"), Some("limits.chunked_messages_held_max_bytes"), "268435456", None, "embedded store: most bytes of unfinished chunked messages held at once, every connection together (past it, new pieces get `SERVICE_UNAVAILABLE`)");
     CONNECTS_PER_MINUTE_PER_IP = (Some("STREAMER_CONNECTS_PER_MINUTE_PER_IP"), Some("limits.connects_per_minute_per_ip"), "10", None, "connection attempts per source IP (also the burst)");
     LOOPBACK_CONNECTS_UNLIMITED = (Some("STREAMER_LOOPBACK_CONNECTS_UNLIMITED"), Some("limits.loopback_connects_unlimited"), "", Some("`false` (`dev`: `true`)"), "connects from 127.0.0.0/8 and ::1 skip the per-IP connect limit");
     MAX_CONNECTIONS_PER_TENANT = (Some("STREAMER_MAX_CONNECTIONS_PER_TENANT"), Some("limits.max_connections_per_tenant"), "0", Some("`0` (none)"), "tenant connection quota");

@@ -182,6 +182,11 @@ impl Joiner {
         &self.chunk_id
     }
 
+    /// Pieces still missing.
+    pub fn remaining(&self) -> usize {
+        self.parts.len() - self.received
+    }
+
     /// Adds a piece; `Ok(Some(text))` when it was the last one. `max_bytes`
     /// bounds the joined text.
     pub fn add(&mut self, chunk: Chunk, max_bytes: usize) -> Result<Option<String>, JoinError> {

@@ -13,6 +13,7 @@ pub fn limits() -> ChunkLimits {
         max_bytes: 100,
         max_chunks: 4,
         timeout: Duration::from_secs(30),
+        max_held_bytes: usize::MAX,
     }
 }
 

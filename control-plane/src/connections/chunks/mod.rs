@@ -31,6 +31,9 @@ pub struct ChunkLimits {
     pub max_chunks: u32,
     /// How long after its first piece a message may complete.
     pub timeout: Duration,
+    /// Most bytes of unfinished messages held at once, every connection
+    /// together (the embedded store; DynamoDB's are bounded by the TTL).
+    pub max_held_bytes: usize,
 }
 
 /// What adding a piece did.
@@ -50,6 +53,8 @@ pub enum ChunkError {
     Refused(JoinError),
     /// The message was not complete within the timeout; it is dropped.
     TimedOut,
+    /// The server holds as many unfinished messages as it may; retry.
+    Busy,
     /// The store did not answer.
     Unavailable(String),
 }
@@ -78,6 +83,9 @@ impl ChunkError {
                 "chunked message not complete within {} s; it is dropped, send it again",
                 limits.timeout.as_secs()
             )),
+            ChunkError::Busy => Fault::unavailable(
+                "too many chunked messages in flight on this server; send the piece again later",
+            ),
             ChunkError::Unavailable(_) => {
                 Fault::unavailable("service temporarily unavailable, retry later")
             }
@@ -123,13 +131,50 @@ pub trait Chunks: Send + Sync + 'static {
 struct Partial {
     joiner: Joiner,
     started_ms: i64,
+    bytes: usize,
+}
+
+/// The partial messages, when they were last swept, and their bytes.
+#[derive(Default)]
+struct Held {
+    partials: HashMap<String, Partial>,
+    last_sweep: i64,
+    bytes: usize,
+}
+
+impl Held {
+    fn remove(&mut self, connection_id: &str) {
+        if let Some(partial) = self.partials.remove(connection_id) {
+            self.bytes -= partial.bytes;
+        }
+    }
+
+    /// Drops messages past the timeout (at most once per timeout), but
+    /// not `keep`'s, whose next piece is told it timed out.
+    fn sweep(&mut self, keep: &str, now_ms: i64, timeout: Duration) {
+        if now_ms.saturating_sub(self.last_sweep) <= crate::clock::ms(timeout) {
+            return;
+        }
+        self.last_sweep = now_ms;
+        let stale: Vec<String> = self
+            .partials
+            .iter()
+            .filter(|(id, p)| *id != keep && expired(p.started_ms, now_ms, timeout))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.remove(&id);
+        }
+    }
 }
 
 /// The embedded store: pieces in memory, at most one message per
-/// connection, dropped on disconnect, on completion, or when found expired.
+/// connection, dropped on disconnect, on completion, or when found expired;
+/// and at most [`ChunkLimits::max_held_bytes`] across every connection, so
+/// many clients each holding a partial message cannot exhaust memory.
 pub struct MemoryChunks {
     limits: ChunkLimits,
-    partials: Mutex<(HashMap<String, Partial>, i64)>,
+    held: Mutex<Held>,
 }
 
 impl std::fmt::Debug for MemoryChunks {
@@ -145,13 +190,16 @@ impl MemoryChunks {
     pub fn new(limits: ChunkLimits) -> Self {
         Self {
             limits,
-            partials: Mutex::new((HashMap::new(), 0)),
+            held: Mutex::new(Held::default()),
         }
     }
 
-    /// Messages being joined (for tests of the bounds).
-    pub fn pending(&self) -> usize {
-        self.partials.lock().map(|p| p.0.len()).unwrap_or(0)
+    /// Messages being joined, and their bytes (for tests of the bounds).
+    pub fn pending(&self) -> (usize, usize) {
+        self.held
+            .lock()
+            .map(|h| (h.partials.len(), h.bytes))
+            .unwrap_or((0, 0))
     }
 }
 
@@ -168,47 +216,58 @@ impl Chunks for MemoryChunks {
         now_ms: i64,
     ) -> Result<Added, ChunkError> {
         let limits = self.limits;
-        let mut guard = self
-            .partials
+        let mut held = self
+            .held
             .lock()
             .map_err(|_| ChunkError::Unavailable("poisoned".into()))?;
-        let (partials, last_sweep) = &mut *guard;
-        // Messages that never complete cost memory only until the next
-        // sweep (at most one per timeout).
-        if now_ms.saturating_sub(*last_sweep) > crate::clock::ms(limits.timeout) {
-            partials.retain(|id, p| {
-                id == connection_id || !expired(p.started_ms, now_ms, limits.timeout)
-            });
-            *last_sweep = now_ms;
-        }
-        let mut started = false;
-        if let Some(partial) = partials.get(connection_id)
+        held.sweep(connection_id, now_ms, limits.timeout);
+        if let Some(partial) = held.partials.get(connection_id)
             && expired(partial.started_ms, now_ms, limits.timeout)
         {
             let same = partial.joiner.chunk_id() == chunk.chunk_id;
-            partials.remove(connection_id);
+            held.remove(connection_id);
             if same {
                 return Err(ChunkError::TimedOut);
             }
         }
-        let partial = match partials.entry(connection_id.to_owned()) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                started = true;
-                entry.insert(Partial {
-                    joiner: Joiner::start(&chunk, limits.max_chunks)
-                        .map_err(ChunkError::Refused)?,
+        let started = !held.partials.contains_key(connection_id);
+        if started {
+            let joiner = Joiner::start(&chunk, limits.max_chunks).map_err(ChunkError::Refused)?;
+            held.partials.insert(
+                connection_id.to_owned(),
+                Partial {
+                    joiner,
                     started_ms: now_ms,
-                })
+                    bytes: 0,
+                },
+            );
+        }
+        let len = chunk.data.len();
+        // The last piece frees what its message holds: never refused.
+        let completes = held
+            .partials
+            .get(connection_id)
+            .is_some_and(|p| p.joiner.remaining() == 1);
+        if !completes && held.bytes + len > limits.max_held_bytes {
+            if started {
+                held.remove(connection_id);
             }
+            return Err(ChunkError::Busy);
+        }
+        let Some(partial) = held.partials.get_mut(connection_id) else {
+            return Err(ChunkError::Unavailable("lost a partial message".into()));
         };
         match partial.joiner.add(chunk, limits.max_bytes) {
-            Ok(None) => Ok(Added {
-                started,
-                joined: None,
-            }),
+            Ok(None) => {
+                partial.bytes += len;
+                held.bytes += len;
+                Ok(Added {
+                    started,
+                    joined: None,
+                })
+            }
             Ok(Some(text)) => {
-                partials.remove(connection_id);
+                held.remove(connection_id);
                 Ok(Added {
                     started,
                     joined: Some(text),
@@ -216,7 +275,7 @@ impl Chunks for MemoryChunks {
             }
             Err(err) => {
                 if err == JoinError::TooLarge || started {
-                    partials.remove(connection_id);
+                    held.remove(connection_id);
                 }
                 Err(ChunkError::Refused(err))
             }
@@ -224,8 +283,8 @@ impl Chunks for MemoryChunks {
     }
 
     async fn forget(&self, connection_id: &str) {
-        if let Ok(mut partials) = self.partials.lock() {
-            partials.0.remove(connection_id);
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(connection_id);
         }
     }
 
@@ -253,12 +312,37 @@ mod tests {
                 .await
                 .expect("add");
         }
-        assert_eq!(store.pending(), 100);
+        assert_eq!(store.pending(), (100, 100));
         let later = crate::clock::ms(limits.timeout) + 1;
         store
             .add("other", conformance::piece("m", 0, 2, "x"), later)
             .await
             .expect("add");
-        assert_eq!(store.pending(), 1, "expired messages swept");
+        assert_eq!(store.pending(), (1, 1), "expired messages swept");
+    }
+
+    #[tokio::test]
+    async fn every_connection_together_holds_at_most_the_memory_bound() {
+        let limits = ChunkLimits {
+            max_bytes: 1000,
+            max_held_bytes: 250,
+            ..conformance::limits()
+        };
+        let store = MemoryChunks::new(limits);
+        let piece = |i: u32| conformance::piece("m", i, 2, &"x".repeat(100));
+        store.add("a", piece(0), 0).await.expect("a");
+        store.add("b", piece(0), 0).await.expect("b");
+        assert_eq!(store.add("c", piece(0), 0).await, Err(ChunkError::Busy));
+        assert_eq!(
+            store.pending(),
+            (2, 200),
+            "the refused message holds nothing"
+        );
+        // A message that completes gives its bytes back.
+        let done = store.add("a", piece(1), 0).await.expect("a joined");
+        assert_eq!(done.joined.map(|j| j.len()), Some(200));
+        store.add("c", piece(0), 0).await.expect("room again");
+        store.forget("b").await;
+        assert_eq!(store.pending(), (1, 100));
     }
 }

@@ -38,6 +38,7 @@ pub(super) fn limits() -> LimitsConfig {
         chunked_max_bytes: 4096,
         chunked_max_chunks: 8,
         chunked_timeout: Duration::from_secs(30),
+        chunked_held_max_bytes: 1 << 20,
     }
 }
 
@@ -105,6 +106,7 @@ fn setup(loopback_unlimited: bool) -> Setup {
                 max_bytes: 4096,
                 max_chunks: 8,
                 timeout: Duration::from_secs(30),
+                max_held_bytes: 1 << 20,
             },
         )),
         clock,
