@@ -101,8 +101,8 @@ cargo build --workspace --bins --locked
 
 step "cargo test"
 # The chaos suite runs next, on its own, so its log shows what it injected.
-# lambda_runtime.rs runs the edge Lambdas under `cargo lambda watch` (its
-# first invocation builds them as cargo-lambda resolves them, about a minute).
+# lambda_runtime.rs runs the edge Lambdas built above against `cargo lambda
+# watch --only-lambda-apis`, cargo-lambda's Lambda Runtime API emulator.
 cargo test --workspace --locked -- --skip chaos_
 
 step "chaos suite (faults injected between the real processes)"

@@ -1,11 +1,13 @@
 //! The three edge Lambda binaries under a Lambda runtime none of us wrote:
-//! `cargo lambda watch` (PyPI `cargo-lambda`, installed by
-//! `scripts/test.sh`) builds and runs them behind its emulation of the
-//! Lambda Runtime API, `cargo lambda invoke` sends them the real API
-//! Gateway event fixtures (`edge-lambdas/tests/fixtures/`), and they talk to
-//! a real control plane (`dev`) over gRPC. What the binaries' `main` does —
-//! configuration from the environment, the runtime loop, the event and
-//! response JSON — is what runs here.
+//! `cargo lambda watch --only-lambda-apis` (PyPI `cargo-lambda`, installed
+//! by `scripts/test.sh`) serves its emulation of the Lambda Runtime API, the
+//! binaries the test command built run against it as Lambda runs them
+//! (`AWS_LAMBDA_RUNTIME_API` and the rest of Lambda's environment), `cargo
+//! lambda invoke` sends them the real API Gateway event fixtures
+//! (`edge-lambdas/tests/fixtures/`), and they talk to a real control plane
+//! (`dev`) over gRPC. What the binaries' `main` does — configuration from
+//! the environment, the runtime loop, the event and response JSON — is what
+//! runs here.
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
@@ -14,9 +16,12 @@ use streamer_proto::v1;
 use streamer_test_kit::prelude::*;
 use tokio::process::{Child, Command};
 
-/// The first invocation builds the binaries (`cargo lambda` resolves the
-/// edge crate's features on its own, so some dependencies are rebuilt once).
-const FIRST_INVOKE: Duration = Duration::from_secs(600);
+/// The edge functions, by binary name.
+const FUNCTIONS: [&str; 3] = [
+    "streamer-edge-connect",
+    "streamer-edge-default",
+    "streamer-edge-disconnect",
+];
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -47,8 +52,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `cargo lambda watch`, in its own process group so the functions it
-/// starts stop with it.
+/// `cargo lambda watch` (in its own process group, so whatever it starts
+/// stops with it) and the functions running against it.
 struct Watch {
     child: Child,
     port: u16,
@@ -56,6 +61,7 @@ struct Watch {
     /// functions' complaints as the runtime goes away stay out of a green
     /// run's output).
     log: PathBuf,
+    _functions: Vec<Child>,
 }
 
 impl Drop for Watch {
@@ -73,15 +79,10 @@ impl Drop for Watch {
 async fn watch(dev: &Dev, dir: &TempDir) -> Watch {
     let port = free_port();
     let log = dir.0.join("cargo-lambda-watch.log");
-    let env = format!(
-        "STREAMER_CONTROL_PLANE_URL=http://{},STREAMER_EDGE_TOKEN={EDGE_TOKEN},RUST_LOG=warn",
-        dev.grpc
-    );
     let child = Command::new("cargo")
-        .args(["lambda", "watch", "--ignore-changes", "--quiet"])
+        .args(["lambda", "watch", "--only-lambda-apis"])
         .args(["--invoke-address", "127.0.0.1", "--invoke-port"])
         .arg(port.to_string())
-        .args(["--env-var", &env])
         .current_dir(workspace().join("edge-lambdas"))
         .env("PATH", path())
         .stdout(Stdio::null())
@@ -90,14 +91,47 @@ async fn watch(dev: &Dev, dir: &TempDir) -> Watch {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn cargo lambda watch");
-    let watch = Watch { child, port, log };
     eventually("cargo lambda watch listens", || async {
         tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
     })
     .await;
-    watch
+    // Each function as Lambda starts a custom runtime: its Runtime API
+    // address and name in the environment, its own settings beside them.
+    let functions = FUNCTIONS
+        .iter()
+        .map(|name| {
+            Command::new(streamer_test_kit::dev::binary(name))
+                .env_clear()
+                .env(
+                    "AWS_LAMBDA_RUNTIME_API",
+                    format!("http://127.0.0.1:{port}/.rt/{name}"),
+                )
+                .env("AWS_LAMBDA_FUNCTION_NAME", name)
+                .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+                .env("STREAMER_CONTROL_PLANE_URL", format!("http://{}", dev.grpc))
+                .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&log)
+                        .expect("log file"),
+                )
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {name}: {e}"))
+        })
+        .collect();
+    Watch {
+        child,
+        port,
+        log,
+        _functions: functions,
+    }
 }
 
 /// The fixture `name` with `token` in place of `__TOKEN__`, in a file.
@@ -177,7 +211,7 @@ async fn the_lambda_binaries_answer_real_events_under_cargo_lambda() {
         &watch,
         "streamer-edge-connect",
         &fixture(&dir, "connect", "bad-token"),
-        FIRST_INVOKE,
+        DEADLINE,
     )
     .await;
     assert_eq!(refused["statusCode"], 401, "{refused}");
@@ -215,7 +249,7 @@ async fn the_lambda_binaries_answer_real_events_under_cargo_lambda() {
         &watch,
         "streamer-edge-default",
         &fixture(&dir, "message", &valid),
-        FIRST_INVOKE,
+        DEADLINE,
     )
     .await;
     assert_eq!(reply["statusCode"], 200, "{reply}");
@@ -238,7 +272,7 @@ async fn the_lambda_binaries_answer_real_events_under_cargo_lambda() {
         &watch,
         "streamer-edge-disconnect",
         &fixture(&dir, "disconnect", &valid),
-        FIRST_INVOKE,
+        DEADLINE,
     )
     .await;
     assert_eq!(gone["statusCode"], 200, "{gone}");
