@@ -60,6 +60,20 @@ for tool in moto_server cfn-lint grpcurl sam cargo-lambda; do
 done
 export PATH="$venv/bin:$PATH"
 
+step "headless Chromium for the console's browser tests (Debian's chromium)"
+chromium=${STREAMER_CHROMIUM:-/usr/bin/chromium}
+if [ ! -x "$chromium" ]; then
+    command -v apt-get >/dev/null || die "no Chromium at $chromium and no apt-get to install it: install Chromium and set STREAMER_CHROMIUM to it"
+    [ "$(id -u)" = 0 ] || die "no Chromium at $chromium: install Debian's chromium package (apt-get install chromium) or set STREAMER_CHROMIUM"
+    echo "installing Debian's chromium package (about a minute the first time)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
+        || die "apt-get update failed: cannot install Chromium"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+        || die "apt-get install chromium failed"
+fi
+"$chromium" --version || die "$chromium does not run"
+export STREAMER_CHROMIUM=$chromium
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -119,4 +133,18 @@ step "TypeScript client (npm ci, tsc, node --test against the real dev server)"
     STREAMER_DEV_BIN="$root/target/debug/streamer-control-plane" \
     STREAMER_CTL_BIN="$root/target/debug/streamerctl" \
         npm test
+)
+
+step "console (npm ci, build checked against the embedded one, browser tests in headless Chromium)"
+(
+    cd control-plane/console
+    npm ci --no-audit --no-fund --loglevel=error
+    npm run build
+    # The control plane embeds dist/ (include_bytes!): a stale commit of it
+    # would ship a page that is not what src/ says.
+    if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        git diff --exit-code --stat -- dist src/gen \
+            || die "control-plane/console/dist or src/gen differs from a fresh build: run npm run build there and commit"
+    fi
+    STREAMER_DEV_BIN="$root/target/debug/streamer-control-plane" npm test
 )

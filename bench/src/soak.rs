@@ -209,6 +209,7 @@ pub async fn run(duration: Duration, clients: usize) -> anyhow::Result<()> {
         .env("STREAMER_STATE_DIR", &state)
         .env("STREAMER_GRPC_ADDR", "127.0.0.1:0")
         .env("STREAMER_GATEWAY_ADDR", "127.0.0.1:0")
+        .env("STREAMER_CONSOLE_ADDR", "127.0.0.1:0")
         .env("STREAMER_METRICS_ADDR", "127.0.0.1:0")
         .env("STREAMER_JWT_PUBLIC_KEY", &keys.public_pem)
         .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)

@@ -26,6 +26,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod delivery;
 pub mod error;
 pub mod metrics;

@@ -141,6 +141,34 @@ impl AtomicHistogram {
     pub fn count(&self) -> u64 {
         self.count.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// Adds this histogram's cells into `into` (buckets cumulative, as
+    /// Prometheus reports them), for `AdminService.GetStats`.
+    pub fn add_to(&self, into: &mut HistogramSnapshot) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if into.buckets.is_empty() {
+            into.buckets = self.buckets.iter().map(|(upper, _)| (*upper, 0)).collect();
+        }
+        let mut running = 0;
+        for ((_, cell), (_, total)) in self.buckets.iter().zip(into.buckets.iter_mut()) {
+            running += cell.load(Relaxed);
+            *total += running;
+        }
+        into.sum_ns += self.sum_ns.load(Relaxed);
+        into.count += self.count.load(Relaxed);
+    }
+}
+
+/// A reading of one or more [`AtomicHistogram`]s added together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    /// (upper bound in seconds, observations at or under it), the last
+    /// bound infinite.
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of the observations, in nanoseconds.
+    pub sum_ns: u64,
+    /// Number of observations.
+    pub count: u64,
 }
 
 impl prometheus_client::metrics::TypedMetric for AtomicHistogram {
@@ -175,6 +203,12 @@ impl prometheus_client::encoding::EncodeMetric for AtomicHistogram {
 /// Every metric the control plane exports.
 pub struct Metrics {
     registry: Registry,
+    /// When the process made its metrics (its start, near enough).
+    pub started: Instant,
+    /// Client messages routed, every action and outcome together (what
+    /// the console charts; not exported, `streamer_messages_total` has the
+    /// detail).
+    pub messages_routed: Counter,
     tenants: DashSet<String>,
     /// `streamer_connections_active{tenant}`
     pub connections_active: Family<TenantLabel, Gauge>,
@@ -236,6 +270,8 @@ impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::default();
         let m = Metrics {
+            started: Instant::now(),
+            messages_routed: Counter::default(),
             tenants: DashSet::new(),
             connections_active: Family::default(),
             connects: Family::default(),

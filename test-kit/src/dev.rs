@@ -117,6 +117,7 @@ impl Dev {
             .env("STREAMER_STATE_DIR", dir.0.join("state"))
             .env("STREAMER_GRPC_ADDR", "127.0.0.1:0")
             .env("STREAMER_GATEWAY_ADDR", "127.0.0.1:0")
+            .env("STREAMER_CONSOLE_ADDR", "127.0.0.1:0")
             .env("STREAMER_JWT_PUBLIC_KEY", &token::keys().public_pem)
             .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
             .env("STREAMER_ADMIN_TOKEN", ADMIN_TOKEN)

@@ -180,6 +180,7 @@ pub async fn gateway(control_planes: &str) -> (Child, String) {
         .env("STREAMER_CONTROL_PLANE_URL", control_planes)
         .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
         .env("STREAMER_GATEWAY_ADDR", "127.0.0.1:0")
+        .env("STREAMER_CONSOLE_ADDR", "127.0.0.1:0")
         .env("STREAMER_GATEWAY_CONNECTS_PER_SECOND", "0")
         .stdout(Stdio::piped())
         .kill_on_drop(true)

@@ -29,12 +29,25 @@ pub fn lines(stack: &DevStack) -> Vec<String> {
     if let Some(metrics) = ready.metrics {
         out.push(format!("  metrics:         http://{metrics}/metrics"));
     }
-    out.push(String::new());
     let admin = if stack.admin_token_made {
         stack.admin_token.clone()
     } else {
         "$STREAMER_ADMIN_TOKEN".to_owned()
     };
+    if let Some(console) = ready.console {
+        // The token rides in the fragment, which the browser never sends;
+        // the page keeps it for the tab and takes it out of the address bar.
+        if stack.admin_token_made {
+            out.push(format!(
+                "  console:         http://{console}/#token={admin} (open in a browser)"
+            ));
+        } else {
+            out.push(format!(
+                "  console:         http://{console}/ (sign in with $STREAMER_ADMIN_TOKEN)"
+            ));
+        }
+    }
+    out.push(String::new());
     out.push("for grpcurl and streamerctl (copy this line):".to_owned());
     out.push(format!(
         "  export STREAMER_ADDR=http://{} STREAMER_TOKEN={admin}",

@@ -15,8 +15,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use streamer_client::token::{Claims, mint_rs256};
 use streamer_control_plane::{
-    app::{App, raise_open_file_limit},
+    app::{App, Console, raise_open_file_limit},
     config::{Config, JwtConfig, settings},
+    console::{DEV_CLIENT_TOKEN_TTL_SECS, DevClients},
     delivery::management_api::ManagementApi,
 };
 use streamer_edge::{
@@ -47,6 +48,8 @@ pub struct Ready {
     pub metrics: Option<SocketAddr>,
     /// Every replica's gRPC address (`grpc` is the first).
     pub replicas: Vec<SocketAddr>,
+    /// The web console's address, unless it is off.
+    pub console: Option<SocketAddr>,
 }
 
 /// A running control plane plus gateway emulator.
@@ -139,6 +142,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
     let state = State::open(&config.dev.state_dir)?;
     let mut sample_token = None;
     let mut private_key = None;
+    let mut signing_key = None;
     let jwt = match &config.jwt {
         Some(jwt) => jwt.clone(),
         None => {
@@ -146,6 +150,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
             let claims = Claims::new("dev-user", "dev", &["*"], DEV_TOKEN_TTL.as_secs());
             sample_token = Some(mint_rs256(&keys.private_pem, &claims)?);
             private_key = Some(state.private_key_path());
+            signing_key = Some(keys.private_pem.clone());
             JwtConfig {
                 public_key_pem: keys.public_pem,
                 algorithms: vec![jsonwebtoken::Algorithm::RS256],
@@ -191,6 +196,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
     let app = apps[0].clone();
     let gateway_listener =
         bind(config.gateway.addr, "the gateway", &settings::GATEWAY_ADDR).await?;
+    let console_listener = match config.server.console.resolve(true) {
+        Some(addr) => Some(bind(addr, "the console", &settings::CONSOLE_ADDR).await?),
+        None => None,
+    };
+    let console_addr = console_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
     raise_open_file_limit();
     let metrics_listener = match config.server.metrics_addr {
         Some(addr) => Some(bind(addr, "metrics", &settings::METRICS_ADDR).await?),
@@ -237,10 +250,22 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // The console rides on the first replica.
+    let mut console = console_listener.map(|listener| Console {
+        listener,
+        dev: signing_key.map(|private_pem| {
+            Arc::new(ConsoleClients {
+                private_pem,
+                websocket_url: format!("ws://{gateway_addr}/{stage}"),
+            }) as Arc<dyn DevClients>
+        }),
+    });
     let grpc_tasks = apps
         .into_iter()
         .zip(grpc_listeners)
-        .map(|(app, listener)| tokio::spawn(app.serve(listener, stopped(grpc_stop_rx.clone()))))
+        .map(|(app, listener)| {
+            tokio::spawn(app.serve_with(listener, console.take(), stopped(grpc_stop_rx.clone())))
+        })
         .collect();
     let gateway_task = tokio::spawn(gateway.serve(gateway_listener, stopped(stop_rx.clone())));
     if let Some(listener) = metrics_listener {
@@ -275,6 +300,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
             stage,
             metrics: metrics_addr,
             replicas,
+            console: console_addr,
         },
         admin_token,
         admin_token_made,
@@ -285,6 +311,23 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         grpc_tasks,
         gateway_task,
     })
+}
+
+/// The console's client panel: tokens signed with `dev`'s own key.
+struct ConsoleClients {
+    private_pem: String,
+    websocket_url: String,
+}
+
+impl DevClients for ConsoleClients {
+    fn mint(&self, tenant_id: &str, user_id: &str) -> Result<String, String> {
+        let claims = Claims::new(user_id, tenant_id, &["*"], DEV_CLIENT_TOKEN_TTL_SECS);
+        mint_rs256(&self.private_pem, &claims).map_err(|e| e.to_string())
+    }
+
+    fn websocket_url(&self) -> String {
+        self.websocket_url.clone()
+    }
 }
 
 /// Runs `dev` until SIGINT or SIGTERM.

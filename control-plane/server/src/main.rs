@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
 use streamer_control_plane::{
-    app::{App, raise_open_file_limit, shutdown_signal},
+    app::{App, Console, raise_open_file_limit, shutdown_signal},
     config::{Config, ConfigError, settings},
     delivery::management_api::ManagementApi,
 };
@@ -272,6 +272,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             std::future::pending(),
         ));
     }
+    let console = match config.server.console.resolve(false) {
+        Some(addr) => Some(Console {
+            listener: tokio::net::TcpListener::bind(addr).await.map_err(|err| {
+                anyhow::anyhow!(
+                    "cannot listen on {addr} ({err}); set {} to another address",
+                    settings::CONSOLE_ADDR.name()
+                )
+            })?,
+            dev: None,
+        }),
+        None => None,
+    };
     raise_open_file_limit();
-    app.serve(listener, shutdown_signal()).await
+    app.serve_with(listener, console, shutdown_signal()).await
 }

@@ -403,6 +403,7 @@ async fn bad_configuration_exits_before_binding() {
                 },
             )
             .env("STREAMER_GATEWAY_ADDR", "127.0.0.1:0")
+            .env("STREAMER_CONSOLE_ADDR", "127.0.0.1:0")
             .output();
         let output = tokio::time::timeout(DEADLINE, output)
             .await

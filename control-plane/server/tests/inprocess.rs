@@ -30,6 +30,7 @@ impl Stack {
             ("STREAMER_ADMIN_TOKEN", ADMIN_TOKEN),
             ("STREAMER_GRPC_ADDR", "127.0.0.1:0"),
             ("STREAMER_GATEWAY_ADDR", "127.0.0.1:0"),
+            ("STREAMER_CONSOLE_ADDR", "127.0.0.1:0"),
             ("STREAMER_DEMO_PROCESSOR", "false"),
         ]
         .into_iter()

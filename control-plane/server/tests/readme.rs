@@ -58,6 +58,7 @@ async fn fresh_dev(state: &Path) -> (Child, Vec<String>) {
         .env("STREAMER_STATE_DIR", state)
         .env("STREAMER_GRPC_ADDR", "127.0.0.1:0")
         .env("STREAMER_GATEWAY_ADDR", "127.0.0.1:0")
+        .env("STREAMER_CONSOLE_ADDR", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()

@@ -386,3 +386,99 @@ async fn grpc_callers_must_authenticate_and_stay_in_their_role_and_tenant() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+#[tokio::test]
+async fn the_consoles_overview_calls_keep_their_role_and_tenant() {
+    let dev = Dev::start(&[]).await;
+    let mut alice = dev.connect(&token("alice", "acme", &["*"])).await;
+    let _alice2 = dev.connect(&token("alice", "acme", &[])).await;
+    let _gina = dev.connect(&token("gina", "globex", &[])).await;
+    send_json(
+        &mut alice,
+        &json!({"id": "j", "action": "join", "payload": {"group": "room"}}),
+    )
+    .await;
+    let joined = recv(&mut alice).await;
+    assert_eq!(joined["success"], true, "{joined}");
+
+    let tenants = |list: v1::ListTenantsResponse| -> Vec<(String, u64)> {
+        list.tenants
+            .into_iter()
+            .map(|t| (t.tenant_id, t.connections))
+            .collect()
+    };
+    let all = connections(dev.grpc_channel(), ADMIN_TOKEN)
+        .list_tenants(v1::ListTenantsRequest {})
+        .await
+        .expect("admin lists tenants")
+        .into_inner();
+    assert_eq!(
+        tenants(all),
+        vec![("acme".to_owned(), 2), ("globex".to_owned(), 1)]
+    );
+    let bound = connections(dev.grpc_channel(), SERVICE_A_TOKEN)
+        .list_tenants(v1::ListTenantsRequest {})
+        .await
+        .expect("a bound token lists its tenant")
+        .into_inner();
+    assert_eq!(tenants(bound), vec![("acme".to_owned(), 2)]);
+
+    let groups_of = |tenant: &str| v1::ListGroupsRequest {
+        tenant_id: tenant.into(),
+    };
+    let listed = groups(dev.grpc_channel(), SERVICE_A_TOKEN)
+        .list_groups(groups_of("acme"))
+        .await
+        .expect("own tenant's groups")
+        .into_inner();
+    assert_eq!(
+        listed
+            .groups
+            .iter()
+            .map(|g| (g.group.as_str(), g.members))
+            .collect::<Vec<_>>(),
+        vec![("room", 1)]
+    );
+    assert!(!listed.truncated);
+    let err = groups(dev.grpc_channel(), SERVICE_A_TOKEN)
+        .list_groups(groups_of("globex"))
+        .await
+        .expect_err("another tenant's groups");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let err = groups(dev.grpc_channel(), ADMIN_TOKEN)
+        .list_groups(groups_of("not a tenant!"))
+        .await
+        .expect_err("a malformed tenant");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // Delivery figures are fleet-wide: admin only.
+    broadcast(dev.grpc_channel(), ADMIN_TOKEN)
+        .send(tenant_target("acme", json!("hi")))
+        .await
+        .reported();
+    let stats = admin(dev.grpc_channel(), ADMIN_TOKEN)
+        .get_stats(v1::GetStatsRequest {})
+        .await
+        .expect("admin reads the stats")
+        .into_inner();
+    assert!(stats.broadcasts >= 1, "{stats:?}");
+    assert!(
+        stats.recipients.as_ref().is_some_and(|r| r.delivered >= 2),
+        "{stats:?}"
+    );
+    assert!(stats.management_api_calls >= 2, "{stats:?}");
+    assert_eq!(
+        stats.management_api_bucket_ms.len(),
+        stats.management_api_bucket_counts.len()
+    );
+    assert_eq!(
+        stats.management_api_bucket_counts.last().copied(),
+        Some(stats.management_api_calls),
+        "the last bucket is cumulative: every call"
+    );
+    let err = admin(dev.grpc_channel(), SERVICE_A_TOKEN)
+        .get_stats(v1::GetStatsRequest {})
+        .await
+        .expect_err("a service token");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+}

@@ -1,7 +1,7 @@
 //! `GroupService`: membership from the server side, through the same
 //! domain calls as a client's own `join` / `leave`.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use streamer_proto::v1::{self, group_service_server::GroupService};
 use tonic::{Request, Response, Status};
@@ -147,4 +147,49 @@ impl GroupService for GroupApi {
         groups.sort();
         Ok(Response::new(v1::ListConnectionGroupsResponse { groups }))
     }
+
+    async fn list_groups(
+        &self,
+        request: Request<v1::ListGroupsRequest>,
+    ) -> Result<Response<v1::ListGroupsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let scope = convert::tenant_or_user(&request.get_ref().tenant_id, "")?;
+        caller.check_tenant(scope.tenant_id())?;
+        let mut members: BTreeMap<Arc<str>, u64> = BTreeMap::new();
+        let mut walked = 0;
+        let mut after: Option<String> = None;
+        let truncated = loop {
+            let page = self
+                .registry
+                .list(&scope, after.as_deref(), LIST_GROUPS_PAGE)
+                .await
+                .map_err(Fault::from)?;
+            walked += page.items.len();
+            for connection in &page.items {
+                for group in connection.groups.iter() {
+                    *members.entry(group.clone()).or_default() += 1;
+                }
+            }
+            match page.next_after {
+                Some(next) if walked < LIST_GROUPS_MAX_CONNECTIONS => after = Some(next),
+                Some(_) => break true,
+                None => break false,
+            }
+        };
+        Ok(Response::new(v1::ListGroupsResponse {
+            groups: members
+                .into_iter()
+                .map(|(group, members)| v1::GroupSummary {
+                    group: group.to_string(),
+                    members,
+                })
+                .collect(),
+            truncated,
+        }))
+    }
 }
+
+/// `ListGroups` reads the tenant's connections in pages of this many...
+const LIST_GROUPS_PAGE: usize = 1000;
+/// ...and stops after this many.
+const LIST_GROUPS_MAX_CONNECTIONS: usize = 10_000;

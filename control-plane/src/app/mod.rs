@@ -63,6 +63,23 @@ pub enum BuildError {
     Reflection(String),
 }
 
+/// Where and how to serve the web console.
+pub struct Console {
+    /// Its listener (`STREAMER_CONSOLE_ADDR`).
+    pub listener: TcpListener,
+    /// `dev`'s helpers for the client panel; `None` in production.
+    pub dev: Option<Arc<dyn crate::console::DevClients>>,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("listener", &self.listener.local_addr().ok())
+            .field("dev", &self.dev.is_some())
+            .finish()
+    }
+}
+
 /// A fully assembled control plane, ready to serve.
 #[derive(Clone)]
 pub struct App {
@@ -214,6 +231,17 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), anyhow::Error> {
+        self.serve_with(listener, None, shutdown).await
+    }
+
+    /// [`App::serve`], plus the web console on its own listener when given
+    /// (it stops with the gRPC server).
+    pub async fn serve_with(
+        self,
+        listener: TcpListener,
+        console: Option<Console>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), anyhow::Error> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<EdgeServiceServer<EdgeApi>>()
@@ -310,28 +338,8 @@ impl App {
 
         let tokens = &self.tokens;
         let transport = &self.transport;
-        let mut server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(transport.keepalive_interval)
-            .http2_keepalive_timeout(Some(transport.keepalive_timeout))
-            // Without a cap, a burst of thousands of small calls on one
-            // connection (a gateway's $disconnects when many clients drop)
-            // exhausts h2's small-DATA-frame budget and the server closes
-            // the connection with every call on it.
-            .max_concurrent_streams(transport.max_concurrent_streams)
-            .trace_fn(streamer_telemetry::grpc_server_span)
-            .layer(transport::Conventions);
-        if let Some(age) = transport.max_connection_age {
-            server = server
-                .max_connection_age(age)
-                .max_connection_age_grace(transport.drain_timeout);
-        }
-        tracing::info!(addr = %listener.local_addr()?, "grpc server listening");
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let shutdown = async move {
-            shutdown.await;
-            let _ = stopping_tx.send(());
-        };
-        let serving = server
+        let mut routes = tonic::service::RoutesBuilder::default();
+        routes
             .add_service(health_service)
             .add_service(InterceptedService::new(
                 reflection_v1,
@@ -372,15 +380,52 @@ impl App {
             .add_service(InterceptedService::new(
                 admin,
                 interceptor(tokens.clone(), Audience::Admin),
-            ))
-            .serve_with_incoming_shutdown(
-                transport::incoming(listener, transport.clone()),
-                shutdown,
-            );
+            ));
+        let routes = routes.routes();
+        let mut server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(transport.keepalive_interval)
+            .http2_keepalive_timeout(Some(transport.keepalive_timeout))
+            // Without a cap, a burst of thousands of small calls on one
+            // connection (a gateway's $disconnects when many clients drop)
+            // exhausts h2's small-DATA-frame budget and the server closes
+            // the connection with every call on it.
+            .max_concurrent_streams(transport.max_concurrent_streams)
+            .trace_fn(streamer_telemetry::grpc_server_span)
+            .layer(transport::Conventions);
+        if let Some(age) = transport.max_connection_age {
+            server = server
+                .max_connection_age(age)
+                .max_connection_age_grace(transport.drain_timeout);
+        }
+        tracing::info!(addr = %listener.local_addr()?, "grpc server listening");
+        let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stopping_tx.send(true);
+        };
+        // The console serves the same routes (the same services, with the
+        // same interceptors) to browsers through gRPC-Web.
+        if let Some(console) = console {
+            let router = crate::console::router(routes.clone(), tokens.clone(), console.dev);
+            let mut stopping = stopping_rx.clone();
+            background.spawn(async move {
+                let stopped = async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                };
+                if let Err(err) = crate::console::serve(console.listener, router, stopped).await {
+                    tracing::error!(error = %err, "console server failed");
+                }
+            });
+        }
+        let serving = server.add_routes(routes).serve_with_incoming_shutdown(
+            transport::incoming(listener, transport.clone()),
+            shutdown,
+        );
         tokio::pin!(serving);
         let drain_timeout = self.transport.drain_timeout;
-        let drained = async {
-            let _ = stopping_rx.await;
+        let mut stopping = stopping_rx;
+        let drained = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
             tokio::time::sleep(drain_timeout).await;
         };
         let result = tokio::select! {

@@ -16,12 +16,40 @@ pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the web console is served.
+    pub console: ConsoleAddr,
     /// Log output format.
     pub log_format: LogFormat,
     /// Key that signs list page tokens; random per process when unset.
     pub page_token_secret: Option<String>,
     /// Transport limits of the gRPC port.
     pub transport: TransportConfig,
+}
+
+/// Where the web console listens (`STREAMER_CONSOLE_ADDR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleAddr {
+    /// Not configured: off for `serve`, [`ConsoleAddr::DEV_DEFAULT`] under `dev`.
+    Default,
+    /// Turned off (`off`).
+    Off,
+    /// This address.
+    At(SocketAddr),
+}
+
+impl ConsoleAddr {
+    /// `dev`'s address when none is configured.
+    pub const DEV_DEFAULT: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8081);
+
+    /// The address to serve on, if any; `dev` serves by default.
+    pub fn resolve(self, dev: bool) -> Option<SocketAddr> {
+        match self {
+            ConsoleAddr::At(addr) => Some(addr),
+            ConsoleAddr::Default if dev => Some(Self::DEV_DEFAULT),
+            ConsoleAddr::Default | ConsoleAddr::Off => None,
+        }
+    }
 }
 
 /// Limits on the gRPC port's connections.
@@ -66,6 +94,15 @@ impl ServerConfig {
                 .parse_with(&s::GRPC_ADDR, socket_addr)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
             metrics_addr: src.parse_with(&s::METRICS_ADDR, socket_addr),
+            console: src
+                .parse_with(&s::CONSOLE_ADDR, |text| {
+                    if text.eq_ignore_ascii_case("off") {
+                        Ok(ConsoleAddr::Off)
+                    } else {
+                        socket_addr(text).map(ConsoleAddr::At)
+                    }
+                })
+                .unwrap_or(ConsoleAddr::Default),
             log_format: src.opt(&s::LOG_FORMAT).unwrap_or(LogFormat::Pretty),
             page_token_secret: src.opt(&s::PAGE_TOKEN_SECRET),
             transport: TransportConfig {

@@ -55,6 +55,7 @@ settings! {
     DRAIN_TIMEOUT_SECS = (Some("STREAMER_DRAIN_TIMEOUT_SECS"), Some("grpc.drain_timeout_secs"), "10", None, "on SIGTERM, calls in flight (broadcasts, edge calls, processor streams) get this long to finish before the process exits");
     GRPC_MAX_CONNECTION_AGE_SECS = (Some("STREAMER_GRPC_MAX_CONNECTION_AGE_SECS"), Some("grpc.max_connection_age_secs"), "0", Some("`0` (no limit)"), "connections are asked to go away (GOAWAY) after this long, so clients spread over new replicas");
     METRICS_ADDR = (Some("STREAMER_METRICS_ADDR"), Some("metrics_addr"), "", Some("off"), "serve Prometheus `/metrics` on this address");
+    CONSOLE_ADDR = (Some("STREAMER_CONSOLE_ADDR"), Some("console_addr"), "", Some("off (`dev`: `127.0.0.1:8081`)"), "serve the web console (and gRPC-Web for it) on this address; `off` turns it off, also under `dev`. Every call needs an admin or service token, as on the gRPC port");
     LOG_FORMAT = (Some("STREAMER_LOG_FORMAT"), Some("log_format"), "pretty", None, "`pretty` or `json`");
     PAGE_TOKEN_SECRET = (Some("STREAMER_PAGE_TOKEN_SECRET"), Some("page_token_secret"), "", Some("random per process"), "signs list page tokens (set it when several replicas serve one API)");
     GATEWAY_ADDR = (Some("STREAMER_GATEWAY_ADDR"), Some("gateway.addr"), "127.0.0.1:8080", None, "`dev`: WebSocket + Management API address");

@@ -78,6 +78,7 @@ impl ControlPlane {
                 )
             }
         };
+        metrics().messages_routed.inc();
         metrics()
             .messages
             .get_or_create(&MessageLabels {

@@ -43,6 +43,41 @@ pub async fn run_all(registry: &dyn Registry, prefix: &str) {
     idle_rows_are_found_for_reconcile(registry, prefix).await;
     group_membership(registry, prefix).await;
     group_pages_and_cleanup(registry, prefix).await;
+    tenants_are_listed_with_their_counts(registry, prefix).await;
+}
+
+/// `tenants` lists each tenant with rows once, with its live count, and
+/// forgets a tenant whose last row is gone.
+pub async fn tenants_are_listed_with_their_counts(registry: &dyn Registry, prefix: &str) {
+    let a = format!("{prefix}t-list-a");
+    let b = format!("{prefix}t-list-b");
+    let id = |s: &str| format!("{prefix}{s}");
+    for (conn, tenant) in [("l1", &a), ("l2", &a), ("l3", &b)] {
+        registry
+            .insert(sample(&id(conn), tenant, "u"), 0)
+            .await
+            .expect("insert");
+    }
+    let ours = |all: Vec<(String, u64)>| -> Vec<(String, u64)> {
+        all.into_iter()
+            .filter(|(tenant, _)| tenant.starts_with(&format!("{prefix}t-list-")))
+            .collect()
+    };
+    assert_eq!(
+        ours(registry.tenants(1000).await.expect("tenants")),
+        vec![(a.clone(), 2), (b.clone(), 1)]
+    );
+    registry.remove(&id("l3")).await.expect("remove");
+    assert_eq!(
+        ours(registry.tenants(1000).await.expect("tenants")),
+        vec![(a.clone(), 2)],
+        "a tenant with no rows is not listed"
+    );
+    let limited = registry.tenants(1).await.expect("tenants");
+    assert_eq!(limited.len(), 1, "at most `limit` tenants");
+    for conn in ["l1", "l2"] {
+        registry.remove(&id(conn)).await.expect("remove");
+    }
 }
 
 /// Joining, leaving, the per-connection cap, and tenant scoping of names.

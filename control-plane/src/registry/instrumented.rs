@@ -112,6 +112,10 @@ impl Registry for Instrumented {
         observe("count", self.inner.count(scope)).await
     }
 
+    async fn tenants(&self, limit: usize) -> Result<Vec<(String, u64)>, RegistryError> {
+        observe("tenants", self.inner.tenants(limit)).await
+    }
+
     async fn touch(&self, connection_id: &str, now_ms: i64) -> Result<bool, RegistryError> {
         observe("touch", self.inner.touch(connection_id, now_ms)).await
     }

@@ -433,6 +433,10 @@ impl Registry for LegacyMirror {
         self.inner.count(scope).await
     }
 
+    async fn tenants(&self, limit: usize) -> Result<Vec<(String, u64)>, RegistryError> {
+        self.inner.tenants(limit).await
+    }
+
     async fn touch(&self, connection_id: &str, now_ms: i64) -> Result<bool, RegistryError> {
         let touched = self.inner.touch(connection_id, now_ms).await?;
         if touched {

@@ -311,6 +311,27 @@ impl Registry for MemoryRegistry {
         Ok(ids.iter().filter(|id| self.live(id, now).is_some()).count() as u64)
     }
 
+    async fn tenants(&self, limit: usize) -> Result<Vec<(String, u64)>, RegistryError> {
+        let now = self.clock.now_ms();
+        let mut tenants: Vec<(String, u64)> = self
+            .tenants
+            .iter()
+            .map(|entry| {
+                let live = entry
+                    .value()
+                    .all
+                    .iter()
+                    .filter(|id| self.live(id, now).is_some())
+                    .count();
+                (entry.key().to_string(), live as u64)
+            })
+            .filter(|(_, live)| *live > 0)
+            .collect();
+        tenants.sort_unstable();
+        tenants.truncate(limit);
+        Ok(tenants)
+    }
+
     async fn touch(&self, connection_id: &str, now_ms: i64) -> Result<bool, RegistryError> {
         let Some(mut row) = self.connections.get_mut(connection_id) else {
             return Ok(false);

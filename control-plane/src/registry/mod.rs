@@ -172,6 +172,12 @@ pub trait Registry: Send + Sync + 'static {
     /// Counts the connections of `scope`.
     async fn count(&self, scope: &Scope) -> Result<u64, RegistryError>;
 
+    /// The tenants with registered connections, by id, with their counts:
+    /// at most `limit` of them. The embedded store counts its rows; the
+    /// DynamoDB one reads the tenants' counter items (one Scan of the
+    /// table, so callers keep the answer for a while).
+    async fn tenants(&self, limit: usize) -> Result<Vec<(String, u64)>, RegistryError>;
+
     /// Records activity: sets `last_seen` and extends the expiry. Never
     /// recreates a removed row; `Ok(false)` when the row is gone.
     async fn touch(&self, connection_id: &str, now_ms: i64) -> Result<bool, RegistryError>;

@@ -35,12 +35,13 @@ use aws_sdk_dynamodb::{
 };
 
 use self::items::{
-    connection_of, counter_key, member_item, member_key, member_of, row_of, scoped_key,
+    connection_of, counter_key, counter_tenant, member_item, member_key, member_of, row_of,
+    scoped_key,
 };
 use super::{Connection, Page, Registry, RegistryError, Repair, Scope, Ttl};
 use crate::{
     clock::Clock,
-    store::dynamo::{Item, TableSpec, condition_failed, describe, n, s, string},
+    store::dynamo::{Item, TableSpec, condition_failed, describe, n, number, s, string, text},
 };
 
 /// Name of the tenant GSI.
@@ -429,6 +430,40 @@ impl Registry for DynamoRegistry {
                 None => return Ok(total),
             }
         }
+    }
+
+    async fn tenants(&self, limit: usize) -> Result<Vec<(String, u64)>, RegistryError> {
+        let mut tenants = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&*self.table)
+                .filter_expression("begins_with(connection_id, :counter) AND active > :zero")
+                .projection_expression("connection_id, active")
+                .expression_attribute_values(":counter", s("tenant#"))
+                .expression_attribute_values(":zero", n(0))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out.items() {
+                if let (Some(tenant), Some(active)) = (
+                    text(item, "connection_id").and_then(counter_tenant),
+                    number(item, "active"),
+                ) {
+                    tenants.push((tenant.to_owned(), u64::try_from(active).unwrap_or(0)));
+                }
+            }
+            match out.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => break,
+            }
+        }
+        tenants.sort_unstable();
+        tenants.truncate(limit);
+        Ok(tenants)
     }
 
     async fn touch(&self, connection_id: &str, now_ms: i64) -> Result<bool, RegistryError> {

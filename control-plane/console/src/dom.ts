@@ -1,0 +1,83 @@
+// A few DOM helpers. Every text from the server goes in as text
+// (textContent), never as HTML: connection ids, user agents and results are
+// whatever clients sent.
+
+type Child = Node | string | number | null | undefined | false;
+type Attr = string | number | boolean | EventListener | undefined | null;
+
+export function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Record<string, Attr> = {},
+  ...children: Child[]
+): HTMLElementTagNameMap[K] {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on") && typeof value === "function") {
+      el.addEventListener(name.slice(2), value);
+    } else if (value === true) {
+      el.setAttribute(name, "");
+    } else {
+      el.setAttribute(name, String(value));
+    }
+  }
+  append(el, ...children);
+  return el;
+}
+
+export function append(el: Element, ...children: Child[]): void {
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : String(child));
+  }
+}
+
+/** Replaces an element's children. */
+export function fill(el: Element, ...children: Child[]): void {
+  el.replaceChildren();
+  append(el, ...children);
+}
+
+export function byId<T extends HTMLElement = HTMLElement>(id: string): T {
+  const el = document.getElementById(id);
+  if (!el) throw new Error(`missing #${id}`);
+  return el as T;
+}
+
+/** A labelled form field: <label for> + the control. */
+export function field(label: string, control: HTMLElement, hint?: string): HTMLElement {
+  const id = control.id || `f-${Math.random().toString(36).slice(2, 9)}`;
+  control.id = id;
+  const wrap = h("div", { class: "field" }, h("label", { for: id }, label), control);
+  if (hint) {
+    const hintId = `${id}-hint`;
+    control.setAttribute("aria-describedby", hintId);
+    wrap.append(h("small", { id: hintId, class: "hint" }, hint));
+  }
+  return wrap;
+}
+
+export function table(headers: string[], rows: Child[][], caption?: string): HTMLTableElement {
+  return h(
+    "table",
+    {},
+    caption ? h("caption", {}, caption) : null,
+    h("thead", {}, h("tr", {}, ...headers.map((text) => h("th", { scope: "col" }, text)))),
+    h("tbody", {}, ...rows.map((row) => h("tr", {}, ...row.map((cell) => h("td", {}, cell))))),
+  );
+}
+
+export function when(date: Date | undefined): string {
+  if (!date || Number.isNaN(date.getTime()) || date.getTime() === 0) return "—";
+  return date.toLocaleTimeString(undefined, { hour12: false }) + " " + date.toLocaleDateString();
+}
+
+export function pretty(text: string, max = 2000): string {
+  let out = text;
+  try {
+    out = JSON.stringify(JSON.parse(text), null, 2);
+  } catch {
+    // not JSON: shown as it is
+  }
+  return out.length > max ? `${out.slice(0, max)}… (${out.length} characters)` : out;
+}

@@ -1,0 +1,224 @@
+//! The web console (`STREAMER_CONSOLE_ADDR`): one page, built from the
+//! TypeScript in `control-plane/console/` and embedded in the binary, that
+//! talks to the very gRPC services of the gRPC port through gRPC-Web
+//! (`tonic-web`), on the same origin. Every call goes through the same
+//! interceptors and the same tenant checks as a call from grpcurl: the page
+//! holds the operator's token and sends it as `authorization` metadata.
+//!
+//! Besides the gRPC-Web routes there are only the page's assets and, under
+//! `dev`, one helper for the page's client panel (`POST /console/dev/token`,
+//! which needs a server token like any gRPC call and mints a client token
+//! with `dev`'s own signing key).
+
+mod assets;
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::api::{
+    auth::{Audience, Caller, TokenTable},
+    convert,
+};
+
+/// What `dev` lends the console's client panel: client tokens signed with
+/// its own key, and where its gateway listens.
+pub trait DevClients: Send + Sync + 'static {
+    /// A client token for `user_id` of `tenant_id` with every permission.
+    fn mint(&self, tenant_id: &str, user_id: &str) -> Result<String, String>;
+    /// The gateway's WebSocket URL, with the stage.
+    fn websocket_url(&self) -> String;
+}
+
+/// How long a token minted for the client panel is valid, in seconds.
+pub const DEV_CLIENT_TOKEN_TTL_SECS: u64 = 3600;
+
+#[derive(Clone)]
+struct Shared {
+    tokens: Arc<TokenTable>,
+    dev: Option<Arc<dyn DevClients>>,
+}
+
+/// The console's routes: the page, its assets, `dev`'s helper and the gRPC
+/// services behind the gRPC-Web translation.
+pub fn router(
+    grpc: tonic::service::Routes,
+    tokens: Arc<TokenTable>,
+    dev: Option<Arc<dyn DevClients>>,
+) -> Router {
+    let shared = Shared { tokens, dev };
+    let page = Router::new()
+        .route("/", get(assets::index))
+        .route("/assets/{file}", get(assets::file))
+        .route("/console/info", get(info))
+        .route("/console/dev/token", post(dev_token))
+        .layer(DefaultBodyLimit::max(4096))
+        .with_state(shared);
+    let grpc_web = grpc
+        .prepare()
+        .into_axum_router()
+        .layer(tonic_web::GrpcWebLayer::new());
+    page.merge(grpc_web)
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "console listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Same-origin only, no framing, no referrer: the page runs its own script
+/// and styles, talks to its own origin, and (in `dev`) to the gateway's
+/// WebSocket.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, "not found\n")
+}
+
+#[derive(Serialize)]
+struct Info {
+    /// Whether the client panel can mint tokens (under `dev`).
+    dev: bool,
+    /// The gateway's WebSocket URL, under `dev`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    websocket_url: Option<String>,
+}
+
+async fn info(State(shared): State<Shared>) -> Json<Info> {
+    Json(Info {
+        dev: shared.dev.is_some(),
+        websocket_url: shared.dev.as_ref().map(|dev| dev.websocket_url()),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    tenant_id: String,
+    user_id: String,
+}
+
+#[derive(Serialize)]
+struct TokenResponse {
+    token: String,
+    websocket_url: String,
+    expires_in: u64,
+}
+
+/// A refused helper call: its status and a message for people.
+struct Refusal(StatusCode, String);
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+/// A domain refusal as an HTTP one (`other` for everything but a tenant the
+/// caller may not reach).
+fn refusal(fault: crate::error::Fault, other: StatusCode) -> Refusal {
+    let status = tonic::Status::from(fault);
+    let code = match status.code() {
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        _ => other,
+    };
+    Refusal(code, status.message().to_owned())
+}
+
+/// Who the `authorization` header says is calling, with the rules of the
+/// gRPC server API.
+fn caller(tokens: &TokenTable, headers: &HeaderMap) -> Result<Caller, Refusal> {
+    let mut probe = tonic::Request::new(());
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| tonic::metadata::MetadataValue::try_from(v).ok())
+    {
+        probe.metadata_mut().insert("authorization", value);
+    }
+    tokens
+        .authenticate(&probe, Audience::Server)
+        .map_err(|fault| refusal(fault, StatusCode::UNAUTHORIZED))
+}
+
+async fn dev_token(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<TokenResponse>, Refusal> {
+    let Some(dev) = shared.dev.as_ref() else {
+        return Err(Refusal(
+            StatusCode::NOT_FOUND,
+            "the client panel is only available under `dev`".into(),
+        ));
+    };
+    let caller = caller(&shared.tokens, &headers)?;
+    let Json(request) = body.map_err(|rejection| {
+        Refusal(
+            rejection.status(),
+            format!(
+                "expected {{\"tenant_id\":..., \"user_id\":...}}: {}",
+                rejection.body_text()
+            ),
+        )
+    })?;
+    convert::tenant(&request.tenant_id)
+        .and_then(|_| convert::user(&request.user_id))
+        .and_then(|_| caller.check_tenant(&request.tenant_id))
+        .map_err(|fault| refusal(fault, StatusCode::BAD_REQUEST))?;
+    let token = dev
+        .mint(&request.tenant_id, &request.user_id)
+        .map_err(|err| {
+            tracing::warn!(error = %err, "cannot mint a client token for the console");
+            Refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot mint a client token".into(),
+            )
+        })?;
+    Ok(Json(TokenResponse {
+        token,
+        websocket_url: dev.websocket_url(),
+        expires_in: DEV_CLIENT_TOKEN_TTL_SECS,
+    }))
+}
