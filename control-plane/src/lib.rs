@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! app          assembly: build the rooms from the config, open the stores, serve
+//! console      the web console: the embedded page, gRPC-Web onto api's services, dev's token helper
 //! api          gRPC adapters: decode, call a room, map errors; caller auth; transport rules
 //! connections  connect, route a client frame, built-in actions, groups, rate limits, chunked messages
 //! requests     long-running requests: queue, sessions, dispatch, retry, relay, sweeper

@@ -331,6 +331,44 @@ test("the page says when the control plane goes away and recovers when it is bac
   const zoe = await Client.open(dev, "t-back", "zoe");
   await until("fresh data", async () => (await page.locator('#tenant-table tr[data-tenant="t-back"]').count()) === 1);
   await zoe.close();
+
+  // Back with other tokens: the page's token is no longer accepted, and it
+  // says so and asks for one, instead of retrying forever.
+  await dev.stop();
+  dev = await startDev(state, addr, { STREAMER_ADMIN_TOKEN: "a-new-admin-token-after-rotation" });
+  await until("the sign-in form", async () =>
+    (await page.locator("#signin-error").textContent())?.includes("no longer accepted"), 20_000);
+  await page.getByLabel("Token").fill("a-new-admin-token-after-rotation");
+  await page.keyboard.press("Enter");
+  await page.getByRole("button", { name: "Sign out" }).waitFor();
+  await page.close();
+  // The rest of the file signs in with dev.adminToken: this one.
+  dev.adminToken = "a-new-admin-token-after-rotation";
+});
+
+test("the console works from the keyboard", async () => {
+  const page = await browser.newPage();
+  await page.goto(dev.consoleUrl);
+  // The token field has the focus on arrival; Enter signs in.
+  await page.keyboard.type(dev.adminToken);
+  await page.keyboard.press("Enter");
+  await page.getByRole("button", { name: "Sign out" }).waitFor();
+  // Tab through the views' buttons to "Requests" and open it with Enter.
+  let focused = "";
+  for (let i = 0; i < 10 && focused !== "Requests"; i++) {
+    await page.keyboard.press("Tab");
+    focused = await page.evaluate(() => document.activeElement?.textContent ?? "");
+  }
+  assert.equal(focused, "Requests", "the views are reachable with Tab");
+  await page.keyboard.press("Enter");
+  await until("the requests view", async () => page.locator("#requests").isVisible());
+  // Every form control has a label.
+  const unlabelled = await page.evaluate(() =>
+    [...document.querySelectorAll("input, select, textarea")]
+      .filter((el) => !(el as HTMLInputElement).labels?.length && !el.getAttribute("aria-label"))
+      .map((el) => el.id),
+  );
+  assert.deepEqual(unlabelled, []);
   await page.close();
 });
 
@@ -340,6 +378,9 @@ test("the page's headers keep it same-origin and unframed; unknown paths are 404
   const csp = res.headers.get("content-security-policy") ?? "";
   assert.ok(csp.includes("script-src 'self'") && csp.includes("frame-ancestors 'none'"), csp);
   assert.equal(res.headers.get("x-frame-options"), "DENY");
+  const script = await fetch(`${dev.consoleUrl}assets/app.js`, { headers: { "accept-encoding": "gzip" } });
+  assert.equal(script.headers.get("content-encoding"), "gzip", "the script goes compressed");
+  assert.ok((await script.text()).length > 100_000, "and unpacks to the bundle");
   assert.equal((await fetch(`${dev.consoleUrl}assets/../../etc/passwd`)).status, 404);
   assert.equal((await fetch(`${dev.consoleUrl}nothing-here`)).status, 404);
   // The client-panel helper: no token, a foreign token, junk.

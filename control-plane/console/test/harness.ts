@@ -44,7 +44,11 @@ export function stateDir(): { dir: string; config: string } {
   return { dir, config };
 }
 
-export async function startDev(state: { dir: string; config: string }, consoleAddr = "127.0.0.1:0"): Promise<Dev> {
+export async function startDev(
+  state: { dir: string; config: string },
+  consoleAddr = "127.0.0.1:0",
+  extra: Record<string, string> = {},
+): Promise<Dev> {
   const proc = spawn(devBin!, ["dev"], {
     env: {
       PATH: process.env.PATH ?? "",
@@ -59,6 +63,7 @@ export async function startDev(state: { dir: string; config: string }, consoleAd
       STREAMER_CONNECTS_PER_MINUTE_PER_IP: "100000",
       STREAMER_MESSAGES_PER_MINUTE: "100000",
       STREAMER_MESSAGE_BURST: "10000",
+      ...extra,
     },
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -79,6 +84,7 @@ export async function startDev(state: { dir: string; config: string }, consoleAd
     });
     proc.on("exit", (code) => reject(new Error(`dev exited (${code})`)));
   });
+  adminToken = extra.STREAMER_ADMIN_TOKEN ?? adminToken;
   if (!ready.console || !adminToken || !sampleToken) throw new Error("dev printed no console address or tokens");
   const exited = new Promise<void>((resolve) => proc.on("exit", () => resolve()));
   return {
