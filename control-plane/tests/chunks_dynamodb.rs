@@ -8,15 +8,12 @@ use streamer_control_plane::connections::chunks::{
     Chunks, conformance,
     dynamo::{DynamoChunks, table_spec},
 };
-use streamer_test_kit::moto::{client, unique};
+use streamer_test_kit::moto::client;
+
+mod support;
 
 async fn table(tag: &str) -> String {
-    let table = unique(tag);
-    table_spec()
-        .create(&client(), &table)
-        .await
-        .expect("create table");
-    table
+    support::fresh_table(tag, table_spec()).await
 }
 
 #[tokio::test]

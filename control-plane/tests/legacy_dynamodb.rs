@@ -18,13 +18,10 @@ use streamer_control_plane::{
 };
 use streamer_test_kit::moto::{client, unique};
 
+mod support;
+
 async fn legacy_table(shape: Shape) -> String {
-    let table = unique("legacy");
-    table_spec(shape)
-        .create(&client(), &table)
-        .await
-        .expect("create the Go system's table");
-    table
+    support::fresh_table("legacy", table_spec(shape)).await
 }
 
 async fn put(table: &str, item: Item) {
@@ -202,4 +199,37 @@ async fn the_dual_write_mirrors_connections_in_the_legacy_shape() {
         mirror.remove("mirrored-conn").await.expect("remove");
         assert!(get(&table, shape.key("mirrored-conn")).await.is_none());
     }
+}
+
+#[tokio::test]
+async fn a_failed_dual_write_leaves_the_registry_the_truth_and_is_counted() {
+    let inner: Arc<dyn Registry> = Arc::new(MemoryRegistry::with_ttl(Ttl::default(), Clock::new()));
+    // The Go system's table is not there (deleted, wrong name, no access).
+    let missing = unique("no-such-legacy-table");
+    let mirror = LegacyMirror::new(inner.clone(), client(), &missing, Shape::Classic);
+    let failures = || {
+        streamer_control_plane::metrics::metrics()
+            .legacy_mirror_failures
+            .get()
+    };
+    let before = failures();
+    mirror
+        .insert(sample("unmirrored", "acme", "alice"), 0)
+        .await
+        .expect("the connection registers all the same");
+    assert!(inner.get("unmirrored").await.expect("get").is_some());
+    assert!(mirror.touch("unmirrored", now_ms()).await.expect("touch"));
+    assert!(mirror.remove("unmirrored").await.expect("remove").is_some());
+    assert!(inner.get("unmirrored").await.expect("get").is_none());
+    assert!(
+        failures() >= before + 3,
+        "each failed mirror write is counted: {} -> {}",
+        before,
+        failures()
+    );
+    let counted = inner
+        .count(&Scope::Tenant("acme".into()))
+        .await
+        .expect("count");
+    assert_eq!(counted, 0);
 }

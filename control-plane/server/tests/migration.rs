@@ -133,16 +133,18 @@ async fn legacy_connections_are_imported_reached_and_mirrored() {
     // system's table in its shape, and leaves it on disconnect.
     let mut fresh = connect_ws(&fleet.url(&token("new-user", "legacy", &["read"]))).await;
     let id = whoami(&mut fresh).await;
-    let item = moto::client()
-        .get_item()
-        .table_name(&mirror)
-        .set_key(Some(Shape::Classic.key(&id)))
-        .consistent_read(true)
-        .send()
-        .await
-        .expect("get")
-        .item
-        .expect("mirrored");
+    let mirrored = || async {
+        moto::client()
+            .get_item()
+            .table_name(&mirror)
+            .set_key(Some(Shape::Classic.key(&id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("get")
+            .item
+    };
+    let item = mirrored().await.expect("mirrored");
     let field = |name: &str| {
         item[name]
             .as_s()
@@ -160,16 +162,7 @@ async fn legacy_connections_are_imported_reached_and_mirrored() {
     );
     drop(fresh);
     eventually("the mirrored row leaves with the connection", || async {
-        moto::client()
-            .get_item()
-            .table_name(&mirror)
-            .set_key(Some(Shape::Classic.key(&id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .expect("get")
-            .item
-            .is_none()
+        mirrored().await.is_none()
     })
     .await;
 }

@@ -75,6 +75,55 @@ pub fn describe<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
     }
 }
 
+/// Deletes the items keyed `keys` from `table`, 25 to a `BatchWriteItem`,
+/// sending again what DynamoDB leaves unprocessed, at most `attempts` times
+/// per batch. Best effort for what has a TTL behind it: a batch whose call
+/// fails is left (the next batches are still tried) and the first failure
+/// is returned, described for logs.
+pub async fn batch_delete(
+    client: &Client,
+    table: &str,
+    keys: impl IntoIterator<Item = Item>,
+    attempts: usize,
+) -> Result<(), String> {
+    use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+    let requests: Vec<WriteRequest> = keys
+        .into_iter()
+        .filter_map(|key| {
+            let delete = DeleteRequest::builder().set_key(Some(key)).build().ok()?;
+            Some(WriteRequest::builder().delete_request(delete).build())
+        })
+        .collect();
+    let mut first_failure = None;
+    for batch in requests.chunks(25) {
+        let mut pending = batch.to_vec();
+        for _ in 0..attempts {
+            if pending.is_empty() {
+                break;
+            }
+            match client
+                .batch_write_item()
+                .request_items(table, pending.clone())
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    pending = out
+                        .unprocessed_items()
+                        .and_then(|items| items.get(table))
+                        .cloned()
+                        .unwrap_or_default();
+                }
+                Err(err) => {
+                    first_failure.get_or_insert_with(|| describe(&err));
+                    break;
+                }
+            }
+        }
+    }
+    first_failure.map_or(Ok(()), Err)
+}
+
 /// The attempts, backoff and timeouts of every DynamoDB call: a store that
 /// is down is an error within seconds, never a hang.
 pub fn client_config(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Config {

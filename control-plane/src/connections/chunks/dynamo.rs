@@ -20,15 +20,12 @@
 use std::{collections::HashMap, sync::Arc};
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::{
-    Client,
-    types::{DeleteRequest, ReturnValue, WriteRequest},
-};
+use aws_sdk_dynamodb::{Client, types::ReturnValue};
 use streamer_proto::client::chunk::{Chunk, JoinError};
 
 use super::{Added, ChunkError, ChunkLimits, Chunks, expired};
 use crate::store::dynamo::{
-    Item, TableSpec, condition_failed, describe, n, number, numeric, s, string, text,
+    Item, TableSpec, batch_delete, condition_failed, describe, n, number, numeric, s, string, text,
 };
 
 /// The table as `tables create` makes it (production: `deploy/`).
@@ -213,42 +210,11 @@ impl DynamoChunks {
 
     /// Deletes the head and `count` pieces (best effort: the TTL backs it).
     async fn delete(&self, connection_id: &str, count: u32) {
-        let requests: Vec<WriteRequest> = std::iter::once(HEAD)
+        let keys = std::iter::once(HEAD)
             .chain(0..i64::from(count))
-            .filter_map(|part| {
-                let delete = DeleteRequest::builder()
-                    .set_key(Some(key(connection_id, part)))
-                    .build()
-                    .ok()?;
-                Some(WriteRequest::builder().delete_request(delete).build())
-            })
-            .collect();
-        for batch in requests.chunks(25) {
-            let mut pending = batch.to_vec();
-            for _ in 0..3 {
-                if pending.is_empty() {
-                    break;
-                }
-                match self
-                    .client
-                    .batch_write_item()
-                    .request_items(self.table.to_string(), pending.clone())
-                    .send()
-                    .await
-                {
-                    Ok(out) => {
-                        pending = out
-                            .unprocessed_items()
-                            .and_then(|items| items.get(&*self.table))
-                            .cloned()
-                            .unwrap_or_default();
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %describe(&err), "chunks table: cannot delete a joined message (its TTL will)");
-                        break;
-                    }
-                }
-            }
+            .map(|part| key(connection_id, part));
+        if let Err(error) = batch_delete(&self.client, &self.table, keys, 3).await {
+            tracing::warn!(%error, "chunks table: cannot delete a joined message (its TTL will)");
         }
     }
 }

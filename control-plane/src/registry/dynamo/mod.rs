@@ -41,7 +41,9 @@ use self::items::{
 use super::{Connection, Page, Registry, RegistryError, Repair, Scope, Ttl};
 use crate::{
     clock::Clock,
-    store::dynamo::{Item, TableSpec, condition_failed, describe, n, number, s, string, text},
+    store::dynamo::{
+        Item, TableSpec, batch_delete, condition_failed, describe, n, number, s, string, text,
+    },
 };
 
 /// Name of the tenant GSI.
@@ -180,47 +182,14 @@ impl DynamoRegistry {
     /// Deletes the membership items of a removed connection (batched); what
     /// cannot be deleted now expires with its TTL and never lists (expired).
     async fn delete_members(&self, connection: &Connection) {
-        use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
-        let requests: Vec<WriteRequest> = connection
-            .groups
-            .iter()
-            .filter_map(|group| {
-                let delete = DeleteRequest::builder()
-                    .key(
-                        "connection_id",
-                        s(&member_key(&connection.connection_id, group)),
-                    )
-                    .build()
-                    .ok()?;
-                Some(WriteRequest::builder().delete_request(delete).build())
-            })
-            .collect();
-        for chunk in requests.chunks(25) {
-            let mut pending = chunk.to_vec();
-            for _ in 0..5 {
-                if pending.is_empty() {
-                    break;
-                }
-                match self
-                    .client
-                    .batch_write_item()
-                    .request_items(self.table.to_string(), pending.clone())
-                    .send()
-                    .await
-                {
-                    Ok(out) => {
-                        pending = out
-                            .unprocessed_items()
-                            .and_then(|items| items.get(&*self.table))
-                            .cloned()
-                            .unwrap_or_default();
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %unavailable(err), "cannot delete group memberships");
-                        break;
-                    }
-                }
-            }
+        let keys = connection.groups.iter().map(|group| {
+            Item::from([(
+                "connection_id".to_owned(),
+                s(&member_key(&connection.connection_id, group)),
+            )])
+        });
+        if let Err(error) = batch_delete(&self.client, &self.table, keys, 5).await {
+            tracing::warn!(%error, "cannot delete group memberships");
         }
     }
 
