@@ -81,3 +81,8 @@ export function pretty(text: string, max = 2000): string {
   }
   return out.length > max ? `${out.slice(0, max)}… (${out.length} characters)` : out;
 }
+
+/** A view's section: its heading (which labels it) and its content. */
+export function section(id: string, title: string, ...children: Child[]): HTMLElement {
+  return h("section", { id, "aria-labelledby": `${id}-h` }, h("h2", { id: `${id}-h` }, title), ...children);
+}

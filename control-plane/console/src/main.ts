@@ -6,7 +6,7 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { type Api, codeOf, consoleInfo, type ConsoleInfo, describe, link, makeApi, tokenStore } from "./api.js";
 import { History, lineChart } from "./chart.js";
-import { byId, fill, h } from "./dom.js";
+import { byId, fill, h, section } from "./dom.js";
 import { connectionsView, groupsView, requestsView } from "./views.js";
 import { sendView } from "./send.js";
 import { tryItView } from "./tryit.js";
@@ -223,10 +223,9 @@ function overviewView(session: Session): View {
       .catch((err) => (reconcileResult.textContent = describe(err)))
       .finally(() => (runButton.disabled = false));
   });
-  const root = h(
-    "section",
-    { id: "overview", "aria-labelledby": "overview-h" },
-    h("h2", { id: "overview-h" }, "Overview"),
+  const root = section(
+    "overview",
+    "Overview",
     h("div", { class: "card" }, h("h3", {}, "Connections by tenant"), tenantsBox),
     session.admin ? h("div", { class: "card" }, h("h3", {}, "Delivery (this replica)"), deliveryBox) : null,
     session.admin

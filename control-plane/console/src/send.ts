@@ -2,7 +2,7 @@
 // report it returns.
 
 import { describe } from "./api.js";
-import { field, fill, h } from "./dom.js";
+import { field, fill, h, section } from "./dom.js";
 import type { Session, View } from "./main.js";
 import type { SendRequest } from "./gen/streamer/v1/broadcast_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -132,7 +132,7 @@ export function sendView(session: Session): View {
     id: "send",
     label: "Send",
     every: 60_000,
-    root: h("section", { id: "send", "aria-labelledby": "send-h" }, h("h2", { id: "send-h" }, "Send a message"), form, report),
+    root: section("send", "Send a message", form, report),
     async refresh() {
       // Nothing to poll: the form acts on submit.
     },

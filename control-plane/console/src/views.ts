@@ -2,7 +2,7 @@
 // long-running requests.
 
 import { describe } from "./api.js";
-import { field, fill, h, pretty, when } from "./dom.js";
+import { field, fill, h, pretty, section, when } from "./dom.js";
 import type { Session, View } from "./main.js";
 import { date } from "./main.js";
 import type { Connection } from "./gen/streamer/v1/connections_pb.js";
@@ -47,10 +47,9 @@ export function connectionsView(session: Session): View {
     id: "connections",
     label: "Connections",
     every: 2000,
-    root: h(
-      "section",
-      { id: "connections", "aria-labelledby": "connections-h" },
-      h("h2", { id: "connections-h" }, "Connections"),
+    root: section(
+      "connections",
+      "Connections",
       form,
       summary,
       list,
@@ -240,10 +239,9 @@ export function groupsView(session: Session): View {
     id: "groups",
     label: "Groups",
     every: 3000,
-    root: h(
-      "section",
-      { id: "groups", "aria-labelledby": "groups-h" },
-      h("h2", { id: "groups-h" }, "Groups"),
+    root: section(
+      "groups",
+      "Groups",
       list,
       members,
     ),
@@ -333,10 +331,9 @@ export function requestsView(session: Session): View {
     id: "requests",
     label: "Requests",
     every: 1000,
-    root: h(
-      "section",
-      { id: "requests", "aria-labelledby": "requests-h" },
-      h("h2", { id: "requests-h" }, "Long-running requests"),
+    root: section(
+      "requests",
+      "Long-running requests",
       message,
       h("div", { class: "card" }, h("h3", {}, "Queued and running"), active),
       h("div", { class: "card" }, h("h3", {}, "Finished (latest)"), finished),
