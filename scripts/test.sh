@@ -60,19 +60,24 @@ for tool in moto_server cfn-lint grpcurl sam cargo-lambda; do
 done
 export PATH="$venv/bin:$PATH"
 
-step "headless Chromium for the console's browser tests (Debian's chromium)"
+step "browsers for the console's tests (Debian's chromium and firefox-esr)"
 chromium=${STREAMER_CHROMIUM:-/usr/bin/chromium}
-if [ ! -x "$chromium" ]; then
-    command -v apt-get >/dev/null || die "no Chromium at $chromium and no apt-get to install it: install Chromium and set STREAMER_CHROMIUM to it"
-    [ "$(id -u)" = 0 ] || die "no Chromium at $chromium: install Debian's chromium package (apt-get install chromium) or set STREAMER_CHROMIUM"
-    echo "installing Debian's chromium package (about a minute the first time)"
+firefox=${STREAMER_FIREFOX:-/usr/bin/firefox-esr}
+missing=()
+[ -x "$chromium" ] || missing+=(chromium)
+[ -x "$firefox" ] || missing+=(firefox-esr)
+if [ ${#missing[@]} -gt 0 ]; then
+    command -v apt-get >/dev/null || die "no ${missing[*]} and no apt-get to install them: install them and set STREAMER_CHROMIUM / STREAMER_FIREFOX"
+    [ "$(id -u)" = 0 ] || die "missing ${missing[*]}: install Debian's packages (apt-get install ${missing[*]}) or set STREAMER_CHROMIUM / STREAMER_FIREFOX"
+    echo "installing Debian's ${missing[*]} (a minute or two the first time)"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
-        || die "apt-get update failed: cannot install Chromium"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
-        || die "apt-get install chromium failed"
+        || die "apt-get update failed: cannot install ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || die "apt-get install ${missing[*]} failed"
 fi
 "$chromium" --version || die "$chromium does not run"
-export STREAMER_CHROMIUM=$chromium
+"$firefox" --version || die "$firefox does not run"
+export STREAMER_CHROMIUM=$chromium STREAMER_FIREFOX=$firefox
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -135,7 +140,7 @@ step "TypeScript client (npm ci, tsc, node --test against the real dev server)"
         npm test
 )
 
-step "console (npm ci, build checked against the embedded one, browser tests in headless Chromium)"
+step "console (npm ci, build checked against the embedded one, browser tests in headless Chromium and Firefox)"
 (
     cd control-plane/console
     npm ci --no-audit --no-fund --loglevel=error
