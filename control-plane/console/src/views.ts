@@ -10,6 +10,10 @@ import { type Request, RequestStatus } from "./gen/streamer/v1/requests_pb.js";
 
 const PAGE_SIZE = 25;
 
+function plural(n: bigint, noun: string): string {
+  return `${n} ${noun}${n === 1n ? "" : "s"}`;
+}
+
 function needTenant(box: HTMLElement, session: Session): string | null {
   const tenant = session.tenant();
   if (!tenant) {
@@ -70,7 +74,7 @@ export function connectionsView(session: Session): View {
         ]);
         connections = page.connections;
         next = page.nextPageToken;
-        summary.textContent = `${count.count} members of group ${groupName} in tenant ${tenant}`;
+        summary.textContent = `${plural(count.count, "member")} of group ${groupName} in tenant ${tenant}`;
       } else {
         const [page, count] = await Promise.all([
           session.api.connections.listConnections({ tenantId: tenant, userId, pageSize: PAGE_SIZE, pageToken }),
@@ -79,8 +83,8 @@ export function connectionsView(session: Session): View {
         connections = page.connections;
         next = page.nextPageToken;
         summary.textContent = userId
-          ? `${count.count} connections of user ${userId} in tenant ${tenant}`
-          : `${count.count} connections in tenant ${tenant}`;
+          ? `${plural(count.count, "connection")} of user ${userId} in tenant ${tenant}`
+          : `${plural(count.count, "connection")} in tenant ${tenant}`;
       }
       prev.disabled = pages.length === 0;
       nextButton.disabled = next === "";
