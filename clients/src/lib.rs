@@ -195,6 +195,41 @@ impl Client {
             .count)
     }
 
+    /// The tenants with connections and how many each has (a tenant-bound
+    /// token: its own).
+    pub async fn tenants(&self) -> Result<Vec<(String, u64)>, Error> {
+        let response = self
+            .connections
+            .clone()
+            .list_tenants(v1::ListTenantsRequest {})
+            .await?
+            .into_inner();
+        Ok(response
+            .tenants
+            .into_iter()
+            .map(|t| (t.tenant_id, t.connections))
+            .collect())
+    }
+
+    /// A tenant's groups with their member counts, and whether the server
+    /// stopped walking the tenant's connections before the end.
+    pub async fn groups(&self, tenant_id: &str) -> Result<(Vec<(String, u64)>, bool), Error> {
+        let response = self
+            .groups
+            .clone()
+            .list_groups(v1::ListGroupsRequest {
+                tenant_id: tenant_id.to_owned(),
+            })
+            .await?
+            .into_inner();
+        let groups = response
+            .groups
+            .into_iter()
+            .map(|g| (g.group, g.members))
+            .collect();
+        Ok((groups, response.truncated))
+    }
+
     /// Every connection of a tenant (or one of its users), fetched page by
     /// page as the stream is consumed.
     pub fn list_connections(

@@ -71,6 +71,8 @@ async fn streamerctl_queries_sends_and_fails_with_meaningful_codes() {
     assert_eq!(count["count"], 2);
     let only_alice = admin_json(&stack, "connections count --tenant acme --user alice").await;
     assert_eq!(only_alice["count"], 1);
+    let tenants = admin_json(&stack, "connections tenants").await;
+    assert_eq!(tenants, json!([{"tenant_id": "acme", "connections": 2}]));
     let listed = admin_json(&stack, "connections list --tenant acme").await;
     let listed = listed.as_array().expect("array").clone();
     assert_eq!(listed.len(), 2);
@@ -138,6 +140,8 @@ async fn streamerctl_queries_sends_and_fails_with_meaningful_codes() {
     assert_eq!(added["added"], 1);
     let members = admin_json(&stack, "groups count --tenant acme room").await;
     assert_eq!(members["count"], 1);
+    let groups = admin_json(&stack, "groups list --tenant acme").await;
+    assert_eq!(groups, json!([{"group": "room", "members": 1}]));
     let report = admin_json(&stack, "send --tenant acme --group room --data 3").await;
     assert_eq!(report["delivered"], 1);
     assert_eq!(recv(&mut bob).await["data"], 3);

@@ -77,6 +77,8 @@ pub(crate) enum Connections {
     },
     /// Close a connection and forget it.
     Disconnect { connection_id: String },
+    /// The tenants with connections, and how many each has.
+    Tenants,
 }
 
 #[derive(Args)]
@@ -141,6 +143,11 @@ pub(crate) enum Requests {
 
 #[derive(Subcommand)]
 pub(crate) enum Groups {
+    /// A tenant's groups and their member counts.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
     /// List a group's members.
     ListMembers {
         #[arg(long)]

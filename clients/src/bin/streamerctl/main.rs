@@ -104,6 +104,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 &json!({ "count": client.count_connections(&tenant, user.as_deref()).await? }),
             );
         }
+        Command::Connections(Connections::Tenants) => {
+            let rows: Vec<Value> = client
+                .tenants()
+                .await?
+                .into_iter()
+                .map(|(tenant_id, connections)| json!({ "tenant_id": tenant_id, "connections": connections }))
+                .collect();
+            print_rows(output, &rows, &["tenant_id", "connections"]);
+        }
         Command::Connections(Connections::Disconnect { connection_id }) => {
             print_one(
                 output,
@@ -219,6 +228,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 output,
                 &json!({ "stream": position.stream, "offset": position.offset, "epoch": position.epoch }),
             );
+        }
+        Command::Groups(Groups::List { tenant }) => {
+            let (groups, truncated) = client.groups(&tenant).await?;
+            if truncated {
+                eprintln!(
+                    "the tenant has more connections than the server walks: some groups may be missing"
+                );
+            }
+            let rows: Vec<Value> = groups
+                .into_iter()
+                .map(|(group, members)| json!({ "group": group, "members": members }))
+                .collect();
+            print_rows(output, &rows, &["group", "members"]);
         }
         Command::Groups(Groups::ListMembers { tenant, group }) => {
             let rows: Vec<Connection> = client.group_members(&tenant, &group).try_collect().await?;
