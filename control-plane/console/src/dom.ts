@@ -86,3 +86,58 @@ export function pretty(text: string, max = 2000): string {
 export function section(id: string, title: string, ...children: Child[]): HTMLElement {
   return h("section", { id, "aria-labelledby": `${id}-h` }, h("h2", { id: `${id}-h` }, title), ...children);
 }
+
+/**
+ * Brings `tbody` to one row per item, in order, keeping the rows whose
+ * `signature` has not changed: a refresh every second or two must not
+ * replace a button under the operator's pointer (a click that lands on a
+ * row being replaced is lost). `patch`, when given, updates a kept row in
+ * place (a progress bar) without replacing it.
+ */
+export function syncRows<T>(
+  tbody: HTMLElement,
+  items: T[],
+  key: (item: T) => string,
+  signature: (item: T) => string,
+  render: (item: T) => HTMLElement,
+  patch?: (row: HTMLElement, item: T) => void,
+): void {
+  const existing = new Map<string, HTMLElement>();
+  for (const row of Array.from(tbody.children) as HTMLElement[]) {
+    if (row.dataset.key !== undefined) existing.set(row.dataset.key, row);
+  }
+  const rows = items.map((item) => {
+    const k = key(item);
+    const sig = signature(item);
+    const kept = existing.get(k);
+    if (kept && kept.dataset.sig === sig) {
+      patch?.(kept, item);
+      return kept;
+    }
+    const row = render(item);
+    row.dataset.key = k;
+    row.dataset.sig = sig;
+    return row;
+  });
+  rows.forEach((row, i) => {
+    if (tbody.children[i] !== row) tbody.insertBefore(row, tbody.children[i] ?? null);
+  });
+  while (tbody.children.length > rows.length) tbody.lastElementChild?.remove();
+}
+
+/** A table with a fixed head and a body for [`syncRows`], and what to show
+ * when it has no rows. */
+export function liveTable(id: string, headers: string[], empty: string): { root: HTMLElement; body: HTMLElement; setEmpty(isEmpty: boolean): void } {
+  const body = h("tbody");
+  const table = h("table", { id }, h("thead", {}, h("tr", {}, ...headers.map((t) => h("th", { scope: "col" }, t)))), body);
+  const none = h("p", {}, empty);
+  const root = h("div", {}, table, none);
+  return {
+    root,
+    body,
+    setEmpty(isEmpty: boolean) {
+      table.hidden = isEmpty;
+      none.hidden = !isEmpty;
+    },
+  };
+}

@@ -2,7 +2,7 @@
 // long-running requests.
 
 import { describe } from "./api.js";
-import { field, fill, h, pretty, section, when } from "./dom.js";
+import { field, fill, h, liveTable, pretty, section, syncRows, when } from "./dom.js";
 import type { Session, View } from "./main.js";
 import { date } from "./main.js";
 import type { Connection } from "./gen/streamer/v1/connections_pb.js";
@@ -28,7 +28,8 @@ export function connectionsView(session: Session): View {
   const group = h("input", { id: "conn-group", autocomplete: "off", spellcheck: "false" });
   const lookup = h("input", { id: "conn-id", autocomplete: "off", spellcheck: "false" });
   const summary = h("p", { id: "conn-summary", role: "status" });
-  const list = h("div", { id: "conn-list" });
+  const table = liveTable("conn-table", ["Connection", "User", "Connected", "Last seen", "Source IP", ""], "None.");
+  const list = h("div", { id: "conn-list" }, table.root);
   const details = h("div", { id: "conn-details", "aria-live": "polite" });
   const message = h("p", { id: "conn-message", role: "status" });
   // Page tokens of the pages before this one, for "Previous".
@@ -62,8 +63,12 @@ export function connectionsView(session: Session): View {
       details,
     ),
     async refresh() {
-      const tenant = needTenant(list, session);
-      if (!tenant) return;
+      const tenant = session.tenant();
+      if (!tenant) {
+        summary.textContent = "Choose a tenant above.";
+        table.setEmpty(true);
+        return;
+      }
       const groupName = group.value.trim();
       const userId = user.value.trim();
       let connections: Connection[];
@@ -88,59 +93,41 @@ export function connectionsView(session: Session): View {
       }
       prev.disabled = pages.length === 0;
       nextButton.disabled = next === "";
-      fill(
-        list,
-        connections.length === 0
-          ? h("p", {}, "None.")
-          : h(
-              "table",
-              { id: "conn-table" },
+      table.setEmpty(connections.length === 0);
+      syncRows(
+        table.body,
+        connections,
+        (c) => c.connectionId,
+        (c) => [c.userId, c.lastSeen?.seconds ?? 0, c.sourceIp, c.connectionId === selected].join("\u0000"),
+        (c) =>
+          h(
+            "tr",
+            { "data-connection-id": c.connectionId, class: c.connectionId === selected ? "selected" : undefined },
+            h("td", { class: "mono" }, c.connectionId),
+            h("td", {}, c.userId),
+            h("td", {}, when(date(c.connectedAt))),
+            h("td", {}, when(date(c.lastSeen))),
+            h("td", {}, c.sourceIp),
+            h(
+              "td",
+              { class: "actions" },
               h(
-                "thead",
-                {},
-                h(
-                  "tr",
-                  {},
-                  ...["Connection", "User", "Connected", "Last seen", "Source IP", ""].map((t) =>
-                    h("th", { scope: "col" }, t),
-                  ),
-                ),
+                "button",
+                { type: "button", "aria-label": `Details of ${c.connectionId}`, onclick: () => select(c.connectionId) },
+                "Details",
               ),
               h(
-                "tbody",
-                {},
-                ...connections.map((c) =>
-                  h(
-                    "tr",
-                    { "data-connection-id": c.connectionId, class: c.connectionId === selected ? "selected" : undefined },
-                    h("td", { class: "mono" }, c.connectionId),
-                    h("td", {}, c.userId),
-                    h("td", {}, when(date(c.connectedAt))),
-                    h("td", {}, when(date(c.lastSeen))),
-                    h("td", {}, c.sourceIp),
-                    h(
-                      "td",
-                      { class: "actions" },
-                      h(
-                        "button",
-                        { type: "button", "aria-label": `Details of ${c.connectionId}`, onclick: () => select(c.connectionId) },
-                        "Details",
-                      ),
-                      h(
-                        "button",
-                        {
-                          type: "button",
-                          class: "danger",
-                          "aria-label": `Disconnect ${c.connectionId}`,
-                          onclick: () => disconnect(c.connectionId),
-                        },
-                        "Disconnect",
-                      ),
-                    ),
-                  ),
-                ),
+                "button",
+                {
+                  type: "button",
+                  class: "danger",
+                  "aria-label": `Disconnect ${c.connectionId}`,
+                  onclick: () => disconnect(c.connectionId),
+                },
+                "Disconnect",
               ),
             ),
+          ),
       );
       if (selected) await showDetails(selected);
     },
@@ -181,6 +168,10 @@ export function connectionsView(session: Session): View {
       ]);
       const c = one.connection;
       if (!c) return;
+      // Unchanged: keep the card (and its button) as it is.
+      const sig = [c.connectionId, c.lastSeen?.seconds ?? 0, groups.groups.join(",")].join("\u0000");
+      if (details.dataset.sig === sig) return;
+      details.dataset.sig = sig;
       fill(
         details,
         h(
@@ -208,6 +199,7 @@ export function connectionsView(session: Session): View {
         ),
       );
     } catch (err) {
+      details.dataset.sig = "";
       fill(details, h("p", { class: "error" }, `${id}: ${describe(err)}`));
       if (selected === id) selected = null;
     }
@@ -222,6 +214,7 @@ export function connectionsView(session: Session): View {
           : `${id} was already gone at the gateway; its row is removed.`;
         if (selected === id) {
           selected = null;
+          details.dataset.sig = "";
           fill(details);
         }
         reload();
@@ -236,7 +229,9 @@ function byIdLater(scope: HTMLElement, id: string, onClick: () => void): void {
 }
 
 export function groupsView(session: Session): View {
-  const list = h("div", { id: "group-list" });
+  const groupTable = liveTable("group-table", ["Group", "Members", ""], "No groups in this tenant.");
+  const truncated = h("p", { hidden: true }, "The tenant has more connections than were walked; some groups may be missing.");
+  const list = h("div", { id: "group-list" }, groupTable.root, truncated);
   const members = h("div", { id: "group-members" });
   let selected: string | null = null;
   return {
@@ -250,47 +245,42 @@ export function groupsView(session: Session): View {
       members,
     ),
     async refresh() {
-      const tenant = needTenant(list, session);
-      if (!tenant) return;
+      const tenant = session.tenant();
+      if (!tenant) {
+        groupTable.setEmpty(true);
+        return;
+      }
       const res = await session.api.groups.listGroups({ tenantId: tenant });
-      fill(
-        list,
-        res.groups.length === 0
-          ? h("p", {}, `No groups in tenant ${tenant}.`)
-          : h(
-              "table",
-              { id: "group-table" },
-              h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Group"), h("th", { scope: "col" }, "Members"), h("th", {}))),
+      groupTable.setEmpty(res.groups.length === 0);
+      truncated.hidden = !res.truncated;
+      syncRows(
+        groupTable.body,
+        res.groups,
+        (g) => g.group,
+        (g) => `${g.members}\u0000${tenant}`,
+        (g) =>
+          h(
+            "tr",
+            { "data-group": g.group },
+            h("td", {}, g.group),
+            h("td", {}, String(g.members)),
+            h(
+              "td",
+              {},
               h(
-                "tbody",
-                {},
-                ...res.groups.map((g) =>
-                  h(
-                    "tr",
-                    { "data-group": g.group },
-                    h("td", {}, g.group),
-                    h("td", {}, String(g.members)),
-                    h(
-                      "td",
-                      {},
-                      h(
-                        "button",
-                        {
-                          type: "button",
-                          "aria-label": `Members of ${g.group}`,
-                          onclick: () => {
-                            selected = g.group;
-                            void showMembers(tenant);
-                          },
-                        },
-                        "Members",
-                      ),
-                    ),
-                  ),
-                ),
+                "button",
+                {
+                  type: "button",
+                  "aria-label": `Members of ${g.group}`,
+                  onclick: () => {
+                    selected = g.group;
+                    void showMembers(tenant);
+                  },
+                },
+                "Members",
               ),
             ),
-        res.truncated ? h("p", {}, "The tenant has more connections than were walked; some groups may be missing.") : null,
+          ),
       );
       if (selected) await showMembers(tenant);
     },
@@ -318,7 +308,8 @@ function statusName(status: RequestStatus): string {
 }
 
 export function requestsView(session: Session): View {
-  const active = h("div", { id: "req-active" });
+  const liveRequests = liveTable("req-active-table", ["Request", "Action", "User", "Status", "Progress", ""], "None.");
+  const active = h("div", { id: "req-active" }, liveRequests.root);
   const finished = h("div", { id: "req-finished" });
   const processors = h("div", { id: "processors" });
   const message = h("p", { id: "req-message", role: "status" });
@@ -344,28 +335,30 @@ export function requestsView(session: Session): View {
       h("div", { class: "card" }, h("h3", {}, "Processors"), processors),
     ),
     async refresh() {
-      const tenant = needTenant(active, session);
-      if (!tenant) return;
+      const tenant = needTenant(finished, session);
+      if (!tenant) {
+        liveRequests.setEmpty(true);
+        return;
+      }
       const [queued, running] = await Promise.all(
         [RequestStatus.QUEUED, RequestStatus.RUNNING].map((status) =>
           session.api.requests.listRequests({ tenantId: tenant, status, pageSize: 100 }),
         ),
       );
       const live = [...running.requests, ...queued.requests];
-      fill(
-        active,
-        live.length === 0
-          ? h("p", {}, "None.")
-          : h(
-              "table",
-              { id: "req-active-table" },
-              h(
-                "thead",
-                {},
-                h("tr", {}, ...["Request", "Action", "User", "Status", "Progress", ""].map((t) => h("th", { scope: "col" }, t))),
-              ),
-              h("tbody", {}, ...live.map((r) => activeRow(r, tenant))),
-            ),
+      liveRequests.setEmpty(live.length === 0);
+      syncRows(
+        liveRequests.body,
+        live,
+        (r) => r.requestId,
+        (r) => [r.status, r.userId, r.action].join("\u0000"),
+        (r) => activeRow(r, tenant),
+        (row, r) => {
+          const bar = row.querySelector("progress");
+          const label = row.querySelector(".progress-text");
+          if (bar) bar.value = r.progress?.percentage ?? 0;
+          if (label) label.textContent = ` ${r.progress?.percentage ?? 0}% ${r.progress?.message ?? ""}`;
+        },
       );
       // Finished ones and processors change less often: every third round.
       if (round++ % 3 !== 0) return;
@@ -459,7 +452,7 @@ export function requestsView(session: Session): View {
         "td",
         {},
         h("progress", { max: 100, value: pct, "aria-label": `Progress of ${r.requestId}` }),
-        ` ${pct}% ${r.progress?.message ?? ""}`,
+        h("span", { class: "progress-text" }, ` ${pct}% ${r.progress?.message ?? ""}`),
       ),
       h(
         "td",

@@ -108,9 +108,8 @@ test("disconnect from the list closes the client's socket", async () => {
   const row = page.locator(`tr[data-connection-id="${bob.connectionId}"]`);
   await row.waitFor();
   page.once("dialog", (dialog) => void dialog.accept());
-  const closed = new Promise<number>((resolve) => bob.ws.once("close", (code) => resolve(code)));
   await row.getByRole("button", { name: /^Disconnect/ }).click();
-  await closed;
+  await until("bob's socket closed", () => bob.ws.readyState === bob.ws.CLOSED);
   await row.waitFor({ state: "detached" });
   await page.close();
 });
