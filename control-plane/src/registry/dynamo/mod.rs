@@ -127,6 +127,32 @@ impl DynamoRegistry {
         }
     }
 
+    /// Scans the table page by page: `configure` sets the scan's filter,
+    /// `each` takes every page's items and says whether to go on.
+    async fn scan_all(
+        &self,
+        configure: impl Fn(
+            aws_sdk_dynamodb::operation::scan::builders::ScanFluentBuilder,
+        ) -> aws_sdk_dynamodb::operation::scan::builders::ScanFluentBuilder,
+        mut each: impl FnMut(&[Item]) -> bool,
+    ) -> Result<(), RegistryError> {
+        let mut start: Option<Item> = None;
+        loop {
+            let out = configure(self.client.scan().table_name(&*self.table))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            if !each(out.items()) {
+                return Ok(());
+            }
+            match out.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => return Ok(()),
+            }
+        }
+    }
+
     /// An update of the item keyed `key`.
     fn update(
         &self,
@@ -403,33 +429,23 @@ impl Registry for DynamoRegistry {
 
     async fn tenants(&self, limit: usize) -> Result<Vec<(String, u64)>, RegistryError> {
         let mut tenants = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&*self.table)
-                .filter_expression("begins_with(connection_id, :counter) AND active > :zero")
-                .projection_expression("connection_id, active")
-                .expression_attribute_values(":counter", s("tenant#"))
-                .expression_attribute_values(":zero", n(0))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in out.items() {
-                if let (Some(tenant), Some(active)) = (
-                    text(item, "connection_id").and_then(counter_tenant),
-                    number(item, "active"),
-                ) {
-                    tenants.push((tenant.to_owned(), u64::try_from(active).unwrap_or(0)));
-                }
-            }
-            match out.last_evaluated_key() {
-                Some(key) => start = Some(key.clone()),
-                None => break,
-            }
-        }
+        self.scan_all(
+            |scan| {
+                scan.filter_expression("begins_with(connection_id, :counter) AND active > :zero")
+                    .projection_expression("connection_id, active")
+                    .expression_attribute_values(":counter", s("tenant#"))
+                    .expression_attribute_values(":zero", n(0))
+            },
+            |items| {
+                tenants.extend(items.iter().filter_map(|item| {
+                    let tenant = text(item, "connection_id").and_then(counter_tenant)?;
+                    let active = number(item, "active")?;
+                    Some((tenant.to_owned(), u64::try_from(active).unwrap_or(0)))
+                }));
+                true
+            },
+        )
+        .await?;
         tenants.sort_unstable();
         tenants.truncate(limit);
         Ok(tenants)
@@ -547,27 +563,18 @@ impl Registry for DynamoRegistry {
         limit: usize,
     ) -> Result<Vec<Connection>, RegistryError> {
         let mut found = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&*self.table)
-                .filter_expression("attribute_exists(tenant_id) AND last_seen < :before")
-                .expression_attribute_values(":before", n(last_seen_before_ms))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(unavailable)?;
-            found.extend(out.items().iter().filter_map(connection_of));
-            if found.len() >= limit {
-                found.truncate(limit);
-                return Ok(found);
-            }
-            match out.last_evaluated_key() {
-                Some(key) => start = Some(key.clone()),
-                None => return Ok(found),
-            }
-        }
+        self.scan_all(
+            |scan| {
+                scan.filter_expression("attribute_exists(tenant_id) AND last_seen < :before")
+                    .expression_attribute_values(":before", n(last_seen_before_ms))
+            },
+            |items| {
+                found.extend(items.iter().filter_map(connection_of));
+                found.len() < limit
+            },
+        )
+        .await?;
+        found.truncate(limit);
+        Ok(found)
     }
 }
