@@ -71,6 +71,10 @@ async fn streamerctl_queries_sends_and_fails_with_meaningful_codes() {
     assert_eq!(count["count"], 2);
     let only_alice = admin_json(&stack, "connections count --tenant acme --user alice").await;
     assert_eq!(only_alice["count"], 1);
+    // API Gateway ids may start with '-': an id, not a flag (found when a
+    // CI run drew one).
+    let hyphen = run(&stack, ADMIN_TOKEN, "connections get -9pDdRS3OTTFV1o=").await;
+    assert_eq!(hyphen.status.code(), Some(5), "{hyphen:?}");
     let tenants = admin_json(&stack, "connections tenants").await;
     assert_eq!(tenants, json!([{"tenant_id": "acme", "connections": 2}]));
     let listed = admin_json(&stack, "connections list --tenant acme").await;

@@ -67,7 +67,11 @@ pub(crate) enum Connections {
         user: Option<String>,
     },
     /// Show one connection.
-    Get { connection_id: String },
+    Get {
+        /// API Gateway ids may start with `-`: taken as the id, not a flag.
+        #[arg(allow_hyphen_values = true)]
+        connection_id: String,
+    },
     /// Count a tenant's (or a user's) connections.
     Count {
         #[arg(long)]
@@ -76,7 +80,11 @@ pub(crate) enum Connections {
         user: Option<String>,
     },
     /// Close a connection and forget it.
-    Disconnect { connection_id: String },
+    Disconnect {
+        /// API Gateway ids may start with `-`: taken as the id, not a flag.
+        #[arg(allow_hyphen_values = true)]
+        connection_id: String,
+    },
     /// The tenants with connections, and how many each has.
     Tenants,
 }
@@ -84,7 +92,7 @@ pub(crate) enum Connections {
 #[derive(Args)]
 pub(crate) struct Send {
     /// One connection.
-    #[arg(long, conflicts_with_all = ["user", "group"])]
+    #[arg(long, conflicts_with_all = ["user", "group"], allow_hyphen_values = true)]
     pub(crate) connection: Option<String>,
     /// Every connection of this user (with --tenant).
     #[arg(long, requires = "tenant", conflicts_with = "group")]
@@ -194,7 +202,12 @@ pub(crate) struct GroupChange {
     #[arg(long)]
     pub(crate) tenant: String,
     pub(crate) group: String,
-    #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+    #[arg(
+        long,
+        conflicts_with = "user",
+        required_unless_present = "user",
+        allow_hyphen_values = true
+    )]
     pub(crate) connection: Option<String>,
     #[arg(long)]
     pub(crate) user: Option<String>,
