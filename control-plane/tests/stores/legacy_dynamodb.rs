@@ -18,7 +18,7 @@ use streamer_control_plane::{
 };
 use streamer_test_kit::moto::{client, unique};
 
-mod support;
+use crate::support;
 
 async fn legacy_table(shape: Shape) -> String {
     support::fresh_table("legacy", table_spec(shape)).await

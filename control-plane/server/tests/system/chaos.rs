@@ -2,14 +2,12 @@
 //! (the control plane and DynamoDB, the control plane and the Management
 //! API, the edge and the control plane), crashes and restarts, each with
 //! what clients must see and what must hold afterwards. Every test prints
-//! what it injected and what it checked; `scripts/test.sh` runs this binary
-//! on its own with `--nocapture` so the log shows it.
+//! what it injected and what it checked; the test command shows their
+//! output (`.config/nextest.toml`).
 //!
 //! Test names start with `chaos_`.
 
-mod chaos {
-    pub mod crash;
-    pub mod delivery;
-    pub mod edge;
-    pub mod store;
-}
+mod crash;
+mod delivery;
+mod edge;
+mod store;

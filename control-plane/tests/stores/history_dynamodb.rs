@@ -15,7 +15,7 @@ use streamer_control_plane::{
 };
 use streamer_test_kit::moto::client;
 
-mod support;
+use crate::support;
 
 async fn table(tag: &str) -> String {
     support::fresh_table(tag, table_spec()).await

@@ -1,0 +1,24 @@
+//! The assembled system under test: the real binaries (`dev`, `serve`, the
+//! gateway, the edge Lambdas, `streamerctl`) as processes, driven by real
+//! WebSocket and gRPC clients. One test binary for the crate (linking the
+//! whole dependency graph once, not once per file); a module per subject.
+//! The chaos suite is the `chaos` module (test names start with `chaos_`).
+
+mod chaos;
+mod chunks;
+mod console;
+mod dynamodb_e2e;
+mod e2e;
+mod emulator;
+mod fanout;
+mod fleet;
+mod groups;
+mod hardening;
+mod history;
+mod inprocess;
+mod lambda_runtime;
+mod migration;
+mod observability;
+mod readme;
+mod requests;
+mod server_api;
