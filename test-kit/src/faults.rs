@@ -226,6 +226,10 @@ pub enum HttpMode {
     Delay(Duration),
     /// Hold every request unanswered (until the mode changes, then forward).
     Blackhole,
+    /// Forward every request (the store applies it) and answer 500 instead
+    /// of its answer: what an outage does to writes in flight, applied
+    /// with their answers lost.
+    LoseAnswers,
 }
 
 #[derive(Debug)]
@@ -349,8 +353,10 @@ impl HttpState {
                         return answer(502, &[], Bytes::new());
                     }
                 }
+                HttpMode::LoseAnswers => break,
             }
         }
+        let lose_answer = matches!(*modes.borrow(), HttpMode::LoseAnswers);
         let Some(target) = *self.target.lock().expect("lock") else {
             return answer(502, &[], Bytes::from_static(b"no target"));
         };
@@ -370,6 +376,16 @@ impl HttpState {
         parts.uri = uri;
         let upstream = Request::from_parts(parts, Full::new(body));
         match self.client.request(upstream).await {
+            Ok(_) if lose_answer => {
+                self.forwarded.fetch_add(1, Ordering::Relaxed);
+                self.injected.fetch_add(1, Ordering::Relaxed);
+                let injected = Injected::internal_error();
+                answer(
+                    injected.status,
+                    &injected.headers,
+                    Bytes::from_static(injected.body.as_bytes()),
+                )
+            }
             Ok(response) => {
                 self.forwarded.fetch_add(1, Ordering::Relaxed);
                 let (parts, body) = response.into_parts();

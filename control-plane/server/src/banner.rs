@@ -50,8 +50,8 @@ pub fn lines(stack: &DevStack) -> Vec<String> {
     out.push(String::new());
     out.push("for grpcurl and streamerctl (copy this line):".to_owned());
     out.push(format!(
-        "  export STREAMER_ADDR=http://{} STREAMER_TOKEN={admin}",
-        ready.grpc
+        "  export STREAMER_ADDR=http://{grpc} STREAMER_GRPC={grpc} STREAMER_TOKEN={admin}",
+        grpc = ready.grpc
     ));
     out.push(String::new());
     match &stack.sample_token {

@@ -69,14 +69,24 @@ pub struct DevStack {
     pub private_key: Option<std::path::PathBuf>,
     stop: watch::Sender<bool>,
     grpc_stop: watch::Sender<bool>,
+    apps: Vec<App>,
+    drain_timeout: Duration,
     grpc_tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     gateway_task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl DevStack {
-    /// Closes every WebSocket (1001), lets their `$disconnect` events reach
-    /// the control plane, then stops the gRPC server after in-flight calls.
+    /// Lets the sends in flight finish (within `STREAMER_DRAIN_TIMEOUT_SECS`:
+    /// a broadcast under way reaches its clients, and its report says so),
+    /// then closes every WebSocket (1001), lets their `$disconnect` events
+    /// reach the control plane, and stops the gRPC server after in-flight
+    /// calls.
     pub async fn stop(self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        for app in &self.apps {
+            app.drain_sends(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                .await;
+        }
         let _ = self.stop.send(true);
         let gateway = self.gateway_task.await;
         let _ = self.grpc_stop.send(true);
@@ -260,6 +270,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
             }) as Arc<dyn DevClients>
         }),
     });
+    let serving = apps.clone();
     let grpc_tasks = apps
         .into_iter()
         .zip(grpc_listeners)
@@ -308,6 +319,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         private_key,
         stop,
         grpc_stop,
+        apps: serving,
+        drain_timeout: config.server.transport.drain_timeout,
         grpc_tasks,
         gateway_task,
     })

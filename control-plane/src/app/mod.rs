@@ -93,6 +93,7 @@ pub struct App {
     reconcile: ReconcileConfig,
     transport: TransportConfig,
     presence: Arc<Presence>,
+    fanout: Arc<Fanout>,
     departures: Arc<
         std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::registry::Connection>>>,
     >,
@@ -176,7 +177,7 @@ impl App {
             groups: groups.clone(),
             streams: streams.clone(),
             delivery: delivery.clone(),
-            fanout,
+            fanout: fanout.clone(),
             chunks: stores.chunks,
             clock,
             touch_interval: config.store.touch_interval,
@@ -210,12 +211,20 @@ impl App {
             reconcile: config.reconcile.clone(),
             transport: config.server.transport.clone(),
             presence,
+            fanout,
             departures: Arc::new(std::sync::Mutex::new(Some(stores.departures))),
             tokens: Arc::new(TokenTable::new(&config.tokens)),
             page_tokens: PageTokens::new(config.server.page_token_secret.as_deref()),
             streams,
             clock,
         })
+    }
+
+    /// Waits, at most `timeout`, for the sends in flight (broadcasts,
+    /// results, presence) to finish: a process that owns the gateway
+    /// (`dev`) calls it before closing the sockets they deliver to.
+    pub async fn drain_sends(&self, timeout: Duration) -> bool {
+        self.fanout.drain(timeout).await
     }
 
     /// The processor sessions connected now (for readiness checks).
@@ -327,6 +336,15 @@ impl App {
                 }
             });
         }
+        let control = self.control.clone();
+        background.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                control.expire_chunks().await;
+            }
+        });
         let control = self.control.clone();
         background.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));

@@ -9,8 +9,11 @@ use crate::{
     clock::Clock,
     config::{Config, StoreKind},
     registry::{
-        Connection, Registry, Ttl, dynamo::DynamoRegistry, instrumented::Instrumented,
-        legacy::LegacyMirror, memory::MemoryRegistry,
+        Connection, Registry, Ttl,
+        dynamo::DynamoRegistry,
+        instrumented::Instrumented,
+        legacy::{LegacyMirror, Shape as LegacyShape},
+        memory::MemoryRegistry,
     },
     requests::queue::{RequestQueue, dynamo::DynamoQueue, memory::MemoryQueue},
     store::dynamo,
@@ -57,14 +60,17 @@ pub async fn open(config: &Config, clock: Clock) -> Stores {
         max_chunks: config.limits.chunked_max_chunks,
         timeout: config.limits.chunked_timeout,
         max_held_bytes: config.limits.chunked_held_max_bytes,
+        max_held_bytes_per_tenant: config.limits.chunked_held_max_bytes_per_tenant,
+        max_held_bytes_per_connection: config.limits.chunked_held_max_bytes_per_connection,
     };
     let (departures_tx, departures) = tokio::sync::mpsc::unbounded_channel();
-    let instrumented = |backend: Arc<dyn Registry>| -> Arc<dyn Registry> {
-        Arc::new(Instrumented::new(backend).with_departures(departures_tx.clone()))
-    };
     match config.store.kind {
         StoreKind::Memory => Stores {
-            registry: instrumented(Arc::new(MemoryRegistry::with_ttl(ttl, clock))),
+            registry: registry_stack(
+                Arc::new(MemoryRegistry::with_ttl(ttl, clock)),
+                None,
+                Some(departures_tx),
+            ),
             queue: Arc::new(MemoryQueue::new()),
             history: Arc::new(MemoryHistory::new(retention)),
             chunks: Arc::new(MemoryChunks::new(chunk_limits)),
@@ -74,23 +80,20 @@ pub async fn open(config: &Config, clock: Clock) -> Stores {
         StoreKind::DynamoDb => {
             let client = dynamo::client().await;
             Stores {
-                registry: instrumented({
-                    let registry: Arc<dyn Registry> = Arc::new(DynamoRegistry::new(
+                registry: registry_stack(
+                    Arc::new(DynamoRegistry::new(
                         client.clone(),
                         &config.store.connections_table,
                         ttl,
                         clock,
-                    ));
-                    match &config.store.legacy_mirror_table {
-                        Some(table) => Arc::new(LegacyMirror::new(
-                            registry,
-                            client.clone(),
-                            table,
-                            config.store.legacy_shape,
-                        )),
-                        None => registry,
-                    }
-                }),
+                    )),
+                    config
+                        .store
+                        .legacy_mirror_table
+                        .as_deref()
+                        .map(|table| (client.clone(), table, config.store.legacy_shape)),
+                    Some(departures_tx),
+                ),
                 queue: Arc::new(DynamoQueue::new(
                     client.clone(),
                     &config.store.requests_table,
@@ -110,6 +113,27 @@ pub async fn open(config: &Config, clock: Clock) -> Stores {
             }
         }
     }
+}
+
+/// The registry as the app serves it: `backend`, dual-written into the Go
+/// system's table when `mirror` names it (client, table, item shape), and
+/// instrumented outermost (spans, metrics, and the departures presence
+/// needs). The conformance suites run through this very stack, so a
+/// decorator that fails to forward a call fails them.
+pub fn registry_stack(
+    backend: Arc<dyn Registry>,
+    mirror: Option<(aws_sdk_dynamodb::Client, &str, LegacyShape)>,
+    departures: Option<tokio::sync::mpsc::UnboundedSender<Connection>>,
+) -> Arc<dyn Registry> {
+    let mirrored: Arc<dyn Registry> = match mirror {
+        Some((client, table, shape)) => Arc::new(LegacyMirror::new(backend, client, table, shape)),
+        None => backend,
+    };
+    let instrumented = Instrumented::new(mirrored);
+    Arc::new(match departures {
+        Some(departures) => instrumented.with_departures(departures),
+        None => instrumented,
+    })
 }
 
 /// What `tables create` makes, by setting and name.

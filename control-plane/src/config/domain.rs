@@ -65,6 +65,10 @@ pub struct LimitsConfig {
     pub chunked_timeout: Duration,
     /// Most bytes of unfinished chunked messages in memory, all connections.
     pub chunked_held_max_bytes: usize,
+    /// ...of them one tenant's connections together.
+    pub chunked_held_max_bytes_per_tenant: usize,
+    /// ...of them one connection.
+    pub chunked_held_max_bytes_per_connection: usize,
 }
 
 impl LimitsConfig {
@@ -80,7 +84,26 @@ impl LimitsConfig {
             chunked_max_chunks: src.at_least(&s::CHUNKED_MESSAGE_MAX_CHUNKS, 2),
             chunked_timeout: Duration::from_secs(src.at_least(&s::CHUNKED_MESSAGE_TIMEOUT_SECS, 1)),
             chunked_held_max_bytes: src.at_least(&s::CHUNKED_MESSAGES_HELD_MAX_BYTES, 1),
+            chunked_held_max_bytes_per_tenant: 0,
+            chunked_held_max_bytes_per_connection: 0,
         }
+        .with_chunk_shares(src)
+    }
+
+    /// The chunk budget's shares: a tenant's defaults to a quarter of the
+    /// server's, a connection's to the largest message; neither above the
+    /// budget it is a share of.
+    fn with_chunk_shares(mut self, src: &mut Source<'_>) -> Self {
+        let server = self.chunked_held_max_bytes;
+        self.chunked_held_max_bytes_per_tenant = src
+            .opt::<usize>(&s::CHUNKED_MESSAGES_HELD_MAX_BYTES_PER_TENANT)
+            .unwrap_or(server / 4)
+            .clamp(1, server);
+        self.chunked_held_max_bytes_per_connection = src
+            .opt::<usize>(&s::CHUNKED_MESSAGES_HELD_MAX_BYTES_PER_CONNECTION)
+            .unwrap_or(self.chunked_max_bytes)
+            .clamp(1, self.chunked_held_max_bytes_per_tenant);
+        self
     }
 }
 

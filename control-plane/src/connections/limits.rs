@@ -42,7 +42,7 @@ pub trait RateLimiter: Send + Sync + 'static {
     async fn check_connect(&self, source_ip: &str) -> Result<(), Duration>;
 
     /// Periodic upkeep (forgetting idle keys).
-    fn housekeeping(&self) {}
+    fn housekeeping(&self);
 }
 
 /// The keyed limiters of one control-plane process.

@@ -113,6 +113,15 @@ impl ControlPlane {
         }
     }
 
+    /// Frees the chunked messages past their timeout, whether or not
+    /// another piece arrives (the app calls it every second).
+    pub async fn expire_chunks(&self) {
+        let freed = self.chunks.expire(self.clock.now_ms()).await;
+        if freed > 0 {
+            tracing::debug!(freed, "chunked messages freed at their timeout");
+        }
+    }
+
     /// `$disconnect`: forget the connection; `true` when it was registered.
     pub async fn disconnect(&self, connection_id: &str) -> Result<bool, RegistryError> {
         let removed = self.registry.remove(connection_id).await?;

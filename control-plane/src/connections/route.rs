@@ -260,7 +260,12 @@ impl ControlPlane {
         let limits = *self.chunks.limits();
         match self
             .chunks
-            .add(&connection.connection_id, piece, self.clock.now_ms())
+            .add(
+                &connection.connection_id,
+                &connection.tenant_id,
+                piece,
+                self.clock.now_ms(),
+            )
             .await
         {
             Ok(added) => {

@@ -243,6 +243,7 @@ pub struct Fanout {
     budget: Option<TokenBucket>,
     config: DeliveryConfig,
     health: Arc<EndpointHealth>,
+    in_flight: tokio_util::task::TaskTracker,
 }
 
 /// Consecutive unreachable calls (timeouts, refused connections, 5xx, with
@@ -330,7 +331,26 @@ impl Fanout {
             budget,
             config,
             health: Arc::new(EndpointHealth::default()),
+            in_flight: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Waits, at most `timeout`, until every send in flight (and any that
+    /// starts meanwhile) has finished: a stopping process calls it before
+    /// it closes what those sends deliver through. Whether they all did.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.in_flight.close();
+        let drained = tokio::time::timeout(timeout, self.in_flight.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                sends = self.in_flight.len(),
+                ?timeout,
+                "sends still in flight after the drain timeout"
+            );
+        }
+        drained
     }
 
     /// How long after `$connect` a 410 is not trusted.
@@ -378,6 +398,16 @@ impl Fanout {
     /// its first failed piece); a recipient that does not join chunks gets
     /// a `PAYLOAD_TOO_LARGE` error instead, and counts as too large.
     pub async fn send(self: &Arc<Self>, recipients: Vec<Recipient>, frame: &PreparedFrame) -> Sent {
+        self.in_flight
+            .track_future(self.send_tracked(recipients, frame))
+            .await
+    }
+
+    async fn send_tracked(
+        self: &Arc<Self>,
+        recipients: Vec<Recipient>,
+        frame: &PreparedFrame,
+    ) -> Sent {
         let limit = self.config.max_frame_bytes;
         if frame.bytes.len() <= limit {
             return self.send_whole(recipients, frame).await.0;

@@ -557,6 +557,17 @@ mod tests {
         super::run_all(&registry, "").await;
     }
 
+    /// The same through the stack the app serves (instrumented).
+    #[tokio::test]
+    async fn memory_registry_keeps_the_contract_as_the_app_assembles_it() {
+        let registry = crate::app::stores::registry_stack(
+            std::sync::Arc::new(MemoryRegistry::new()),
+            None,
+            None,
+        );
+        super::run_all(registry.as_ref(), "").await;
+    }
+
     #[tokio::test]
     async fn concurrent_inserts_respect_the_quota() {
         let registry = std::sync::Arc::new(MemoryRegistry::new());

@@ -140,4 +140,8 @@ impl Registry for Instrumented {
     ) -> Result<Vec<Connection>, RegistryError> {
         observe("idle", self.inner.idle(last_seen_before_ms, limit)).await
     }
+
+    async fn repair(&self) -> Result<super::Repair, RegistryError> {
+        observe("repair", self.inner.repair()).await
+    }
 }

@@ -210,10 +210,10 @@ pub trait Registry: Send + Sync + 'static {
     /// concurrent connect or disconnect makes the pass skip that tenant
     /// rather than write a stale count), and membership index items whose
     /// row is gone are removed. A store whose derived state cannot drift
-    /// (the embedded one) has nothing to do.
-    async fn repair(&self) -> Result<Repair, RegistryError> {
-        Ok(Repair::default())
-    }
+    /// (the embedded one) has nothing to do, and says so in its own impl:
+    /// no method of a store trait has a default body, so a decorator that
+    /// forgets to forward one does not compile.
+    async fn repair(&self) -> Result<Repair, RegistryError>;
 }
 
 /// Every connection of `scope`, paging through the registry (for broadcast

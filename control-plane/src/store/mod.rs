@@ -5,3 +5,6 @@
 
 pub mod dynamo;
 pub mod lease;
+
+#[cfg(test)]
+mod contracts;

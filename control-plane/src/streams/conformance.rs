@@ -1,6 +1,6 @@
 //! The history contract as executable checks, run against the embedded
 //! backend in unit tests and against DynamoDB (moto) in
-//! `control-plane/tests/dynamodb.rs`.
+//! `control-plane/tests/stores/`.
 
 use std::{sync::Arc, time::Duration};
 

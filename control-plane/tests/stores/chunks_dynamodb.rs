@@ -50,7 +50,7 @@ async fn pieces_reaching_different_replicas_at_once_join_exactly_once() {
                 4,
                 data,
             );
-            tasks.spawn(async move { replica.add("conn-1", piece, now).await });
+            tasks.spawn(async move { replica.add("conn-1", "t", piece, now).await });
         }
         let mut joined = Vec::new();
         let mut started = 0;

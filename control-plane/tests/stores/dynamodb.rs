@@ -9,12 +9,14 @@ use std::{sync::Arc, time::Duration};
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures_util::{StreamExt, stream};
 use streamer_control_plane::{
+    app::stores::registry_stack,
     clock::Clock,
     config::LimitsConfig,
     connections::{limits::RateLimiter, shared_limits::SharedLimits},
     registry::{
         Registry, RegistryError, Scope, Ttl, collect_all, conformance,
         dynamo::{self, DynamoRegistry},
+        legacy,
     },
     store::dynamo::{TableSpec, string},
 };
@@ -31,10 +33,42 @@ async fn registry(tag: &str) -> (DynamoRegistry, String) {
     )
 }
 
+/// The registry as the app assembles it on DynamoDB (`app::stores`):
+/// instrumented, over the legacy mirror when `mirrored`, over the backend.
+async fn assembled(tag: &str, mirrored: bool) -> (Arc<dyn Registry>, String) {
+    let (backend, table) = registry(tag).await;
+    let legacy = if mirrored {
+        let legacy = unique(&format!("{tag}-legacy"));
+        legacy::table_spec(legacy::Shape::Classic)
+            .create(&client(), &legacy)
+            .await
+            .expect("create the legacy table");
+        Some(legacy)
+    } else {
+        None
+    };
+    let stack = registry_stack(
+        Arc::new(backend),
+        legacy
+            .as_deref()
+            .map(|legacy| (client(), legacy, legacy::Shape::Classic)),
+        None,
+    );
+    (stack, table)
+}
+
 #[tokio::test]
 async fn conformance_suite_on_dynamodb() {
     let (registry, _) = registry("conformance").await;
     conformance::run_all(&registry, "").await;
+}
+
+#[tokio::test]
+async fn conformance_suite_on_dynamodb_as_the_app_assembles_it() {
+    let (registry, _) = assembled("conformance-app", false).await;
+    conformance::run_all(registry.as_ref(), "").await;
+    let (mirrored, _) = assembled("conformance-mirror", true).await;
+    conformance::run_all(mirrored.as_ref(), "").await;
 }
 
 #[tokio::test]
@@ -237,6 +271,8 @@ async fn shared_limits_span_replicas() {
         chunked_max_chunks: 4,
         chunked_timeout: std::time::Duration::from_secs(30),
         chunked_held_max_bytes: 1 << 20,
+        chunked_held_max_bytes_per_tenant: 1 << 20,
+        chunked_held_max_bytes_per_connection: 1024,
     };
     let a = SharedLimits::new(client(), &table, &limits, Clock::new());
     let b = SharedLimits::new(client(), &table, &limits, Clock::new());
@@ -295,9 +331,11 @@ async fn counter(table: &str, tenant: &str) -> Option<i64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// The repair through the stack the app serves (instrumented, mirrored):
+/// every decorator forwards it to DynamoDB's recount.
 #[tokio::test]
 async fn repair_recounts_the_counter_and_cleans_memberships() {
-    let (registry, table) = registry("repair").await;
+    let (registry, table) = assembled("repair", true).await;
     for i in 0..5 {
         registry
             .insert(conformance::sample(&format!("r{i}"), "drift", "u"), 100)
@@ -349,11 +387,11 @@ async fn repair_recounts_the_counter_and_cleans_memberships() {
         .send()
         .await
         .expect("lose an index item");
-    let members = |registry: &DynamoRegistry| {
+    let members = |registry: &Arc<dyn Registry>| {
         let registry = registry.clone();
         async move {
             let mut ids: Vec<String> = collect_all(
-                &registry,
+                registry.as_ref(),
                 &Scope::Group {
                     tenant_id: "drift".into(),
                     group: "room".into(),

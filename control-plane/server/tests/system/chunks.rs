@@ -311,3 +311,179 @@ async fn chunk_abuse_gets_clear_errors_and_loses_nothing() {
     .await;
     assert_eq!(reply["data"], "still here");
 }
+
+/// Sends the first `pieces` of a message of `count` pieces, each `bytes`
+/// long, and returns the answers to those that were answered (a piece
+/// that is held gets no answer; a refused one gets an error).
+async fn hold(ws: &mut Ws, chunk_id: &str, pieces: u32, count: u32, bytes: usize) -> Vec<Value> {
+    let data = "x".repeat(bytes);
+    let mut refusals = Vec::new();
+    for index in 0..pieces {
+        send_json(ws, &piece(chunk_id, chunk_id, index, count, &data)).await;
+        // An echo round trip tells a held piece (no answer) from a refused one.
+        send_json(ws, &json!({"id": "probe", "action": "echo", "payload": 0})).await;
+        loop {
+            let frame = recv(ws).await;
+            if frame["request_id"] == "probe" {
+                break;
+            }
+            refusals.push(frame);
+        }
+        if !refusals.is_empty() {
+            break;
+        }
+    }
+    refusals
+}
+
+/// A whole 4-piece, 80 KB chunked echo; the reply frame.
+async fn chunked_echo(ws: &mut Ws, id: &str) -> Value {
+    let message = json!({"id": id, "action": "echo", "payload": "y".repeat(80_000)}).to_string();
+    let quarter = message.len().div_ceil(4);
+    let parts: Vec<&str> = message
+        .as_bytes()
+        .chunks(quarter)
+        .map(|c| std::str::from_utf8(c).expect("ascii"))
+        .collect();
+    for (index, part) in parts.iter().enumerate() {
+        send_json(ws, &piece(id, id, index as u32, 4, part)).await;
+    }
+    loop {
+        let frame = recv(ws).await;
+        if frame["request_id"] == id || frame["type"] == "chunk" {
+            return frame;
+        }
+    }
+}
+
+/// One tenant cannot take the chunk budget the others need: its
+/// connections together hold at most their tenant's share (a quarter of
+/// the server's by default), the refusal names that share, and another
+/// tenant's chunked message goes through while the first keeps its share
+/// full, also after the timer frees the flood and it is sent again. (Once,
+/// 36 connections of one tenant held the whole server budget and every
+/// other tenant's chunked message was refused `SERVICE_UNAVAILABLE`.)
+#[tokio::test]
+async fn one_tenant_flooding_the_chunk_budget_leaves_room_for_another() {
+    let dev = Dev::start(&[
+        ("STREAMER_CHUNKED_MESSAGES_HELD_MAX_BYTES", "4000000"),
+        ("STREAMER_CHUNKED_MESSAGE_TIMEOUT_SECS", "2"),
+        ("STREAMER_MESSAGE_BURST", "1000"),
+    ])
+    .await;
+    let mut evil = Vec::new();
+    for i in 0..8 {
+        evil.push(dev.connect(&token(&format!("evil-{i}"), "evil", &[])).await);
+    }
+    let mut other = dev.connect(&token("alice", "other", &[])).await;
+    for round in 0..2 {
+        // Each evil connection tries to hold 600 KB (20 pieces of 30 KB):
+        // 4.8 MB together, over the server's 4 MB.
+        let mut refused = Vec::new();
+        for (i, ws) in evil.iter_mut().enumerate() {
+            let chunk_id = format!("flood-{round}-{i}");
+            refused.extend(hold(ws, &chunk_id, 20, 30, 30_000).await);
+        }
+        println!(
+            "round {round}: {} of 8 flooding connections refused: {:?}",
+            refused.len(),
+            refused.first().map(|r| r["error"]["message"].clone())
+        );
+        assert!(!refused.is_empty(), "the tenant's share stops the flood");
+        for refusal in &refused {
+            assert_eq!(refusal["error"]["code"], "SERVICE_UNAVAILABLE", "{refusal}");
+            let message = refusal["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("tenant"), "names the share: {message}");
+        }
+        let reply = chunked_echo(&mut other, &format!("mine-{round}")).await;
+        assert_eq!(
+            reply["type"], "response",
+            "another tenant's message passes: {reply}"
+        );
+        if round == 0 {
+            // The flood is freed at its timeout, with no further piece of
+            // it: a refused connection gets room again.
+            let ws = evil.last_mut().expect("an evil connection");
+            let deadline = std::time::Instant::now() + DEADLINE;
+            for attempt in 0.. {
+                let chunk_id = format!("probe-{attempt}");
+                if hold(ws, &chunk_id, 1, 2, 10).await.is_empty() {
+                    // Finish the probe so it holds nothing.
+                    send_json(ws, &piece(&chunk_id, &chunk_id, 1, 2, "x")).await;
+                    recv(ws).await;
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the flood is freed at its timeout"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Partial messages are freed by a timer at their timeout, with no other
+/// traffic: the heap comes back to its baseline (once, they stayed until
+/// another piece arrived).
+#[tokio::test]
+async fn partial_messages_are_freed_at_their_timeout_with_no_further_traffic() {
+    const TIMEOUT_SECS: u64 = 4;
+    let dev = Dev::start(&[
+        ("STREAMER_CHUNKED_MESSAGE_TIMEOUT_SECS", "4"),
+        ("STREAMER_MESSAGE_BURST", "1000"),
+        ("STREAMER_METRICS_ADDR", "127.0.0.1:0"),
+    ])
+    .await;
+    let heap = || async {
+        dev.metrics_now()
+            .await
+            .get("streamer_heap_bytes")
+            .copied()
+            .expect("streamer_heap_bytes")
+    };
+    let mut sockets = Vec::new();
+    for i in 0..8 {
+        let tenant = format!("fill-{}", i % 4);
+        sockets.push(dev.connect(&token(&format!("u{i}"), &tenant, &[])).await);
+    }
+    // The baseline is these clients after one message of the fill's
+    // pieces each (the gateway's buffers for 30 KB frames are there to
+    // stay; the joined text is no message, so each gets an error).
+    let data = "x".repeat(30_000);
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        let chunk_id = format!("warm-{i}");
+        send_json(ws, &piece(&chunk_id, &chunk_id, 0, 2, &data)).await;
+        send_json(ws, &piece(&chunk_id, &chunk_id, 1, 2, &data)).await;
+        assert_eq!(recv(ws).await["error"]["code"], "VALIDATION_ERROR");
+    }
+    let baseline = heap().await;
+    let started = std::time::Instant::now();
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        let chunk_id = format!("fill-{i}");
+        for index in 0..30 {
+            send_json(ws, &piece(&chunk_id, &chunk_id, index, 40, &data)).await;
+        }
+    }
+    // 8 × 900 KB held.
+    eventually("the fill is held", || async {
+        heap().await > baseline + 6_000_000.0
+    })
+    .await;
+    let filled = heap().await;
+    eventually("the heap is back within 10% of its baseline", || async {
+        heap().await <= baseline * 1.1
+    })
+    .await;
+    let freed = started.elapsed();
+    println!(
+        "heap: baseline {baseline}, filled {filled}, back within 10% {freed:?} after the fill began (timeout {TIMEOUT_SECS} s)"
+    );
+    assert!(
+        freed <= std::time::Duration::from_secs(TIMEOUT_SECS + 2),
+        "{freed:?}"
+    );
+    for ws in sockets.iter_mut() {
+        nothing_pending(ws).await;
+    }
+}

@@ -4,7 +4,7 @@
 //! ends with all 500 exactly once, in offset order, data intact. On the
 //! embedded store a restart changes the epoch and followers are told so;
 //! the same scenario on DynamoDB with a restart in the middle is in
-//! `history_dynamodb.rs`. Also: the limits of `recover` over a real socket,
+//! `control-plane/tests/stores/history_dynamodb.rs`. Also: the limits of `recover` over a real socket,
 //! and the history read by services (gRPC, `streamerctl`).
 
 use std::{

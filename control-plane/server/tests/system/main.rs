@@ -6,7 +6,9 @@
 
 mod chaos;
 mod chunks;
+mod claims;
 mod console;
+mod docs_commands;
 mod dynamodb_e2e;
 mod e2e;
 mod emulator;

@@ -288,3 +288,55 @@ async fn the_go_demo_clients_frames_work_unchanged() {
         "{refused}"
     );
 }
+
+/// The Go system's table refuses every dual write (here: it does not
+/// exist): clients connect, talk, receive broadcasts and leave as usual,
+/// Streamer's registry stays the truth, and each failed write is counted.
+#[tokio::test]
+async fn a_refused_dual_write_changes_nothing_for_clients_and_is_counted() {
+    let tables = moto::Tables::new("mirror-refused");
+    tables.create().await;
+    let mut env = tables.env();
+    env.push((
+        "STREAMER_LEGACY_MIRROR_TABLE",
+        moto::unique("no-such-go-table"),
+    ));
+    env.push(("STREAMER_METRICS_ADDR", "127.0.0.1:0".into()));
+    let vars = moto::as_vars(&env);
+    let dev = Dev::start(&vars).await;
+    let failures = || async {
+        dev.metrics_now()
+            .await
+            .get("streamer_legacy_mirror_failures_total")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let mut ws = dev.connect(&token("go-user", "mirror", &[])).await;
+    send(&mut ws, r#"{"id":"e","action":"echo","payload":"fine"}"#).await;
+    assert_eq!(recv(&mut ws).await["data"], "fine");
+    let report = broadcast(dev.grpc_channel(), ADMIN_TOKEN)
+        .send(tenant_target("mirror", json!("still reached")))
+        .await
+        .reported();
+    assert_eq!(report.delivered, 1, "{report:?}");
+    assert_eq!(recv_type(&mut ws, "message").await["data"], "still reached");
+    let counted = connections(dev.grpc_channel(), ADMIN_TOKEN)
+        .count_connections(v1::CountConnectionsRequest {
+            tenant_id: "mirror".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("count")
+        .into_inner()
+        .count;
+    assert_eq!(counted, 1, "the registry is the truth");
+    let after_connect = failures().await;
+    println!("checked: the refused dual write at connect counted {after_connect}");
+    assert!(after_connect >= 1.0);
+    drop(ws);
+    eventually(
+        "the refused delete at disconnect is counted too",
+        || async { failures().await > after_connect },
+    )
+    .await;
+}

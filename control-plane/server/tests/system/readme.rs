@@ -17,7 +17,7 @@ use tokio::{
     process::{Child, Command},
 };
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
@@ -34,7 +34,7 @@ fn try_it() -> String {
 
 /// `PATH` with the test tools the test command installs (`grpcurl`) first;
 /// a clear failure when `grpcurl` is nowhere.
-fn tool_path() -> String {
+pub(crate) fn tool_path() -> String {
     let venv = root().join(".build/venv/bin");
     let path = format!(
         "{}:{}",
@@ -50,6 +50,11 @@ fn tool_path() -> String {
 
 /// A fresh `dev` and its banner (up to and including the ready line).
 async fn fresh_dev(state: &Path) -> (Child, Vec<String>) {
+    fresh_dev_with(state, &[]).await
+}
+
+/// [`fresh_dev`] with settings added.
+pub(crate) async fn fresh_dev_with(state: &Path, env: &[(&str, &str)]) -> (Child, Vec<String>) {
     let mut child = Command::new(binary("streamer-control-plane"))
         .arg("dev")
         .env_clear()
@@ -59,6 +64,7 @@ async fn fresh_dev(state: &Path) -> (Child, Vec<String>) {
         .env("STREAMER_GRPC_ADDR", "127.0.0.1:0")
         .env("STREAMER_GATEWAY_ADDR", "127.0.0.1:0")
         .env("STREAMER_CONSOLE_ADDR", "127.0.0.1:0")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -82,7 +88,7 @@ async fn fresh_dev(state: &Path) -> (Child, Vec<String>) {
 }
 
 /// The banner line that starts (after its indent) with `prefix`.
-fn line<'a>(banner: &'a [String], prefix: &str) -> &'a str {
+pub(crate) fn line<'a>(banner: &'a [String], prefix: &str) -> &'a str {
     banner
         .iter()
         .map(|l| l.trim())

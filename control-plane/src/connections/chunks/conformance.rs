@@ -1,5 +1,5 @@
 //! What every [`Chunks`] store must do, run against each backend (memory in
-//! the unit tests, DynamoDB on moto in `tests/chunks_dynamodb.rs`).
+//! the unit tests, DynamoDB on moto in `tests/stores/chunks_dynamodb.rs`).
 
 use std::{future::Future, time::Duration};
 
@@ -14,6 +14,8 @@ pub fn limits() -> ChunkLimits {
         max_chunks: 4,
         timeout: Duration::from_secs(30),
         max_held_bytes: usize::MAX,
+        max_held_bytes_per_tenant: usize::MAX,
+        max_held_bytes_per_connection: usize::MAX,
     }
 }
 
@@ -55,15 +57,15 @@ where
     // Pieces in any order join into the message; only the first starts it.
     let a = c("order");
     assert_eq!(
-        store.add(&a, piece("m1", 2, 3, "c"), t0).await,
+        store.add(&a, "t", piece("m1", 2, 3, "c"), t0).await,
         Ok(pending(true))
     );
     assert_eq!(
-        store.add(&a, piece("m1", 0, 3, "a"), t0).await,
+        store.add(&a, "t", piece("m1", 0, 3, "a"), t0).await,
         Ok(pending(false))
     );
     assert_eq!(
-        store.add(&a, piece("m1", 1, 3, "b"), t0).await,
+        store.add(&a, "t", piece("m1", 1, 3, "b"), t0).await,
         Ok(Added {
             started: false,
             joined: Some("abc".into())
@@ -71,11 +73,11 @@ where
     );
     // The next message of the connection starts afresh, even with the same id.
     assert_eq!(
-        store.add(&a, piece("m1", 0, 2, "x"), t0).await,
+        store.add(&a, "t", piece("m1", 0, 2, "x"), t0).await,
         Ok(pending(true))
     );
     assert_eq!(
-        store.add(&a, piece("m1", 1, 2, "y"), t0).await,
+        store.add(&a, "t", piece("m1", 1, 2, "y"), t0).await,
         Ok(Added {
             started: false,
             joined: Some("xy".into())
@@ -85,20 +87,20 @@ where
     // A repeated index is refused; the message still completes.
     let b = c("dup");
     store
-        .add(&b, piece("m", 0, 2, "a"), t0)
+        .add(&b, "t", piece("m", 0, 2, "a"), t0)
         .await
         .expect("first");
     assert_eq!(
-        store.add(&b, piece("m", 0, 2, "a"), t0).await,
+        store.add(&b, "t", piece("m", 0, 2, "a"), t0).await,
         Err(ChunkError::Refused(JoinError::Duplicate))
     );
     assert_eq!(
-        store.add(&b, piece("m", 1, 3, "b"), t0).await,
+        store.add(&b, "t", piece("m", 1, 3, "b"), t0).await,
         Err(ChunkError::Refused(JoinError::CountChanged))
     );
     assert_eq!(
         store
-            .add(&b, piece("m", 1, 2, "b"), t0)
+            .add(&b, "t", piece("m", 1, 2, "b"), t0)
             .await
             .expect("last")
             .joined
@@ -109,21 +111,21 @@ where
     // One message at a time per connection; other connections are free.
     let d = c("interleaved");
     store
-        .add(&d, piece("first", 0, 2, "1"), t0)
+        .add(&d, "t", piece("first", 0, 2, "1"), t0)
         .await
         .expect("first");
     assert_eq!(
-        store.add(&d, piece("second", 0, 2, "2"), t0).await,
+        store.add(&d, "t", piece("second", 0, 2, "2"), t0).await,
         Err(ChunkError::Refused(JoinError::Interleaved))
     );
     let other = c("other");
     assert_eq!(
-        store.add(&other, piece("second", 0, 2, "2"), t0).await,
+        store.add(&other, "t", piece("second", 0, 2, "2"), t0).await,
         Ok(pending(true))
     );
     assert_eq!(
         store
-            .add(&d, piece("first", 1, 2, "1"), t0)
+            .add(&d, "t", piece("first", 1, 2, "1"), t0)
             .await
             .expect("last")
             .joined
@@ -134,24 +136,28 @@ where
     // Bounds: too many pieces, too many bytes (the message is dropped).
     let e = c("bounds");
     assert_eq!(
-        store.add(&e, piece("m", 0, 5, "a"), t0).await,
+        store.add(&e, "t", piece("m", 0, 5, "a"), t0).await,
         Err(ChunkError::Refused(JoinError::TooLarge))
     );
     assert_eq!(
-        store.add(&e, piece("m", 0, 2, &"x".repeat(101)), t0).await,
+        store
+            .add(&e, "t", piece("m", 0, 2, &"x".repeat(101)), t0)
+            .await,
         Err(ChunkError::Refused(JoinError::TooLarge))
     );
     store
-        .add(&e, piece("m", 0, 2, &"x".repeat(60)), t0)
+        .add(&e, "t", piece("m", 0, 2, &"x".repeat(60)), t0)
         .await
         .expect("60 bytes");
     assert_eq!(
-        store.add(&e, piece("m", 1, 2, &"x".repeat(41)), t0).await,
+        store
+            .add(&e, "t", piece("m", 1, 2, &"x".repeat(41)), t0)
+            .await,
         Err(ChunkError::Refused(JoinError::TooLarge))
     );
     assert!(
         store
-            .add(&e, piece("m", 1, 2, "y"), t0)
+            .add(&e, "t", piece("m", 1, 2, "y"), t0)
             .await
             .expect("restarted")
             .started,
@@ -159,7 +165,7 @@ where
     );
     assert_eq!(
         store
-            .add(&e, piece("m", 0, 2, &"x".repeat(99)), t0)
+            .add(&e, "t", piece("m", 0, 2, &"x".repeat(99)), t0)
             .await
             .expect("at the limit")
             .joined
@@ -167,7 +173,7 @@ where
         Some(100)
     );
     assert_eq!(
-        store.add(&e, piece("bad id", 0, 2, "x"), t0).await,
+        store.add(&e, "t", piece("bad id", 0, 2, "x"), t0).await,
         Err(ChunkError::Refused(JoinError::Malformed(
             "chunk_id must be 1 to 64 letters, digits, '-' or '_'"
         )))
@@ -178,29 +184,29 @@ where
     let f = c("timeout");
     let late = t0 + crate::clock::ms(limits().timeout) + 1;
     store
-        .add(&f, piece("slow", 0, 2, "a"), t0)
+        .add(&f, "t", piece("slow", 0, 2, "a"), t0)
         .await
         .expect("first");
     assert_eq!(
-        store.add(&f, piece("slow", 1, 2, "b"), late).await,
+        store.add(&f, "t", piece("slow", 1, 2, "b"), late).await,
         Err(ChunkError::TimedOut)
     );
     store
-        .add(&f, piece("again", 0, 2, "a"), late)
+        .add(&f, "t", piece("again", 0, 2, "a"), late)
         .await
         .expect("after the timeout");
     let g = c("replaced");
     store
-        .add(&g, piece("old", 0, 2, "a"), t0)
+        .add(&g, "t", piece("old", 0, 2, "a"), t0)
         .await
         .expect("old");
     assert_eq!(
-        store.add(&g, piece("new", 0, 2, "b"), late).await,
+        store.add(&g, "t", piece("new", 0, 2, "b"), late).await,
         Ok(pending(true))
     );
     assert_eq!(
         store
-            .add(&g, piece("new", 1, 2, "c"), late)
+            .add(&g, "t", piece("new", 1, 2, "c"), late)
             .await
             .expect("new")
             .joined
@@ -211,13 +217,13 @@ where
     // Forgetting drops the message.
     let h = c("forget");
     store
-        .add(&h, piece("m", 0, 2, "a"), t0)
+        .add(&h, "t", piece("m", 0, 2, "a"), t0)
         .await
         .expect("first");
     store.forget(&h).await;
     assert!(
         store
-            .add(&h, piece("m", 1, 2, "b"), t0)
+            .add(&h, "t", piece("m", 1, 2, "b"), t0)
             .await
             .expect("anew")
             .started

@@ -221,9 +221,13 @@ impl DynamoChunks {
 
 #[async_trait]
 impl Chunks for DynamoChunks {
+    /// Pieces wait in the table, not in memory: the shares of the memory
+    /// budget do not apply; a connection holds at most one message of at
+    /// most the message bound, and the TTL removes what never completes.
     async fn add(
         &self,
         connection_id: &str,
+        _tenant_id: &str,
         chunk: Chunk,
         now_ms: i64,
     ) -> Result<Added, ChunkError> {
@@ -354,6 +358,12 @@ impl Chunks for DynamoChunks {
     async fn disconnected(&self, _connection_id: &str) {
         // Nothing to do: a message left half-way expires with the TTL, and
         // a delete on every disconnect would cost a write per connection.
+    }
+
+    async fn expire(&self, _now_ms: i64) -> usize {
+        // The table's TTL frees what never completes (it holds no memory
+        // here), and the next piece of a message past its timeout is told.
+        0
     }
 
     fn limits(&self) -> &ChunkLimits {

@@ -34,6 +34,22 @@ pub struct ChunkLimits {
     /// Most bytes of unfinished messages held at once, every connection
     /// together (the embedded store; DynamoDB's are bounded by the TTL).
     pub max_held_bytes: usize,
+    /// ...of them one tenant's connections together: one tenant cannot
+    /// take the whole budget from the others.
+    pub max_held_bytes_per_tenant: usize,
+    /// ...of them one connection.
+    pub max_held_bytes_per_connection: usize,
+}
+
+/// Which share of the chunk budget was full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// Every connection together.
+    Server,
+    /// The sender's tenant's connections together.
+    Tenant,
+    /// The sender's connection.
+    Connection,
 }
 
 /// What adding a piece did.
@@ -53,8 +69,8 @@ pub enum ChunkError {
     Refused(JoinError),
     /// The message was not complete within the timeout; it is dropped.
     TimedOut,
-    /// The server holds as many unfinished messages as it may; retry.
-    Busy,
+    /// A share of the budget for unfinished messages is full; retry.
+    Busy(Share),
     /// The store did not answer.
     Unavailable(String),
 }
@@ -83,8 +99,14 @@ impl ChunkError {
                 "chunked message not complete within {} s; it is dropped, send it again",
                 limits.timeout.as_secs()
             )),
-            ChunkError::Busy => Fault::unavailable(
+            ChunkError::Busy(Share::Server) => Fault::unavailable(
                 "too many chunked messages in flight on this server; send the piece again later",
+            ),
+            ChunkError::Busy(Share::Tenant) => Fault::unavailable(
+                "your tenant holds its share of unfinished chunked messages; send the piece again when some complete",
+            ),
+            ChunkError::Busy(Share::Connection) => Fault::unavailable(
+                "this connection holds its share of unfinished chunked messages; finish or drop the message first",
             ),
             ChunkError::Unavailable(_) => {
                 Fault::unavailable("service temporarily unavailable, retry later")
@@ -105,24 +127,27 @@ impl ChunkError {
 /// Where pieces wait for the rest of their message.
 #[async_trait]
 pub trait Chunks: Send + Sync + 'static {
-    /// Adds `chunk`, a piece of `connection_id`'s chunked message, at
-    /// `now_ms`.
+    /// Adds `chunk`, a piece of `connection_id`'s chunked message (a
+    /// connection of `tenant_id`), at `now_ms`.
     async fn add(
         &self,
         connection_id: &str,
+        tenant_id: &str,
         chunk: Chunk,
         now_ms: i64,
     ) -> Result<Added, ChunkError>;
+
+    /// Frees every message not complete within the timeout, whether or not
+    /// another piece arrives (the app calls it every second); how many.
+    async fn expire(&self, now_ms: i64) -> usize;
 
     /// Drops the message `connection_id` is sending, if any (it
     /// disconnected, or the message was refused).
     async fn forget(&self, connection_id: &str);
 
-    /// The connection is gone: drop what it left half-way (the default
-    /// forgets; a store with a TTL may leave it to the TTL).
-    async fn disconnected(&self, connection_id: &str) {
-        self.forget(connection_id).await;
-    }
+    /// The connection is gone: drop what it left half-way (the embedded
+    /// store forgets it; a store with a TTL may leave it to the TTL).
+    async fn disconnected(&self, connection_id: &str);
 
     /// The bounds every message is held to.
     fn limits(&self) -> &ChunkLimits;
@@ -130,48 +155,88 @@ pub trait Chunks: Send + Sync + 'static {
 
 struct Partial {
     joiner: Joiner,
+    tenant_id: String,
     started_ms: i64,
     bytes: usize,
 }
 
-/// The partial messages, when they were last swept, and their bytes.
+/// The partial messages and their bytes, in all and per tenant; and the
+/// messages freed at their timeout whose next piece is still to be told.
 #[derive(Default)]
 struct Held {
     partials: HashMap<String, Partial>,
-    last_sweep: i64,
     bytes: usize,
+    by_tenant: HashMap<String, usize>,
+    timed_out: HashMap<String, (String, i64)>,
 }
 
 impl Held {
     fn remove(&mut self, connection_id: &str) {
         if let Some(partial) = self.partials.remove(connection_id) {
             self.bytes -= partial.bytes;
+            if let Some(tenant) = self.by_tenant.get_mut(&partial.tenant_id) {
+                *tenant -= partial.bytes;
+                if *tenant == 0 {
+                    self.by_tenant.remove(&partial.tenant_id);
+                }
+            }
         }
     }
 
-    /// Drops messages past the timeout (at most once per timeout), but
-    /// not `keep`'s, whose next piece is told it timed out.
-    fn sweep(&mut self, keep: &str, now_ms: i64, timeout: Duration) {
-        if now_ms.saturating_sub(self.last_sweep) <= crate::clock::ms(timeout) {
-            return;
-        }
-        self.last_sweep = now_ms;
-        let stale: Vec<String> = self
+    /// Frees every message past the timeout; each connection's next piece
+    /// of it is told it timed out (for another timeout).
+    fn expire(&mut self, now_ms: i64, timeout: Duration) -> usize {
+        self.timed_out
+            .retain(|_, (_, at)| !expired(*at, now_ms, timeout));
+        let stale: Vec<(String, String)> = self
             .partials
             .iter()
-            .filter(|(id, p)| *id != keep && expired(p.started_ms, now_ms, timeout))
-            .map(|(id, _)| id.clone())
+            .filter(|(_, p)| expired(p.started_ms, now_ms, timeout))
+            .map(|(id, p)| (id.clone(), p.joiner.chunk_id().to_owned()))
             .collect();
-        for id in stale {
-            self.remove(&id);
+        for (id, chunk_id) in &stale {
+            self.remove(id);
+            self.timed_out
+                .insert(id.clone(), (chunk_id.clone(), now_ms));
         }
+        stale.len()
+    }
+
+    /// Whether adding `len` bytes for `connection_id` of `tenant_id` stays
+    /// within every share; the share that would overflow.
+    fn room(
+        &self,
+        connection_id: &str,
+        tenant_id: &str,
+        len: usize,
+        limits: &ChunkLimits,
+    ) -> Result<(), Share> {
+        let connection = self.partials.get(connection_id).map_or(0, |p| p.bytes);
+        // Past the message bound the message is refused as too large (and
+        // dropped) by the joiner, not held back by the share.
+        if connection + len > limits.max_held_bytes_per_connection
+            && connection + len <= limits.max_bytes
+        {
+            return Err(Share::Connection);
+        }
+        if self.by_tenant.get(tenant_id).copied().unwrap_or(0) + len
+            > limits.max_held_bytes_per_tenant
+        {
+            return Err(Share::Tenant);
+        }
+        if self.bytes + len > limits.max_held_bytes {
+            return Err(Share::Server);
+        }
+        Ok(())
     }
 }
 
 /// The embedded store: pieces in memory, at most one message per
-/// connection, dropped on disconnect, on completion, or when found expired;
-/// and at most [`ChunkLimits::max_held_bytes`] across every connection, so
-/// many clients each holding a partial message cannot exhaust memory.
+/// connection, dropped on disconnect, on completion, or at its timeout
+/// ([`Chunks::expire`]); and at most [`ChunkLimits::max_held_bytes`] across
+/// every connection, of which one tenant may hold
+/// [`ChunkLimits::max_held_bytes_per_tenant`], so neither many clients nor
+/// one tenant's clients can exhaust memory or the budget others need.
 pub struct MemoryChunks {
     limits: ChunkLimits,
     held: Mutex<Held>,
@@ -212,6 +277,7 @@ impl Chunks for MemoryChunks {
     async fn add(
         &self,
         connection_id: &str,
+        tenant_id: &str,
         chunk: Chunk,
         now_ms: i64,
     ) -> Result<Added, ChunkError> {
@@ -220,7 +286,6 @@ impl Chunks for MemoryChunks {
             .held
             .lock()
             .map_err(|_| ChunkError::Unavailable("poisoned".into()))?;
-        held.sweep(connection_id, now_ms, limits.timeout);
         if let Some(partial) = held.partials.get(connection_id)
             && expired(partial.started_ms, now_ms, limits.timeout)
         {
@@ -230,6 +295,11 @@ impl Chunks for MemoryChunks {
                 return Err(ChunkError::TimedOut);
             }
         }
+        if let Some((chunk_id, _)) = held.timed_out.remove(connection_id)
+            && chunk_id == chunk.chunk_id
+        {
+            return Err(ChunkError::TimedOut);
+        }
         let started = !held.partials.contains_key(connection_id);
         if started {
             let joiner = Joiner::start(&chunk, limits.max_chunks).map_err(ChunkError::Refused)?;
@@ -237,6 +307,7 @@ impl Chunks for MemoryChunks {
                 connection_id.to_owned(),
                 Partial {
                     joiner,
+                    tenant_id: tenant_id.to_owned(),
                     started_ms: now_ms,
                     bytes: 0,
                 },
@@ -248,11 +319,11 @@ impl Chunks for MemoryChunks {
             .partials
             .get(connection_id)
             .is_some_and(|p| p.joiner.remaining() == 1);
-        if !completes && held.bytes + len > limits.max_held_bytes {
+        if !completes && let Err(share) = held.room(connection_id, tenant_id, len, &limits) {
             if started {
                 held.remove(connection_id);
             }
-            return Err(ChunkError::Busy);
+            return Err(ChunkError::Busy(share));
         }
         let Some(partial) = held.partials.get_mut(connection_id) else {
             return Err(ChunkError::Unavailable("lost a partial message".into()));
@@ -260,7 +331,9 @@ impl Chunks for MemoryChunks {
         match partial.joiner.add(chunk, limits.max_bytes) {
             Ok(None) => {
                 partial.bytes += len;
+                let tenant = partial.tenant_id.clone();
                 held.bytes += len;
+                *held.by_tenant.entry(tenant).or_default() += len;
                 Ok(Added {
                     started,
                     joined: None,
@@ -288,6 +361,20 @@ impl Chunks for MemoryChunks {
         }
     }
 
+    async fn disconnected(&self, connection_id: &str) {
+        self.forget(connection_id).await;
+        if let Ok(mut held) = self.held.lock() {
+            held.timed_out.remove(connection_id);
+        }
+    }
+
+    async fn expire(&self, now_ms: i64) -> usize {
+        self.held
+            .lock()
+            .map(|mut held| held.expire(now_ms, self.limits.timeout))
+            .unwrap_or(0)
+    }
+
     fn limits(&self) -> &ChunkLimits {
         &self.limits
     }
@@ -303,22 +390,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn messages_that_never_complete_are_swept() {
+    async fn messages_that_never_complete_are_freed_at_their_timeout() {
         let limits = conformance::limits();
         let store = MemoryChunks::new(limits);
         for i in 0..100 {
             store
-                .add(&format!("c{i}"), conformance::piece("m", 0, 2, "x"), 0)
+                .add(&format!("c{i}"), "t", conformance::piece("m", 0, 2, "x"), 0)
                 .await
                 .expect("add");
         }
         assert_eq!(store.pending(), (100, 100));
-        let later = crate::clock::ms(limits.timeout) + 1;
-        store
-            .add("other", conformance::piece("m", 0, 2, "x"), later)
-            .await
-            .expect("add");
-        assert_eq!(store.pending(), (1, 1), "expired messages swept");
+        let at_timeout = crate::clock::ms(limits.timeout);
+        assert_eq!(store.expire(at_timeout).await, 0, "not before the timeout");
+        assert_eq!(store.expire(at_timeout + 1).await, 100);
+        assert_eq!(
+            store.pending(),
+            (0, 0),
+            "freed with no other piece arriving"
+        );
+        // The next piece of a freed message is told it timed out, once.
+        assert_eq!(
+            store
+                .add(
+                    "c7",
+                    "t",
+                    conformance::piece("m", 1, 2, "x"),
+                    at_timeout + 2
+                )
+                .await,
+            Err(ChunkError::TimedOut)
+        );
     }
 
     #[tokio::test]
@@ -326,23 +427,64 @@ mod tests {
         let limits = ChunkLimits {
             max_bytes: 1000,
             max_held_bytes: 250,
+            max_held_bytes_per_tenant: 250,
+            max_held_bytes_per_connection: 1000,
             ..conformance::limits()
         };
         let store = MemoryChunks::new(limits);
         let piece = |i: u32| conformance::piece("m", i, 2, &"x".repeat(100));
-        store.add("a", piece(0), 0).await.expect("a");
-        store.add("b", piece(0), 0).await.expect("b");
-        assert_eq!(store.add("c", piece(0), 0).await, Err(ChunkError::Busy));
+        store.add("a", "t", piece(0), 0).await.expect("a");
+        store.add("b", "u", piece(0), 0).await.expect("b");
+        assert_eq!(
+            store.add("c", "v", piece(0), 0).await,
+            Err(ChunkError::Busy(Share::Server))
+        );
         assert_eq!(
             store.pending(),
             (2, 200),
             "the refused message holds nothing"
         );
         // A message that completes gives its bytes back.
-        let done = store.add("a", piece(1), 0).await.expect("a joined");
+        let done = store.add("a", "t", piece(1), 0).await.expect("a joined");
         assert_eq!(done.joined.map(|j| j.len()), Some(200));
-        store.add("c", piece(0), 0).await.expect("room again");
+        store.add("c", "v", piece(0), 0).await.expect("room again");
         store.forget("b").await;
         assert_eq!(store.pending(), (1, 100));
+    }
+
+    #[tokio::test]
+    async fn one_tenant_holds_at_most_its_share_and_others_still_get_room() {
+        let limits = ChunkLimits {
+            max_bytes: 1000,
+            max_held_bytes: 1000,
+            max_held_bytes_per_tenant: 250,
+            max_held_bytes_per_connection: 150,
+            ..conformance::limits()
+        };
+        let store = MemoryChunks::new(limits);
+        let piece = |i: u32, count: u32| conformance::piece("m", i, count, &"x".repeat(100));
+        store.add("e1", "evil", piece(0, 3), 0).await.expect("e1");
+        store.add("e2", "evil", piece(0, 3), 0).await.expect("e2");
+        assert_eq!(
+            store.add("e3", "evil", piece(0, 3), 0).await,
+            Err(ChunkError::Busy(Share::Tenant)),
+            "the tenant's share is full"
+        );
+        assert_eq!(
+            store.add("e1", "evil", piece(1, 3), 0).await,
+            Err(ChunkError::Busy(Share::Connection)),
+            "so is the connection's"
+        );
+        let fault = ChunkError::Busy(Share::Tenant).fault(&limits);
+        assert!(fault.to_string().contains("tenant"), "{fault}");
+        store
+            .add("o1", "other", piece(0, 2), 0)
+            .await
+            .expect("another tenant has room");
+        let joined = store
+            .add("o1", "other", piece(1, 2), 0)
+            .await
+            .expect("joined");
+        assert!(joined.joined.is_some());
     }
 }

@@ -39,6 +39,8 @@ pub(super) fn limits() -> LimitsConfig {
         chunked_max_chunks: 8,
         chunked_timeout: Duration::from_secs(30),
         chunked_held_max_bytes: 1 << 20,
+        chunked_held_max_bytes_per_tenant: 1 << 20,
+        chunked_held_max_bytes_per_connection: 4096,
     }
 }
 
@@ -107,6 +109,8 @@ fn setup(loopback_unlimited: bool) -> Setup {
                 max_chunks: 8,
                 timeout: Duration::from_secs(30),
                 max_held_bytes: 1 << 20,
+                max_held_bytes_per_tenant: 1 << 20,
+                max_held_bytes_per_connection: 4096,
             },
         )),
         clock,

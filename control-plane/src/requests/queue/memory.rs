@@ -117,6 +117,11 @@ fn owned_by(request: &Request, owner: Option<&str>) -> bool {
 
 #[async_trait]
 impl RequestQueue for MemoryQueue {
+    /// Memory holds what the message limits let in.
+    fn max_value_bytes(&self) -> Option<usize> {
+        None
+    }
+
     async fn create(&self, request: Request) -> Result<(), QueueError> {
         self.with(|requests| {
             let key = (request.tenant_id.clone(), request.request_id.clone());

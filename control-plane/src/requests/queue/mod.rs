@@ -164,9 +164,7 @@ pub use crate::error::QueueError;
 pub trait RequestQueue: Send + Sync + 'static {
     /// The largest payload, and the largest result, the store keeps (JSON
     /// bytes); `None`: no limit of its own.
-    fn max_value_bytes(&self) -> Option<usize> {
-        None
-    }
+    fn max_value_bytes(&self) -> Option<usize>;
 
     /// Accepts a new request; `Duplicate` (with the existing one) when the
     /// tenant already used the id.

@@ -155,3 +155,67 @@ async fn chaos_a_burst_of_edge_calls_on_one_connection_is_served_in_full() {
     );
     assert!(failed.is_empty());
 }
+
+/// A broadcast that reaches a connection while its `$connect` is still
+/// running: the control plane has the row, the gateway does not have the
+/// socket yet and answers 410 (as API Gateway does). The client connects
+/// normally and keeps its row: a 410 inside the connecting grace removes
+/// nothing (found by the soak). The edge → control plane link is slowed so
+/// the `$connect` answer takes a while to come back.
+#[tokio::test]
+async fn chaos_a_broadcast_during_a_connect_leaves_the_connecting_client_registered() {
+    let proxy = TcpFaults::start(None).await;
+    let url = format!("http://{}", proxy.addr());
+    let dev = Dev::start(&[
+        ("STREAMER_GATEWAY_CONTROL_PLANE_URL", url.as_str()),
+        ("STREAMER_GATEWAY_EDGE_TIMEOUT_MS", "10000"),
+    ])
+    .await;
+    proxy.set_target(dev.grpc);
+    // A first client opens the edge's HTTP/2 connection at full speed.
+    let warm = connect_ws(&format!(
+        "{}?token={}",
+        dev.ws_url(),
+        token("warm", "warm", &[])
+    ))
+    .await;
+    proxy.set(TcpMode::Delay(Duration::from_millis(1500)));
+    let ws_url = format!(
+        "{}?token={}",
+        dev.ws_url(),
+        token("late", "connecting", &[])
+    );
+    let connecting = tokio::spawn(async move { connect_ws(&ws_url).await });
+    eventually(
+        "the row is registered while the connect is under way",
+        || async { count(&dev, "connecting").await == 1 },
+    )
+    .await;
+    assert!(!connecting.is_finished(), "the connect is still running");
+    let during = broadcast(dev.grpc_channel(), ADMIN_TOKEN)
+        .send(tenant_target("connecting", serde_json::json!("during")))
+        .await
+        .reported();
+    println!(
+        "injected: 1.5 s per chunk on edge → control plane; a broadcast during the connect: {} delivered, {} gone",
+        during.delivered, during.gone
+    );
+    let mut ws = connecting.await.expect("join");
+    proxy.set(TcpMode::Pass);
+    assert_eq!(count(&dev, "connecting").await, 1, "the row stays");
+    let after = broadcast(dev.grpc_channel(), ADMIN_TOKEN)
+        .send(tenant_target("connecting", serde_json::json!("after")))
+        .await
+        .reported();
+    assert_eq!(after.delivered, 1, "{after:?}");
+    // The first frame may have arrived after all, once the socket was up.
+    loop {
+        let message = recv_type(&mut ws, "message").await;
+        if message["data"] == "after" {
+            break;
+        }
+        assert_eq!(message["data"], "during", "{message}");
+    }
+    println!("checked: the client connected, kept its row and receives broadcasts");
+    drop(warm);
+}

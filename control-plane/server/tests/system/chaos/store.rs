@@ -256,3 +256,91 @@ async fn chaos_store_throttling_and_a_10_s_outage_fail_promptly_recover_fast_and
     );
     assert_eq!(orphans, 0);
 }
+
+/// The README's store-outage row, as a user of `dev` on DynamoDB saw it:
+/// 40 clients in a room, and 10 of them leave while the store applies
+/// writes but their answers are lost (the row's delete lands; the tenant
+/// counter's decrement and the membership cleanup never run). Afterwards
+/// the counter says 40 for 30 rows and 10 memberships are orphaned, until
+/// one `RunReconcile` repairs them: counter = rows = live clients, no
+/// orphans, and the repair's figures in the report. (Once, the
+/// instrumentation decorator did not forward `repair` and this pass did
+/// nothing.)
+#[tokio::test]
+async fn chaos_writes_whose_answers_are_lost_while_clients_leave_are_repaired_by_one_reconcile() {
+    let proxy = HttpFaults::start(Some(
+        endpoint()
+            .trim_start_matches("http://")
+            .parse()
+            .expect("moto addr"),
+    ))
+    .await;
+    let tables = Tables::new("chaos-lost");
+    tables.create().await;
+    let table = tables.connections.clone();
+    let mut env = tables.env_at(&proxy.url());
+    env.push(("STREAMER_RECONCILE_IDLE_SECS", "0".into()));
+    env.push(("STREAMER_RECONCILE_INTERVAL_SECS", "0".into()));
+    env.push(("STREAMER_METRICS_ADDR", "127.0.0.1:0".into()));
+    let vars = as_vars(&env);
+    let dev = Dev::start(&vars).await;
+
+    let mut live = Vec::new();
+    let mut tally = HashMap::new();
+    for i in 0..40 {
+        live.extend(try_client(&dev, &format!("member-{i}"), &mut tally).await);
+    }
+    assert_eq!(live.len(), 40, "no faults yet: {tally:?}");
+    assert_eq!(store_state(&table, "flaky").await, (40, 40, 0));
+
+    let remove_errors = || async {
+        dev.metrics_now()
+            .await
+            .get("streamer_store_errors_total{operation=\"remove\"}")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let before = remove_errors().await;
+    proxy.set(HttpMode::LoseAnswers);
+    let leaving = live.split_off(30);
+    for ws in leaving {
+        leave(ws).await;
+    }
+    eventually("each of the 10 disconnects failed at the store", || async {
+        remove_errors().await >= before + 10.0
+    })
+    .await;
+    proxy.set(HttpMode::Pass);
+    let (rows, counter, orphans) = store_state(&table, "flaky").await;
+    println!(
+        "injected: answers lost while 10 of 40 clients left ({} calls answered 500 after being applied); left behind: {rows} rows, counter {counter}, {orphans} orphaned memberships",
+        proxy.injected()
+    );
+    assert_eq!(
+        (rows, counter, orphans),
+        (30, 40, 10),
+        "the drift the repair must undo"
+    );
+
+    let report = admin(dev.grpc_channel(), ADMIN_TOKEN)
+        .run_reconcile(v1::RunReconcileRequest {})
+        .await
+        .reported();
+    let (rows, counter, orphans) = store_state(&table, "flaky").await;
+    let counted = connections(dev.grpc_channel(), ADMIN_TOKEN)
+        .count_connections(v1::CountConnectionsRequest {
+            tenant_id: "flaky".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("count")
+        .into_inner()
+        .count;
+    println!(
+        "checked after one reconcile pass: repaired {} counter(s), removed {} orphaned membership(s), restored {}; {rows} rows, counter {counter}, {orphans} orphans, CountConnections {counted}, 30 live clients",
+        report.counters_fixed, report.orphans_removed, report.memberships_restored
+    );
+    assert_eq!((report.counters_fixed, report.orphans_removed), (1, 10));
+    assert_eq!((rows, counter, orphans, counted), (30, 30, 0, 30));
+    drop(live);
+}
