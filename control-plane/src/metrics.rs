@@ -243,6 +243,10 @@ pub struct Metrics {
     /// `streamer_endpoint_failures_total{endpoint}`: Management API calls
     /// and reconcile checks that could not reach their endpoint
     pub endpoint_failures: Family<EndpointLabel, Counter>,
+    /// `streamer_foreign_endpoints_total{operation}`: connects refused,
+    /// calls not made and imported rows skipped because their Management
+    /// API endpoint is not in `STREAMER_MANAGEMENT_ENDPOINTS`
+    pub foreign_endpoints: Family<OperationLabel, Counter>,
     /// `streamer_requests_total{outcome}`: accepted, completed, failed, cancelled, retried
     pub requests: Family<OutcomeLabel, Counter>,
     /// `streamer_delivery_concurrency`: Management API calls allowed in flight
@@ -288,6 +292,7 @@ impl Metrics {
             store_errors: Family::default(),
             reconcile_removed: Counter::default(),
             endpoint_failures: Family::default(),
+            foreign_endpoints: Family::default(),
             requests: Family::default(),
             processors: Gauge::default(),
             delivery_concurrency: Gauge::default(),
@@ -403,6 +408,11 @@ impl Metrics {
             m.endpoint_failures.clone(),
         );
         registry.register(
+            "streamer_foreign_endpoints",
+            "Connects refused, calls not made and imported rows skipped: their Management API endpoint is not this deployment's",
+            m.foreign_endpoints.clone(),
+        );
+        registry.register(
             "streamer_processors",
             "Connected processor sessions",
             m.processors.clone(),
@@ -413,6 +423,11 @@ impl Metrics {
     /// The label for `tenant`: itself for the first [`MAX_TENANT_LABELS`]
     /// tenants seen, `_other` after that.
     pub fn tenant_label(&self, tenant: &str) -> TenantLabel {
+        if !TENANT_LABELS.load(std::sync::atomic::Ordering::Relaxed) {
+            return TenantLabel {
+                tenant: "_all".to_owned(),
+            };
+        }
         if self.tenants.contains(tenant) {
             return TenantLabel {
                 tenant: tenant.to_owned(),
@@ -449,6 +464,15 @@ impl Metrics {
 
 static HEAP_METER: OnceLock<fn() -> u64> = OnceLock::new();
 
+/// Whether per-tenant series carry tenant ids (`STREAMER_METRICS_TENANT_LABELS`).
+static TENANT_LABELS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Labels per-tenant series with tenant ids from now on (off by default:
+/// `/metrics` then names no tenant).
+pub fn set_tenant_labels(on: bool) {
+    TENANT_LABELS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Lets `streamer_heap_bytes` report what the binary's counting allocator
 /// says (set once, at start).
 pub fn set_heap_meter(meter: fn() -> u64) {
@@ -472,23 +496,54 @@ pub async fn timed<T>(histogram: &Histogram, future: impl Future<Output = T>) ->
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
+    token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::{Router, http::header, routing::get};
+    use axum::{
+        Router,
+        http::{HeaderMap, StatusCode, header},
+        response::IntoResponse,
+        routing::get,
+    };
+    let token = token.map(|t| std::sync::Arc::<str>::from(format!("Bearer {t}")));
     let app = Router::new().route(
         "/metrics",
-        get(|| async {
-            (
-                [(
-                    header::CONTENT_TYPE,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )],
-                metrics().encode(),
-            )
+        get(move |headers: HeaderMap| {
+            let token = token.clone();
+            async move {
+                if let Some(expected) = token {
+                    let given = headers
+                        .get(header::AUTHORIZATION)
+                        .map(|v| v.as_bytes())
+                        .unwrap_or_default();
+                    if !constant_time_eq(given, expected.as_bytes()) {
+                        return (
+                            StatusCode::UNAUTHORIZED,
+                            [(header::WWW_AUTHENTICATE, "Bearer")],
+                            "a bearer token is required\n",
+                        )
+                            .into_response();
+                    }
+                }
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics().encode(),
+                )
+                    .into_response()
+            }
         }),
     );
     tracing::info!(addr = %listener.local_addr()?, "metrics listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// says nothing about how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

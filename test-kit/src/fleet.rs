@@ -37,6 +37,9 @@ pub struct Fleet {
     pub ws: String,
     /// The connections table (the others are named after it).
     pub table: String,
+    /// The gateway's Management API endpoint, the replicas' one allowed
+    /// endpoint (`STREAMER_MANAGEMENT_ENDPOINTS`).
+    pub management_endpoint: String,
     env: Vec<(String, String)>,
 }
 
@@ -103,12 +106,28 @@ impl Fleet {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
+        // The gateway's address, chosen now (port 0, then let go) so the
+        // replicas can be told it is their one Management API endpoint.
+        let gateway_addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port for the gateway");
+        let management_endpoint = format!("http://{gateway_addr}/local");
+        if !env
+            .iter()
+            .any(|(k, _)| k == "STREAMER_MANAGEMENT_ENDPOINTS")
+        {
+            env.push((
+                "STREAMER_MANAGEMENT_ENDPOINTS".to_owned(),
+                management_endpoint.clone(),
+            ));
+        }
         let table = tables.connections.clone();
         let mut fleet = Fleet {
             replicas: Vec::new(),
             gateway: Command::new("true").spawn().expect("placeholder"),
             ws: String::new(),
             table,
+            management_endpoint,
             env,
         };
         for _ in 0..n {
@@ -120,7 +139,7 @@ impl Fleet {
             .iter()
             .map(|a| format!("http://{a}"))
             .collect();
-        let (gateway, ws) = gateway(&urls.join(",")).await;
+        let (gateway, ws) = gateway_at(&urls.join(","), gateway_addr).await;
         fleet.ws = ws;
         fleet.gateway = gateway;
         fleet
@@ -174,12 +193,17 @@ impl Fleet {
 /// Starts `streamer-gateway` in front of `control_planes` (a comma list of
 /// URLs): the process and its WebSocket URL.
 pub async fn gateway(control_planes: &str) -> (Child, String) {
+    gateway_at(control_planes, "127.0.0.1:0".parse().expect("addr")).await
+}
+
+/// [`gateway`] listening on `addr`.
+pub async fn gateway_at(control_planes: &str, addr: SocketAddr) -> (Child, String) {
     let mut child = Command::new(binary("streamer-gateway"))
         .env_clear()
         .env("RUST_LOG", "warn")
         .env("STREAMER_CONTROL_PLANE_URL", control_planes)
         .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
-        .env("STREAMER_GATEWAY_ADDR", "127.0.0.1:0")
+        .env("STREAMER_GATEWAY_ADDR", addr.to_string())
         .env("STREAMER_CONSOLE_ADDR", "127.0.0.1:0")
         .env("STREAMER_GATEWAY_CONNECTS_PER_SECOND", "0")
         .stdout(Stdio::piped())

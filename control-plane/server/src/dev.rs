@@ -16,7 +16,7 @@ use anyhow::Context;
 use streamer_client::token::{Claims, mint_rs256};
 use streamer_control_plane::{
     app::{App, Console, raise_open_file_limit},
-    config::{Config, JwtConfig, settings},
+    config::{Config, JwtConfig, ManagementEndpoints, settings},
     console::{DEV_CLIENT_TOKEN_TTL_SECS, DevClients},
     delivery::management_api::ManagementApi,
 };
@@ -186,6 +186,24 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         .get_or_insert(true);
 
     let options = gateway_options(&config);
+    // The gateway's address first: it is the one Management API endpoint
+    // this deployment calls (unless configured otherwise).
+    let gateway_listener =
+        bind(config.gateway.addr, "the gateway", &settings::GATEWAY_ADDR).await?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let stage = config.gateway.stage.clone();
+    let management_endpoint = config
+        .gateway
+        .management_endpoint
+        .clone()
+        .unwrap_or_else(|| format!("http://{gateway_addr}/{stage}"));
+    if config.delivery.endpoints == ManagementEndpoints::Unset {
+        config.delivery.endpoints = ManagementEndpoints::Only(
+            ManagementEndpoints::normalise(&management_endpoint)
+                .into_iter()
+                .collect(),
+        );
+    }
     let delivery = Arc::new(ManagementApi::new(
         local_sdk_config(&options.credentials).await,
         config.delivery.clone(),
@@ -204,8 +222,6 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         grpc_listeners.push(bind(addr, "gRPC", &settings::GRPC_ADDR).await?);
     }
     let app = apps[0].clone();
-    let gateway_listener =
-        bind(config.gateway.addr, "the gateway", &settings::GATEWAY_ADDR).await?;
     let console_listener = match config.server.console.resolve(true) {
         Some(addr) => Some(bind(addr, "the console", &settings::CONSOLE_ADDR).await?),
         None => None,
@@ -228,8 +244,6 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         .map(TcpListener::local_addr)
         .collect::<Result<Vec<_>, _>>()?;
     let grpc_addr = replicas[0];
-    let gateway_addr = gateway_listener.local_addr()?;
-    let stage = config.gateway.stage.clone();
 
     let control_plane_urls = match &config.gateway.control_plane_url {
         Some(url) => vec![url.clone()],
@@ -239,17 +253,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         .iter()
         .map(|url| edge_client_with_timeout(url, &edge_token, config.gateway.edge_timeout))
         .collect::<Result<Vec<_>, _>>()?;
-    let handler = EdgeHandler::spread(
-        clients,
-        Some(
-            config
-                .gateway
-                .management_endpoint
-                .clone()
-                .unwrap_or_else(|| format!("http://{gateway_addr}/{stage}")),
-        ),
-    )
-    .with_call_timeout(config.gateway.edge_timeout);
+    let handler = EdgeHandler::spread(clients, Some(management_endpoint))
+        .with_call_timeout(config.gateway.edge_timeout);
     let gateway = Gateway::new(handler, options);
 
     let (stop, stop_rx) = watch::channel(false);
@@ -282,6 +287,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
     if let Some(listener) = metrics_listener {
         tokio::spawn(streamer_control_plane::metrics::serve(
             listener,
+            config.server.metrics_token.clone(),
             stopped(stop_rx.clone()),
         ));
     }

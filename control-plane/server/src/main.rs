@@ -114,6 +114,7 @@ fn main() -> ExitCode {
     if let Err(err) = check(&config) {
         return config_error(&err);
     }
+    streamer_control_plane::metrics::set_tenant_labels(config.server.metrics_tenant_labels);
     if matches!(
         cli.command,
         Command::Tables { .. } | Command::Migrate { .. }
@@ -128,6 +129,11 @@ fn main() -> ExitCode {
             "missing setting {}=dynamodb: `migrate` imports into the DynamoDB registry",
             settings::STORE.name()
         )));
+    }
+    if matches!(cli.command, Command::Migrate { .. })
+        && config.delivery.endpoints == streamer_control_plane::config::ManagementEndpoints::Unset
+    {
+        return config_error(&ConfigError::one(Config::missing_endpoints()));
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -229,9 +235,17 @@ async fn migrate_legacy(
     let clock = streamer_control_plane::clock::Clock::new();
     let registry = DynamoRegistry::new(client.clone(), &config.store.connections_table, ttl, clock);
     loop {
-        let report = legacy::import(&client, from_table, &registry, ttl, clock.now_ms(), dry_run)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let report = legacy::import(
+            &client,
+            from_table,
+            &registry,
+            &config.delivery.endpoints,
+            ttl,
+            clock.now_ms(),
+            dry_run,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
         println!(
             "{}{from_table} → {}: {report}",
             if dry_run { "dry run: " } else { "" },
@@ -269,6 +283,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         })?;
         tokio::spawn(streamer_control_plane::metrics::serve(
             metrics,
+            config.server.metrics_token.clone(),
             std::future::pending(),
         ));
     }

@@ -26,6 +26,10 @@ impl EdgeService for EdgeApi {
         &self,
         request: Request<v1::ConnectRequest>,
     ) -> Result<Response<v1::ConnectResponse>, Status> {
+        let edge_peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let r = request.into_inner();
         tracing::Span::current().record("connection_id", r.connection_id.as_str());
         let decision = self
@@ -38,6 +42,7 @@ impl EdgeService for EdgeApi {
                 source_ip: r.source_ip,
                 user_agent: r.user_agent,
                 deadline_ms: i64::try_from(r.deadline_unix_ms).unwrap_or(i64::MAX),
+                edge_peer,
             })
             .await;
         Ok(Response::new(v1::ConnectResponse {

@@ -128,6 +128,12 @@ impl App {
             return Err(BuildError::NoTokens);
         }
         let clock = Clock::new();
+        // Every call to a Management API endpoint goes through the list.
+        let delivery: Arc<dyn Delivery> =
+            Arc::new(crate::delivery::own_endpoints::OwnEndpoints::new(
+                delivery,
+                config.delivery.endpoints.clone(),
+            ));
         let stores = stores::open(config, clock).await;
         let registry = stores.registry;
         let limiter: Arc<dyn RateLimiter> =
@@ -181,6 +187,7 @@ impl App {
             chunks: stores.chunks,
             clock,
             touch_interval: config.store.touch_interval,
+            endpoints: config.delivery.endpoints.clone(),
         }));
         Ok(Self {
             control,

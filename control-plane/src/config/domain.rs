@@ -130,6 +130,82 @@ pub struct DeliveryConfig {
     pub connecting_grace: Duration,
     /// Largest frame posted whole; larger ones are cut into `chunk` frames.
     pub max_frame_bytes: usize,
+    /// The Management API endpoints this deployment may call.
+    pub endpoints: ManagementEndpoints,
+}
+
+/// Which Management API endpoints may be called
+/// (`STREAMER_MANAGEMENT_ENDPOINTS`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ManagementEndpoints {
+    /// Not configured: `serve` on DynamoDB and `migrate` refuse to start;
+    /// elsewhere (one machine, the embedded store) any endpoint.
+    #[default]
+    Unset,
+    /// Explicitly any endpoint.
+    Any,
+    /// Only these, each normalised (`scheme://host[:port]/stage`, the host
+    /// lowercased, no trailing `/`).
+    Only(Vec<String>),
+}
+
+impl ManagementEndpoints {
+    /// `raw` as the list compares it: `scheme://host[:port]/stage` with the
+    /// host lowercased and no trailing `/`; `None` when it is no
+    /// `http(s)://host/path` URL.
+    pub fn normalise(raw: &str) -> Option<String> {
+        let (scheme, rest) = if let Some(rest) = raw.strip_prefix("https://") {
+            ("https", rest)
+        } else {
+            ("http", raw.strip_prefix("http://")?)
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains(['@', ' ', '?', '#', '\\']) {
+            return None;
+        }
+        let path = path.trim_end_matches('/');
+        if path.contains(['?', '#', ' ']) {
+            return None;
+        }
+        Some(format!(
+            "{scheme}://{}{path}",
+            authority.to_ascii_lowercase()
+        ))
+    }
+
+    /// Whether a connection whose endpoint is `raw` may be called.
+    pub fn allows(&self, raw: &str) -> bool {
+        match self {
+            Self::Unset | Self::Any => true,
+            Self::Only(list) => Self::normalise(raw).is_some_and(|e| list.contains(&e)),
+        }
+    }
+
+    fn resolve(src: &mut Source<'_>) -> Self {
+        let list = src.list(&s::MANAGEMENT_ENDPOINTS);
+        if list.is_empty() {
+            return Self::Unset;
+        }
+        if list.len() == 1 && list[0].eq_ignore_ascii_case("any") {
+            return Self::Any;
+        }
+        let mut only = Vec::new();
+        for raw in &list {
+            match Self::normalise(raw) {
+                Some(endpoint) if !raw.eq_ignore_ascii_case("any") => only.push(endpoint),
+                _ => src.problem(
+                    &s::MANAGEMENT_ENDPOINTS,
+                    format!(
+                        "{raw:?} is not an https://{{host}}/{{stage}} endpoint (or `any` alone)"
+                    ),
+                ),
+            }
+        }
+        Self::Only(only)
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -145,6 +221,7 @@ impl Default for DeliveryConfig {
             deadline: Duration::from_secs(60),
             connecting_grace: Duration::from_secs(10),
             max_frame_bytes: 128_000,
+            endpoints: ManagementEndpoints::Unset,
         }
     }
 }
@@ -165,6 +242,7 @@ impl DeliveryConfig {
             deadline: millis(src.at_least(&s::DELIVERY_DEADLINE_MS, 1)),
             connecting_grace: millis(src.get(&s::DELIVERY_CONNECTING_GRACE_MS)),
             max_frame_bytes: src.at_least(&s::DELIVERY_MAX_FRAME_BYTES, 512),
+            endpoints: ManagementEndpoints::resolve(src),
         }
     }
 }

@@ -165,11 +165,25 @@ impl Config {
                 s::ADMIN_TOKEN.name()
             ));
         }
+        if self.store.kind == StoreKind::DynamoDb
+            && self.delivery.endpoints == ManagementEndpoints::Unset
+        {
+            problems.push(Self::missing_endpoints());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError { problems })
         }
+    }
+
+    /// The problem of a deployment on DynamoDB that names no Management API
+    /// endpoints (a client's `$connect` would choose where broadcasts go).
+    pub fn missing_endpoints() -> String {
+        format!(
+            "missing setting {}: the Management API endpoints this deployment may call (https://{{host}}/{{stage}}, comma separated), or `any` to allow every endpoint",
+            s::MANAGEMENT_ENDPOINTS.name()
+        )
     }
 }
 

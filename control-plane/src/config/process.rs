@@ -16,6 +16,10 @@ pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// Whether per-tenant series carry tenant ids.
+    pub metrics_tenant_labels: bool,
+    /// The bearer token `/metrics` asks for, if any.
+    pub metrics_token: Option<String>,
     /// Where the web console is served.
     pub console: ConsoleAddr,
     /// Log output format.
@@ -94,6 +98,15 @@ impl ServerConfig {
                 .parse_with(&s::GRPC_ADDR, socket_addr)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
             metrics_addr: src.parse_with(&s::METRICS_ADDR, socket_addr),
+            metrics_tenant_labels: src.get(&s::METRICS_TENANT_LABELS),
+            metrics_token: {
+                // Checked by hand: a problem must not print the secret.
+                let token: Option<String> = src.opt(&s::METRICS_TOKEN);
+                if token.as_ref().is_some_and(|t| t.len() < 16) {
+                    src.problem(&s::METRICS_TOKEN, "must be at least 16 characters");
+                }
+                token.filter(|t| !t.is_empty())
+            },
             console: src
                 .parse_with(&s::CONSOLE_ADDR, |text| {
                     if text.eq_ignore_ascii_case("off") {

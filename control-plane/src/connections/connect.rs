@@ -42,6 +42,8 @@ pub struct ConnectInput {
     pub user_agent: String,
     /// When the caller stops waiting (ms since the epoch; 0: never).
     pub deadline_ms: i64,
+    /// Where the edge's call came from (for the log of a refusal).
+    pub edge_peer: String,
 }
 
 /// The answer to a `$connect`.
@@ -186,6 +188,26 @@ impl ControlPlane {
                 "invalid",
                 400,
                 &ClientError::validation("bad connect request"),
+            );
+        }
+        if !self.endpoints.allows(&input.endpoint) {
+            tracing::warn!(
+                connection_id = %input.connection_id,
+                endpoint = %input.endpoint,
+                edge_peer = %input.edge_peer,
+                source_ip = %input.source_ip,
+                "connect names a Management API endpoint outside STREAMER_MANAGEMENT_ENDPOINTS; refused"
+            );
+            metrics()
+                .foreign_endpoints
+                .get_or_create(&crate::metrics::OperationLabel {
+                    operation: "connect",
+                })
+                .inc();
+            return ConnectDecision::reject(
+                "foreign_endpoint",
+                403,
+                &ClientError::new(ErrorCode::Forbidden, "connection refused"),
             );
         }
         if !self.loopback(&input.source_ip)

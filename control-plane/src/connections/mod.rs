@@ -50,6 +50,7 @@ pub struct ControlPlane {
     chunks: Arc<dyn Chunks>,
     clock: Clock,
     touch_interval_ms: i64,
+    endpoints: crate::config::ManagementEndpoints,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -90,6 +91,8 @@ pub struct Parts {
     pub clock: Clock,
     /// Refresh `last_seen` at most this often.
     pub touch_interval: Duration,
+    /// The Management API endpoints connects may name.
+    pub endpoints: crate::config::ManagementEndpoints,
 }
 
 impl ControlPlane {
@@ -110,6 +113,7 @@ impl ControlPlane {
             chunks: parts.chunks,
             clock: parts.clock,
             touch_interval_ms: crate::clock::ms(parts.touch_interval),
+            endpoints: parts.endpoints,
         }
     }
 

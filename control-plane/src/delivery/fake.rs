@@ -15,6 +15,7 @@ pub struct FakeGateway {
     open: DashMap<String, Vec<Bytes>>,
     unreachable: Mutex<bool>,
     deleted: Mutex<Vec<String>>,
+    calls: std::sync::atomic::AtomicUsize,
 }
 
 impl FakeGateway {
@@ -57,6 +58,16 @@ impl FakeGateway {
             .unwrap_or_default()
     }
 
+    /// Calls made so far, of every kind.
+    pub fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn called(&self) {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Connections closed through `delete`.
     pub fn deleted(&self) -> Vec<String> {
         self.deleted.lock().map(|d| d.clone()).unwrap_or_default()
@@ -71,6 +82,7 @@ impl Delivery for FakeGateway {
         connection_id: &str,
         frame: &PreparedFrame,
     ) -> Attempt {
+        self.called();
         if self.unreachable() {
             return Attempt::Retryable;
         }
@@ -84,6 +96,7 @@ impl Delivery for FakeGateway {
     }
 
     async fn delete(&self, _endpoint: &str, connection_id: &str) -> Result<bool, DeliveryError> {
+        self.called();
         if self.unreachable() {
             return Err(DeliveryError("connection refused".into()));
         }
@@ -98,6 +111,7 @@ impl Delivery for FakeGateway {
         _endpoint: &str,
         connection_id: &str,
     ) -> Result<bool, DeliveryError> {
+        self.called();
         if self.unreachable() {
             return Err(DeliveryError("connection refused".into()));
         }

@@ -16,6 +16,7 @@ pub mod broadcast;
 pub mod fake;
 pub mod fanout;
 pub mod management_api;
+pub mod own_endpoints;
 pub mod presence;
 pub mod reconcile;
 pub mod signer;

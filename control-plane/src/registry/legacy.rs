@@ -278,14 +278,23 @@ pub struct ImportReport {
     pub invalid: u64,
     /// Items that are not connections.
     pub other: u64,
+    /// Connections whose Management API endpoint is not one of this
+    /// deployment's (`STREAMER_MANAGEMENT_ENDPOINTS`): not imported.
+    pub foreign: u64,
 }
 
 impl std::fmt::Display for ImportReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "scanned {}, imported {}, already present {}, expired {}, invalid {}, not connections {}",
-            self.scanned, self.imported, self.present, self.expired, self.invalid, self.other
+            "scanned {}, imported {}, already present {}, expired {}, invalid {}, foreign endpoint {}, not connections {}",
+            self.scanned,
+            self.imported,
+            self.present,
+            self.expired,
+            self.invalid,
+            self.foreign,
+            self.other
         )
     }
 }
@@ -293,11 +302,14 @@ impl std::fmt::Display for ImportReport {
 /// Reads every connection item of `from_table` (either shape) into
 /// `registry`. Idempotent: a connection already registered is left alone,
 /// so a second run (or runs on a schedule while traffic shifts) changes
-/// nothing but what is new. With `dry_run`, counts without writing.
+/// nothing but what is new. With `dry_run`, counts without writing. A
+/// connection whose endpoint `endpoints` does not allow is skipped and
+/// counted: broadcasts would otherwise carry its tenant's data there.
 pub async fn import(
     client: &Client,
     from_table: &str,
     registry: &dyn Registry,
+    endpoints: &crate::config::ManagementEndpoints,
     ttl: Ttl,
     now_ms: i64,
     dry_run: bool,
@@ -320,6 +332,20 @@ pub async fn import(
                 Err(Skip::Invalid(why)) => {
                     report.invalid += 1;
                     tracing::warn!(reason = why, "legacy connection item skipped");
+                }
+                Ok(connection) if !endpoints.allows(&connection.endpoint) => {
+                    report.foreign += 1;
+                    crate::metrics::metrics()
+                        .foreign_endpoints
+                        .get_or_create(&crate::metrics::OperationLabel {
+                            operation: "import",
+                        })
+                        .inc();
+                    tracing::warn!(
+                        connection_id = %connection.connection_id,
+                        endpoint = %connection.endpoint,
+                        "legacy connection skipped: its endpoint is not in STREAMER_MANAGEMENT_ENDPOINTS"
+                    );
                 }
                 Ok(_) if dry_run => report.imported += 1,
                 Ok(connection) => match registry.insert(connection, 0).await {

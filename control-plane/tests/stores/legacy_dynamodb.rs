@@ -8,6 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 use aws_sdk_dynamodb::types::AttributeValue;
 use streamer_control_plane::{
     clock::Clock,
+    config::ManagementEndpoints,
     registry::{
         Registry, Scope, Ttl,
         conformance::sample,
@@ -90,12 +91,33 @@ async fn the_importer_reads_both_shapes_once_and_skips_what_it_cannot_use() {
             ]),
         };
         put(&table, other).await;
+        // A row naming a Management API endpoint that is not this
+        // deployment's: importing it would send the tenant's broadcasts
+        // there.
+        let mut foreign = sample("evil-conn", "legacy-tenant", "u5");
+        foreign.endpoint = "https://evil.example/prod".into();
+        put(&table, item_of(&foreign, shape)).await;
+        let endpoints = ManagementEndpoints::Only(vec![
+            "https://abc123.execute-api.eu-west-1.amazonaws.com/prod".into(),
+        ]);
 
         let registry = MemoryRegistry::with_ttl(Ttl::default(), Clock::new());
-        let dry = import(&client(), &table, &registry, Ttl::default(), now, true)
-            .await
-            .expect("dry run");
-        assert_eq!((dry.scanned, dry.imported), (5, 2), "{shape:?}: {dry}");
+        let dry = import(
+            &client(),
+            &table,
+            &registry,
+            &endpoints,
+            Ttl::default(),
+            now,
+            true,
+        )
+        .await
+        .expect("dry run");
+        assert_eq!(
+            (dry.scanned, dry.imported, dry.foreign),
+            (6, 2, 1),
+            "{shape:?}: {dry}"
+        );
         assert_eq!(
             registry
                 .count(&Scope::Tenant("legacy-tenant".into()))
@@ -104,9 +126,17 @@ async fn the_importer_reads_both_shapes_once_and_skips_what_it_cannot_use() {
             0,
             "a dry run writes nothing"
         );
-        let first = import(&client(), &table, &registry, Ttl::default(), now, false)
-            .await
-            .expect("import");
+        let first = import(
+            &client(),
+            &table,
+            &registry,
+            &endpoints,
+            Ttl::default(),
+            now,
+            false,
+        )
+        .await
+        .expect("import");
         let (invalid, other) = match shape {
             Shape::Classic => (2, 0),
             Shape::DynamOrm => (1, 1),
@@ -117,9 +147,10 @@ async fn the_importer_reads_both_shapes_once_and_skips_what_it_cannot_use() {
                 first.present,
                 first.expired,
                 first.invalid,
-                first.other
+                first.other,
+                first.foreign
             ),
-            (2, 0, 1, invalid, other),
+            (2, 0, 1, invalid, other, 1),
             "{shape:?}: {first}"
         );
         let row = registry
@@ -139,9 +170,17 @@ async fn the_importer_reads_both_shapes_once_and_skips_what_it_cannot_use() {
             row.permissions.iter().map(|p| &**p).collect::<Vec<_>>(),
             ["echo", "reports:*"]
         );
-        let second = import(&client(), &table, &registry, Ttl::default(), now, false)
-            .await
-            .expect("again");
+        let second = import(
+            &client(),
+            &table,
+            &registry,
+            &endpoints,
+            Ttl::default(),
+            now,
+            false,
+        )
+        .await
+        .expect("again");
         assert_eq!(
             (second.imported, second.present),
             (0, 2),

@@ -24,3 +24,4 @@ mod observability;
 mod readme;
 mod requests;
 mod server_api;
+mod tenancy;

@@ -26,6 +26,7 @@ async fn migrate(fleet: &Fleet, table: &str) -> String {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(tables.env())
+            .env("STREAMER_MANAGEMENT_ENDPOINTS", &fleet.management_endpoint)
             .output()
             .await
             .expect("run migrate");

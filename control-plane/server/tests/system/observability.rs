@@ -143,7 +143,11 @@ fn value(metrics: &HashMap<String, f64>, name: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_move_by_the_right_amounts() {
-    let dev = Dev::start(&[("STREAMER_METRICS_ADDR", "127.0.0.1:0")]).await;
+    let dev = Dev::start(&[
+        ("STREAMER_METRICS_ADDR", "127.0.0.1:0"),
+        ("STREAMER_METRICS_TENANT_LABELS", "true"),
+    ])
+    .await;
     let before = dev.metrics_now().await;
     assert_eq!(
         value(&before, r#"streamer_connects_total{outcome="accepted"}"#),

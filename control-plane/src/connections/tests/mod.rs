@@ -115,6 +115,7 @@ fn setup(loopback_unlimited: bool) -> Setup {
         )),
         clock,
         touch_interval: Duration::from_secs(60),
+        endpoints: crate::config::ManagementEndpoints::Unset,
     });
     Setup {
         control,
