@@ -1,6 +1,9 @@
 //! The action table: built-in actions plus those declared in configuration,
 //! each with a mode, an optional required permission and an optional JSON
-//! Schema for the payload (compiled once at start).
+//! Schema for the payload (compiled once at start); and the async actions
+//! processors define while they are connected, each in a [`Scope`]: a
+//! processor holding a tenant-bound token defines actions for its tenant
+//! only, so no tenant decides what another tenant's clients may ask for.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -181,6 +184,35 @@ impl AsyncAction {
     pub fn validate(&self, payload: &Value) -> Result<(), Fault> {
         check_schema(self.schema.as_ref(), payload)
     }
+
+    /// How `other` differs from this definition (permission, schema, lease,
+    /// attempts), in words; `None` when they are the same.
+    pub fn difference(&self, other: &AsyncAction) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.permission != other.permission {
+            parts.push(format!(
+                "permission {:?} here, {:?} there",
+                other.permission.as_deref().unwrap_or(""),
+                self.permission.as_deref().unwrap_or("")
+            ));
+        }
+        if self.schema_json != other.schema_json {
+            parts.push("the payload schema".to_owned());
+        }
+        if self.lease_timeout_ms != other.lease_timeout_ms {
+            parts.push(format!(
+                "lease_timeout_ms {} here, {} there",
+                other.lease_timeout_ms, self.lease_timeout_ms
+            ));
+        }
+        if self.max_attempts != other.max_attempts {
+            parts.push(format!(
+                "max_attempts {} here, {} there",
+                other.max_attempts, self.max_attempts
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
 }
 
 fn check_schema(schema: Option<&jsonschema::Validator>, payload: &Value) -> Result<(), Fault> {
@@ -218,6 +250,16 @@ pub enum ActionsError {
     Schema { name: String, message: String },
     #[error("action {0:?} is a sync action; it cannot also be async")]
     NotAsync(String),
+    #[error(
+        "action {name:?} is defined by {by}; this processor's definition differs ({difference})"
+    )]
+    Differs {
+        name: String,
+        by: &'static str,
+        difference: String,
+    },
+    #[error("a tenant defines at most {max} actions; this one would be more")]
+    TooMany { max: usize },
 }
 
 /// What an action name resolves to.
@@ -225,16 +267,70 @@ pub enum ActionsError {
 pub enum Resolved {
     /// Answered at once.
     Sync(Arc<Action>),
-    /// Queued for a processor.
-    Async(Arc<AsyncAction>),
+    /// Queued for a processor; `scoped` when the definition is the
+    /// client's tenant's own (only processors bound to that tenant lease
+    /// its requests).
+    Async {
+        /// The definition.
+        action: Arc<AsyncAction>,
+        /// Defined by the tenant's own processors.
+        scoped: bool,
+    },
+}
+
+/// Whose an async action's definition is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Every tenant's: from configuration, or from a processor holding an
+    /// unbound token.
+    Fleet,
+    /// One tenant's: from processors holding a token bound to it.
+    Tenant(String),
+}
+
+impl Scope {
+    /// The scope of a processor whose token is bound to `tenant` (`None`:
+    /// unbound).
+    pub fn of(tenant: Option<&str>) -> Self {
+        tenant.map_or(Scope::Fleet, |t| Scope::Tenant(t.to_owned()))
+    }
+
+    /// The scope as the store keys it: empty for the fleet.
+    pub fn key(&self) -> &str {
+        match self {
+            Scope::Fleet => "",
+            Scope::Tenant(t) => t,
+        }
+    }
+}
+
+/// Most actions one tenant's processors may define (all of them together).
+pub const MAX_ACTIONS_PER_TENANT: usize = 256;
+/// Most actions unbound processors may define.
+pub const MAX_FLEET_ACTIONS: usize = 4096;
+/// How long a processor's definition outlives its last processor here: a
+/// processor that reconnects (a deploy, a network blip) finds it, and
+/// requests for it are still accepted meanwhile.
+pub const UNSERVED_GRACE_MS: i64 = 180_000;
+
+/// A definition and who serves it here.
+#[derive(Debug)]
+struct Defined {
+    action: Arc<AsyncAction>,
+    /// From the configuration file (never dropped, never redefined).
+    configured: bool,
+    /// Processor sessions here serving it.
+    serving: usize,
+    /// When the last of them left (for processor definitions).
+    unserved_since_ms: Option<i64>,
 }
 
 /// The action table: sync actions fixed at start, async ones from the config
-/// file plus those processors register while they are connected.
+/// file plus those processors define while they are connected, per scope.
 #[derive(Debug)]
 pub struct Actions {
     by_name: HashMap<String, Arc<Action>>,
-    asyncs: std::sync::RwLock<HashMap<String, Arc<AsyncAction>>>,
+    asyncs: std::sync::RwLock<HashMap<(Scope, String), Defined>>,
 }
 
 impl Actions {
@@ -286,7 +382,15 @@ impl Actions {
                     config.lease_timeout_ms,
                     config.max_attempts,
                 )?;
-                asyncs.insert(name, Arc::new(action));
+                asyncs.insert(
+                    (Scope::Fleet, name),
+                    Defined {
+                        action: Arc::new(action),
+                        configured: true,
+                        serving: 0,
+                        unserved_since_ms: None,
+                    },
+                );
                 continue;
             }
             let handler_name = config.handler.clone().unwrap_or_else(|| name.clone());
@@ -314,7 +418,7 @@ impl Actions {
                 }),
             );
         }
-        if let Some(clash) = asyncs.keys().find(|name| by_name.contains_key(*name)) {
+        if let Some((_, clash)) = asyncs.keys().find(|(_, name)| by_name.contains_key(name)) {
             return Err(ActionsError::NotAsync(clash.clone()));
         }
         Ok(Self {
@@ -330,40 +434,181 @@ impl Actions {
             .ok_or_else(|| Fault::invalid_action(format!("unknown action {name:?}")))
     }
 
-    /// Resolves any action, sync or async; `INVALID_ACTION` when unknown.
-    pub fn resolve(&self, name: &str) -> Result<Resolved, Fault> {
+    /// Resolves any action a client of `tenant` sends: a sync action, its
+    /// tenant's own definition, or the fleet's; `INVALID_ACTION` when none.
+    pub fn resolve(&self, name: &str, tenant: &str) -> Result<Resolved, Fault> {
         if let Some(action) = self.by_name.get(name) {
             return Ok(Resolved::Sync(action.clone()));
         }
         let asyncs = self.asyncs.read().map_err(Fault::internal)?;
+        if let Some(defined) = asyncs.get(&(Scope::Tenant(tenant.to_owned()), name.to_owned())) {
+            return Ok(Resolved::Async {
+                action: defined.action.clone(),
+                scoped: true,
+            });
+        }
         asyncs
-            .get(name)
-            .cloned()
-            .map(Resolved::Async)
+            .get(&(Scope::Fleet, name.to_owned()))
+            .map(|defined| Resolved::Async {
+                action: defined.action.clone(),
+                scoped: false,
+            })
             .ok_or_else(|| Fault::invalid_action(format!("unknown action {name:?}")))
     }
 
-    /// The names of every async action known now.
-    pub fn async_names(&self) -> Vec<String> {
-        self.asyncs
-            .read()
-            .map(|a| a.keys().cloned().collect())
-            .unwrap_or_default()
+    /// Whether `name` is a sync action or a fleet-wide async one (a name
+    /// that may become a metric label; tenants' own names never do).
+    pub fn is_fleet_wide(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+            || self
+                .asyncs
+                .read()
+                .is_ok_and(|a| a.contains_key(&(Scope::Fleet, name.to_owned())))
     }
 
-    /// Adds an async action a processor serves. One already declared (in the
-    /// config file or by another processor) keeps its definition; a sync
-    /// action's name is refused.
-    pub fn register_async(&self, action: AsyncAction) -> Result<(), ActionsError> {
+    /// The names of every async action known now, in every scope.
+    pub fn async_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .asyncs
+            .read()
+            .map(|a| a.keys().map(|(_, name)| name.clone()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// A processor of `scope` serves `action` here. A tenant's processors
+    /// define their tenant's actions; a name defined for every tenant
+    /// (configuration, or an unbound processor) they may serve only as it
+    /// is defined. Two definitions of one name in one scope must agree:
+    /// the second is refused, naming the difference (no last writer
+    /// wins). An unbound processor serving a configured action serves
+    /// the configuration's definition. Sync names, `chunk` and more than
+    /// [`MAX_ACTIONS_PER_TENANT`] per tenant are refused. Returns the
+    /// definition served and the scope it is defined in (the fleet's, for
+    /// a tenant's processor serving a fleet-wide action); every successful
+    /// call is paired with a [`Actions::release`] of that scope.
+    pub fn register(
+        &self,
+        scope: &Scope,
+        action: AsyncAction,
+        now_ms: i64,
+    ) -> Result<(Arc<AsyncAction>, Scope), ActionsError> {
         if self.by_name.contains_key(&action.name) {
             return Err(ActionsError::NotAsync(action.name));
         }
-        if let Ok(mut asyncs) = self.asyncs.write() {
-            asyncs
-                .entry(action.name.clone())
-                .or_insert_with(|| Arc::new(action));
+        let mut asyncs = self
+            .asyncs
+            .write()
+            .map_err(|_| ActionsError::Reserved(action.name.clone()))?;
+        // Definitions nobody has served for a while are forgotten first.
+        asyncs.retain(|_, d| {
+            d.configured
+                || d.serving > 0
+                || d.unserved_since_ms
+                    .is_none_or(|since| now_ms.saturating_sub(since) < UNSERVED_GRACE_MS)
+        });
+        let fleet_key = (Scope::Fleet, action.name.clone());
+        if let Some(fleet) = asyncs.get_mut(&fleet_key) {
+            let by = if fleet.configured {
+                "configuration"
+            } else {
+                "a processor for every tenant"
+            };
+            match scope {
+                // Unbound processors serve the configuration's definition.
+                Scope::Fleet if fleet.configured => {}
+                _ => {
+                    if let Some(difference) = fleet.action.difference(&action) {
+                        return Err(ActionsError::Differs {
+                            name: action.name,
+                            by,
+                            difference,
+                        });
+                    }
+                }
+            }
+            // Served as defined for every tenant (a tenant's processor
+            // leases only its tenant's requests of it).
+            fleet.serving += 1;
+            fleet.unserved_since_ms = None;
+            return Ok((fleet.action.clone(), Scope::Fleet));
         }
-        Ok(())
+        let key = (scope.clone(), action.name.clone());
+        if let Some(defined) = asyncs.get_mut(&key) {
+            if let Some(difference) = defined.action.difference(&action) {
+                return Err(ActionsError::Differs {
+                    name: action.name,
+                    by: "another processor of this tenant",
+                    difference,
+                });
+            }
+            defined.serving += 1;
+            defined.unserved_since_ms = None;
+            return Ok((defined.action.clone(), scope.clone()));
+        }
+        let (max, defined_here) = match scope {
+            Scope::Fleet => (
+                MAX_FLEET_ACTIONS,
+                asyncs.keys().filter(|(s, _)| *s == Scope::Fleet).count(),
+            ),
+            Scope::Tenant(_) => (
+                MAX_ACTIONS_PER_TENANT,
+                asyncs.keys().filter(|(s, _)| s == scope).count(),
+            ),
+        };
+        if defined_here >= max {
+            return Err(ActionsError::TooMany { max });
+        }
+        let action = Arc::new(action);
+        asyncs.insert(
+            key,
+            Defined {
+                action: action.clone(),
+                configured: false,
+                serving: 1,
+                unserved_since_ms: None,
+            },
+        );
+        Ok((action, scope.clone()))
+    }
+
+    /// A processor of `scope` no longer serves `name` here.
+    pub fn release(&self, scope: &Scope, name: &str, now_ms: i64) {
+        if let Ok(mut asyncs) = self.asyncs.write()
+            && let Some(defined) = asyncs.get_mut(&(scope.clone(), name.to_owned()))
+        {
+            defined.serving = defined.serving.saturating_sub(1);
+            if defined.serving == 0 && !defined.configured {
+                defined.unserved_since_ms = Some(now_ms);
+            }
+        }
+    }
+
+    /// Takes in a definition another replica's processors serve (read from
+    /// the store), unless this replica has one of its own for the name.
+    pub fn adopt(&self, scope: &Scope, action: AsyncAction, now_ms: i64) -> bool {
+        if self.by_name.contains_key(&action.name) {
+            return false;
+        }
+        let Ok(mut asyncs) = self.asyncs.write() else {
+            return false;
+        };
+        let key = (scope.clone(), action.name.clone());
+        if asyncs.contains_key(&key) {
+            return true;
+        }
+        asyncs.insert(
+            key,
+            Defined {
+                action: Arc::new(action),
+                configured: false,
+                serving: 0,
+                unserved_since_ms: Some(now_ms),
+            },
+        );
+        true
     }
 }
 
@@ -435,12 +680,137 @@ mod tests {
         let mut report = declared("report", None, Some(json!({"type": "object"})));
         report.mode = ActionMode::Async;
         let actions = Actions::new(&[report]).expect("async action");
-        assert!(matches!(actions.resolve("report"), Ok(Resolved::Async(_))));
-        assert!(matches!(actions.resolve("echo"), Ok(Resolved::Sync(_))));
+        assert!(matches!(
+            actions.resolve("report", "t"),
+            Ok(Resolved::Async { scoped: false, .. })
+        ));
+        assert!(matches!(
+            actions.resolve("echo", "t"),
+            Ok(Resolved::Sync(_))
+        ));
         let served = AsyncAction::new("whoami", None, None, None, None).expect("compiles");
         assert!(matches!(
-            actions.register_async(served),
+            actions.register(&Scope::Fleet, served, 0),
             Err(ActionsError::NotAsync(_))
         ));
+    }
+
+    fn refund(permission: Option<&str>) -> AsyncAction {
+        AsyncAction::new(
+            "payments.refund",
+            permission.map(str::to_owned),
+            None,
+            None,
+            None,
+        )
+        .expect("action")
+    }
+
+    #[test]
+    fn a_tenants_definitions_are_its_own() {
+        let actions = Actions::new(&[]).expect("table");
+        let ta = Scope::Tenant("ta".into());
+        let tb = Scope::Tenant("tb".into());
+        actions
+            .register(&ta, refund(None), 0)
+            .expect("ta defines it");
+        actions
+            .register(&tb, refund(Some("payments:refund")), 0)
+            .expect("tb defines its own");
+        let permission = |tenant: &str| match actions.resolve("payments.refund", tenant) {
+            Ok(Resolved::Async { action, scoped }) => {
+                assert!(scoped);
+                action.permission.clone()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(permission("ta"), None);
+        assert_eq!(permission("tb").as_deref(), Some("payments:refund"));
+        assert!(
+            actions.resolve("payments.refund", "tc").is_err(),
+            "no one else's"
+        );
+        // A second processor of tb that disagrees is refused, naming why.
+        let err = actions
+            .register(&tb, refund(None), 0)
+            .expect_err("disagrees");
+        assert!(err.to_string().contains("permission"), "{err}");
+        assert!(
+            actions
+                .register(&tb, refund(Some("payments:refund")), 0)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn configured_and_fleet_definitions_cannot_be_changed_by_a_tenant() {
+        let mut configured = declared("billing.charge", None, None);
+        configured.mode = ActionMode::Async;
+        configured.permission = Some("billing".into());
+        let actions = Actions::new(&[configured]).expect("table");
+        let ta = Scope::Tenant("ta".into());
+        let charge = |permission: Option<&str>| {
+            AsyncAction::new(
+                "billing.charge",
+                permission.map(str::to_owned),
+                None,
+                None,
+                None,
+            )
+            .expect("action")
+        };
+        let err = actions
+            .register(&ta, charge(None), 0)
+            .expect_err("changes it");
+        assert!(err.to_string().contains("configuration"), "{err}");
+        assert!(
+            actions.register(&ta, charge(Some("billing")), 0).is_ok(),
+            "serves it as is"
+        );
+        // An unbound processor serves the configured definition.
+        assert!(actions.register(&Scope::Fleet, charge(None), 0).is_ok());
+        assert!(matches!(
+            actions.resolve("billing.charge", "ta"),
+            Ok(Resolved::Async { scoped: false, action }) if action.permission.as_deref() == Some("billing")
+        ));
+        for reserved in ["echo", "join"] {
+            let builtin = AsyncAction::new(reserved, None, None, None, None).expect("compiles");
+            assert!(matches!(
+                actions.register(&ta, builtin, 0),
+                Err(ActionsError::NotAsync(_))
+            ));
+        }
+        assert!(matches!(
+            AsyncAction::new("chunk", None, None, None, None),
+            Err(ActionsError::Reserved(_))
+        ));
+    }
+
+    #[test]
+    fn a_tenant_defines_a_bounded_number_and_unserved_ones_are_forgotten() {
+        let actions = Actions::new(&[]).expect("table");
+        let ta = Scope::Tenant("ta".into());
+        for i in 0..MAX_ACTIONS_PER_TENANT {
+            let action = AsyncAction::new(&format!("a{i}"), None, None, None, None).expect("a");
+            actions.register(&ta, action, 0).expect("within the bound");
+        }
+        let one_more = || AsyncAction::new("one.more", None, None, None, None).expect("a");
+        assert!(matches!(
+            actions.register(&ta, one_more(), 0),
+            Err(ActionsError::TooMany { .. })
+        ));
+        for i in 0..MAX_ACTIONS_PER_TENANT {
+            actions.release(&ta, &format!("a{i}"), 1);
+        }
+        assert!(
+            actions.register(&ta, one_more(), 2).is_err(),
+            "within the grace"
+        );
+        assert!(
+            actions
+                .register(&ta, one_more(), UNSERVED_GRACE_MS + 2)
+                .is_ok(),
+            "forgotten after it"
+        );
     }
 }

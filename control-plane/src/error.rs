@@ -281,6 +281,14 @@ pub enum QueueError {
     },
     #[error("queue unavailable: {0}")]
     Unavailable(String),
+    /// The user or the tenant has as many open requests as it may.
+    #[error("too many open requests for this {who} (at most {max})")]
+    Full {
+        /// `user` or `tenant`.
+        who: &'static str,
+        /// The bound.
+        max: u64,
+    },
     /// A payload or result over what the store keeps.
     #[error("the {what} is {bytes} bytes; the request store keeps at most {max}")]
     TooLarge {
@@ -321,6 +329,13 @@ impl From<QueueError> for Fault {
                 tracing::warn!(error = %detail, "request queue unavailable");
                 Fault::unavailable("service temporarily unavailable, retry later")
             }
+            QueueError::Full { who, max } => Fault::rate_limited(
+                format!(
+                    "this {who} has {max} requests waiting or running, the most it may; send again when some have finished"
+                ),
+                std::time::Duration::from_secs(5),
+            )
+            .with_details(json!({ "limit": who, "max": max })),
             QueueError::TooLarge { what, bytes, max } => Fault::too_large(format!(
                 "the {what} is {bytes} bytes; the request store keeps at most {max}"
             )),

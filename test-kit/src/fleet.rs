@@ -112,14 +112,16 @@ impl Fleet {
             .and_then(|l| l.local_addr())
             .expect("a free port for the gateway");
         let management_endpoint = format!("http://{gateway_addr}/local");
-        if !env
-            .iter()
-            .any(|(k, _)| k == "STREAMER_MANAGEMENT_ENDPOINTS")
+        // Settings that name other endpoints get the gateway's too.
+        match env
+            .iter_mut()
+            .find(|(k, _)| k == "STREAMER_MANAGEMENT_ENDPOINTS")
         {
-            env.push((
+            Some((_, list)) => *list = format!("{list},{management_endpoint}"),
+            None => env.push((
                 "STREAMER_MANAGEMENT_ENDPOINTS".to_owned(),
                 management_endpoint.clone(),
-            ));
+            )),
         }
         let table = tables.connections.clone();
         let mut fleet = Fleet {

@@ -345,9 +345,23 @@ export class StreamerClient {
       case "message":
         this.follower.onFrame(frame);
         return;
-      case "presence":
-        this.emit("presence", frame as unknown as PresenceEvent);
+      case "presence": {
+        // One frame carries every change of the group since the last one;
+        // each reaches the application as its own event, oldest first.
+        const changes = Array.isArray(frame.changes)
+          ? (frame.changes as Omit<PresenceEvent, "group">[])
+          : [frame as unknown as PresenceEvent];
+        for (const change of changes) {
+          this.emit("presence", {
+            group: String(frame.group),
+            event: change.event,
+            user_id: change.user_id,
+            connection_id: change.connection_id,
+            timestamp: change.timestamp,
+          });
+        }
         return;
+      }
       case "pong":
         return;
     }
@@ -406,7 +420,7 @@ export class StreamerClient {
     }
     if (state.status === "completed") {
       this.settle(id, pending, () => pending.resolve(state.result));
-    } else if (state.status === "failed" || state.status === "cancelled") {
+    } else if (state.status === "failed" || state.status === "cancelled" || state.status === "expired") {
       const code = state.status === "cancelled" ? "CANCELLED" : (state.error?.code ?? "PROCESSING_FAILED");
       this.settle(id, pending, () => pending.reject(new StreamerError(code, state.error?.message ?? state.status, id)));
     }

@@ -197,13 +197,16 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         .management_endpoint
         .clone()
         .unwrap_or_else(|| format!("http://{gateway_addr}/{stage}"));
-    if config.delivery.endpoints == ManagementEndpoints::Unset {
-        config.delivery.endpoints = ManagementEndpoints::Only(
-            ManagementEndpoints::normalise(&management_endpoint)
-                .into_iter()
-                .collect(),
-        );
-    }
+    // dev calls its own emulator, whatever else is configured.
+    let own = ManagementEndpoints::normalise(&management_endpoint);
+    config.delivery.endpoints = match std::mem::take(&mut config.delivery.endpoints) {
+        ManagementEndpoints::Any => ManagementEndpoints::Any,
+        ManagementEndpoints::Unset => ManagementEndpoints::Only(own.into_iter().collect()),
+        ManagementEndpoints::Only(mut list) => {
+            list.extend(own);
+            ManagementEndpoints::Only(list)
+        }
+    };
     let delivery = Arc::new(ManagementApi::new(
         local_sdk_config(&options.credentials).await,
         config.delivery.clone(),

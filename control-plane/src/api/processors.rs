@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::Caller;
 use crate::{
-    actions::{Actions, AsyncAction},
+    actions::{Actions, ActionsError, AsyncAction, Scope},
     error::Fault,
     requests::{
         Jobs, Report,
@@ -154,8 +154,34 @@ async fn handle(jobs: &Jobs, session: &Session, message: v1::work_request::Messa
     }
 }
 
-/// Registers the actions of a `Register` message.
-fn register(actions: &Actions, register: &v1::Register) -> Result<Vec<String>, Fault> {
+/// One action a session serves: its name, the scope its definition is in,
+/// and the definition.
+type Served = (String, Scope, Arc<AsyncAction>);
+
+/// The fault a refused definition is answered with.
+fn refusal(err: ActionsError) -> Fault {
+    match err {
+        ActionsError::Differs { .. } => Fault::precondition(err.to_string()),
+        ActionsError::TooMany { .. } => Fault::too_large(err.to_string()),
+        other => Fault::invalid(other.to_string()),
+    }
+}
+
+/// Gives back what a session registered.
+fn release(actions: &Actions, served: &[Served], now_ms: i64) {
+    for (name, scope, _) in served {
+        actions.release(scope, name, now_ms);
+    }
+}
+
+/// Registers the actions of a `Register` message in `scope` (the
+/// processor's tenant, or the fleet): all of them, or none and why.
+fn register(
+    actions: &Actions,
+    scope: &Scope,
+    register: &v1::Register,
+    now_ms: i64,
+) -> Result<Vec<Served>, Fault> {
     if register.actions.is_empty() || register.actions.len() > MAX_ACTIONS {
         return Err(Fault::invalid(format!(
             "register 1 to {MAX_ACTIONS} actions"
@@ -166,23 +192,36 @@ fn register(actions: &Actions, register: &v1::Register) -> Result<Vec<String>, F
             "name must be at most 128 characters without control characters",
         ));
     }
-    let mut names = Vec::new();
+    let mut served: Vec<Served> = Vec::new();
     for spec in &register.actions {
-        let schema = json_or_null(&spec.schema_json, "schema_json").map_err(Fault::invalid)?;
-        let action = AsyncAction::new(
-            &spec.name,
-            Some(spec.permission.clone()),
-            Some(&schema).filter(|s| !s.is_null()),
-            Some(u64::from(spec.lease_timeout_ms)),
-            Some(spec.max_attempts),
-        )
-        .map_err(|e| Fault::invalid(e.to_string()))?;
-        actions
-            .register_async(action)
-            .map_err(|e| Fault::invalid(e.to_string()))?;
-        names.push(spec.name.clone());
+        let registered = json_or_null(&spec.schema_json, "schema_json")
+            .map_err(Fault::invalid)
+            .and_then(|schema| {
+                AsyncAction::new(
+                    &spec.name,
+                    Some(spec.permission.clone()),
+                    Some(&schema).filter(|s| !s.is_null()),
+                    Some(u64::from(spec.lease_timeout_ms)),
+                    Some(spec.max_attempts),
+                )
+                .map_err(refusal)
+            })
+            .and_then(|action| actions.register(scope, action, now_ms).map_err(refusal));
+        match registered {
+            Ok((action, defined_in)) => {
+                if served.iter().any(|(name, _, _)| *name == spec.name) {
+                    actions.release(&defined_in, &spec.name, now_ms);
+                    continue;
+                }
+                served.push((spec.name.clone(), defined_in, action));
+            }
+            Err(fault) => {
+                release(actions, &served, now_ms);
+                return Err(fault);
+            }
+        }
     }
-    Ok(names)
+    Ok(served)
 }
 
 type WorkStream = Pin<Box<dyn Stream<Item = Result<v1::WorkResponse, Status>> + Send>>;
@@ -204,7 +243,19 @@ impl ProcessorService for ProcessorApi {
         else {
             return Err(Fault::invalid("the first message must be Register").into());
         };
-        let names = register(&self.actions, &registration)?;
+        let scope = Scope::of(caller.visible_to().as_deref());
+        let served = register(&self.actions, &scope, &registration, self.jobs.now_ms())?;
+        // Agreed across replicas too: one definition per name and scope.
+        let specs: Vec<(Scope, String, serde_json::Value)> = served
+            .iter()
+            .filter(|(_, defined_in, _)| *defined_in == scope)
+            .map(|(name, defined_in, action)| (defined_in.clone(), name.clone(), action.spec()))
+            .collect();
+        if let Err(why) = self.jobs.publish_actions(&specs).await {
+            release(&self.actions, &served, self.jobs.now_ms());
+            return Err(Fault::precondition(why).into());
+        }
+        let names = served.iter().map(|(name, _, _)| name.clone()).collect();
         let (tx, rx) = mpsc::channel(64);
         let concurrency = usize::try_from(registration.concurrency)
             .unwrap_or(1)
@@ -217,17 +268,9 @@ impl ProcessorService for ProcessorApi {
             tx,
         );
         tokio::spawn(self.jobs.clone().dispatch(session.clone()));
-        let specs: Vec<(String, serde_json::Value)> = session
-            .actions()
-            .iter()
-            .filter_map(|name| match self.actions.resolve(name) {
-                Ok(crate::actions::Resolved::Async(action)) => Some((name.clone(), action.spec())),
-                _ => None,
-            })
-            .collect();
-        self.jobs.publish_actions(&specs).await;
         tokio::spawn(self.jobs.clone().keep_published(session.clone(), specs));
         let jobs = self.jobs.clone();
+        let actions = self.actions.clone();
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
@@ -239,6 +282,7 @@ impl ProcessorService for ProcessorApi {
                 }
             }
             jobs.close_session(&session).await;
+            release(&actions, &served, jobs.now_ms());
         });
         Ok(Response::new(Box::pin(
             ReceiverStream::new(rx).map(|a| Ok(assignment_proto(a))),

@@ -23,6 +23,7 @@ fn status_of(status: queue::Status) -> v1::RequestStatus {
         queue::Status::Completed => v1::RequestStatus::Completed,
         queue::Status::Failed => v1::RequestStatus::Failed,
         queue::Status::Cancelled => v1::RequestStatus::Cancelled,
+        queue::Status::Expired => v1::RequestStatus::Expired,
     }
 }
 
@@ -113,6 +114,7 @@ impl RequestService for RequestApi {
             Ok(v1::RequestStatus::Completed) => Some(queue::Status::Completed),
             Ok(v1::RequestStatus::Failed) => Some(queue::Status::Failed),
             Ok(v1::RequestStatus::Cancelled) => Some(queue::Status::Cancelled),
+            Ok(v1::RequestStatus::Expired) => Some(queue::Status::Expired),
             Err(_) => return Err(Fault::invalid("unknown status").into()),
         };
         let size = page_size(r.page_size)?;

@@ -328,6 +328,7 @@ impl App {
         if let Some(rx) = self.departures.lock().ok().and_then(|mut rx| rx.take()) {
             background.spawn(self.presence.clone().run_departures(rx));
         }
+        background.spawn(self.presence.clone().run());
         if !self.reconcile.interval.is_zero() {
             let reconciler = self.reconciler.clone();
             let interval = self.reconcile.interval;

@@ -71,7 +71,7 @@ pub async fn open(config: &Config, clock: Clock) -> Stores {
                 None,
                 Some(departures_tx),
             ),
-            queue: Arc::new(MemoryQueue::new()),
+            queue: Arc::new(MemoryQueue::new().with_limits(config.jobs.queue_limits)),
             history: Arc::new(MemoryHistory::new(retention)),
             chunks: Arc::new(MemoryChunks::new(chunk_limits)),
             dynamodb: None,
@@ -94,10 +94,10 @@ pub async fn open(config: &Config, clock: Clock) -> Stores {
                         .map(|table| (client.clone(), table, config.store.legacy_shape)),
                     Some(departures_tx),
                 ),
-                queue: Arc::new(DynamoQueue::new(
-                    client.clone(),
-                    &config.store.requests_table,
-                )),
+                queue: Arc::new(
+                    DynamoQueue::new(client.clone(), &config.store.requests_table)
+                        .with_limits(config.jobs.queue_limits),
+                ),
                 history: Arc::new(DynamoHistory::new(
                     client.clone(),
                     &config.history.table,

@@ -247,6 +247,15 @@ impl DeliveryConfig {
     }
 }
 
+/// Bounds on open (waiting or running) requests; 0 is none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Per user of a tenant.
+    pub max_per_user: u64,
+    /// Per tenant.
+    pub max_per_tenant: u64,
+}
+
 /// How an action is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -429,6 +438,8 @@ pub struct GroupsConfig {
     pub join_permission: String,
     /// Groups whose members get presence notifications.
     pub presence: Patterns,
+    /// At most one presence delivery per group per this interval.
+    pub presence_interval: Duration,
 }
 
 impl Default for GroupsConfig {
@@ -437,6 +448,7 @@ impl Default for GroupsConfig {
             max_per_connection: 128,
             join_permission: "group:join:{group}".into(),
             presence: Patterns::default(),
+            presence_interval: Duration::from_millis(500),
         }
     }
 }
@@ -447,6 +459,7 @@ impl GroupsConfig {
             max_per_connection: src.at_least(&s::MAX_GROUPS_PER_CONNECTION, 1),
             join_permission: src.get(&s::GROUP_JOIN_PERMISSION),
             presence: Patterns::new(src.list(&s::PRESENCE_GROUPS)),
+            presence_interval: millis(src.at_least(&s::PRESENCE_INTERVAL_MS, 10)),
         }
     }
 
@@ -537,6 +550,10 @@ pub struct JobsConfig {
     /// How often an idle processor session looks for work anyway (backoffs
     /// ending, work queued through another replica).
     pub poll_interval: Duration,
+    /// Bounds on open requests per user and per tenant.
+    pub queue_limits: QueueLimits,
+    /// How long a ready request may wait for a processor.
+    pub wait_ttl: Duration,
 }
 
 impl Default for JobsConfig {
@@ -547,6 +564,11 @@ impl Default for JobsConfig {
             progress_interval: Duration::from_millis(100),
             sweep_interval: Duration::from_secs(1),
             poll_interval: Duration::from_millis(200),
+            queue_limits: QueueLimits {
+                max_per_user: 1000,
+                max_per_tenant: 10_000,
+            },
+            wait_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -557,6 +579,11 @@ impl JobsConfig {
             retry_base: millis(src.get(&s::RETRY_BASE_MS)),
             retry_max: millis(src.get(&s::RETRY_MAX_MS)),
             progress_interval: millis(src.get(&s::PROGRESS_INTERVAL_MS)),
+            queue_limits: QueueLimits {
+                max_per_user: src.get(&s::QUEUE_MAX_PER_USER),
+                max_per_tenant: src.get(&s::QUEUE_MAX_PER_TENANT),
+            },
+            wait_ttl: Duration::from_secs(src.at_least(&s::QUEUE_WAIT_TTL_SECS, 1)),
             ..Self::default()
         }
     }

@@ -117,6 +117,7 @@ settings! {
     RECONCILE_UNREACHABLE_SECS = (Some("STREAMER_RECONCILE_UNREACHABLE_SECS"), Some("reconcile.unreachable_secs"), "900", None, "rows whose Management API endpoint failed every reconcile check (refused, hung, 5xx) for this long are removed, their departure announced");
     MAX_GROUPS_PER_CONNECTION = (Some("STREAMER_MAX_GROUPS_PER_CONNECTION"), Some("groups.max_per_connection"), "128", None, "most groups one connection may be in");
     GROUP_JOIN_PERMISSION = (Some("STREAMER_GROUP_JOIN_PERMISSION"), Some("groups.join_permission"), "group:join:{group}", None, "permission a token needs to `join` (`{group}` is the name; a granted `prefix*` matches)");
+    PRESENCE_INTERVAL_MS = (Some("STREAMER_PRESENCE_INTERVAL_MS"), Some("groups.presence_interval_ms"), "500", None, "joins and leaves of one group are delivered together, at most once per group per this interval (a join/leave flood costs deliveries per interval, not per event)");
     PRESENCE_GROUPS = (Some("STREAMER_PRESENCE_GROUPS"), Some("groups.presence"), "", Some("none"), "groups (names or `prefix*`, comma separated) whose members get presence frames");
     HISTORY = (Some("STREAMER_HISTORY"), Some("history.streams"), "", Some("none"), "streams that keep history: names or `prefix*` patterns, comma separated (`tenant`, `user:*`, `group:room-*`)");
     HISTORY_SIZE = (Some("STREAMER_HISTORY_SIZE"), Some("history.size"), "1000", None, "messages kept per stream");
@@ -126,6 +127,9 @@ settings! {
     CHUNKS_TABLE = (Some("STREAMER_CHUNKS_TABLE"), Some("store.chunks_table"), "streamer-chunks", None, "DynamoDB table of chunked client messages being joined (any replica may receive a chunk)");
     LEGACY_MIRROR_TABLE = (Some("STREAMER_LEGACY_MIRROR_TABLE"), Some("store.legacy_mirror_table"), "", Some("none (off)"), "migration from the Go system: mirror every connection write into its connections table (the dual write), in `STREAMER_LEGACY_SHAPE`");
     LEGACY_SHAPE = (Some("STREAMER_LEGACY_SHAPE"), Some("store.legacy_shape"), "classic", None, "the Go system's connection items: `classic` (`ConnectionID`, `TenantID`, ...) or `dynamorm` (`pk` = `CONN#<id>`, `sk` = `METADATA`)");
+    QUEUE_MAX_PER_USER = (Some("STREAMER_QUEUE_MAX_PER_USER"), Some("jobs.queue_max_per_user"), "1000", None, "most long-running requests one user of a tenant may have waiting or running; past it a request is refused `RATE_LIMITED` (0: no bound)");
+    QUEUE_MAX_PER_TENANT = (Some("STREAMER_QUEUE_MAX_PER_TENANT"), Some("jobs.queue_max_per_tenant"), "10000", None, "most long-running requests one tenant may have waiting or running; past it a request is refused `RATE_LIMITED` (0: no bound)");
+    QUEUE_WAIT_TTL_SECS = (Some("STREAMER_QUEUE_WAIT_TTL_SECS"), Some("jobs.queue_wait_ttl_secs"), "3600", None, "a request no processor leased within this long of becoming ready ends `expired` (its subscribers get a `TIMEOUT` error frame)");
     RETRY_BASE_MS = (Some("STREAMER_RETRY_BASE_MS"), Some("jobs.retry_base_ms"), "1000", None, "first retry delay of a failed attempt (doubled per attempt, jittered)");
     RETRY_MAX_MS = (Some("STREAMER_RETRY_MAX_MS"), Some("jobs.retry_max_ms"), "60000", None, "longest retry delay");
     PROGRESS_INTERVAL_MS = (Some("STREAMER_PROGRESS_INTERVAL_MS"), Some("jobs.progress_interval_ms"), "100", None, "at most one progress frame per request per interval (10/s)");

@@ -26,6 +26,8 @@ use crate::{
 const INVALID_ACTION_LABEL: &str = "_invalid";
 /// Message metric label for actions that are not declared.
 const UNKNOWN_ACTION_LABEL: &str = "_unknown";
+/// The metric label of an action a tenant defined for itself.
+const TENANT_ACTION_LABEL: &str = "_tenant";
 /// Message metric label for frames that outlasted [`OPERATION_BUDGET`].
 const TIMED_OUT_LABEL: &str = "_timed_out";
 
@@ -197,14 +199,24 @@ impl ControlPlane {
         };
         tracing::Span::current().record("request_id", envelope.request_id.as_str());
         // An action only another replica's processors serve yet.
-        if self.actions.resolve(&envelope.action).is_err() {
-            self.jobs.discover(&self.actions, &envelope.action).await;
+        if self
+            .actions
+            .resolve(&envelope.action, &connection.tenant_id)
+            .is_err()
+        {
+            self.jobs
+                .discover(&self.actions, &envelope.action, &connection.tenant_id)
+                .await;
         }
-        // Only declared actions become label values, never client text.
-        let action = if self.actions.resolve(&envelope.action).is_ok() {
-            envelope.action.as_str()
-        } else {
-            UNKNOWN_ACTION_LABEL
+        // Only fleet-wide actions become label values, never client text
+        // nor a tenant's own action names.
+        let action = match self
+            .actions
+            .resolve(&envelope.action, &connection.tenant_id)
+        {
+            Ok(_) if self.actions.is_fleet_wide(&envelope.action) => envelope.action.as_str(),
+            Ok(_) => TENANT_ACTION_LABEL,
+            Err(_) => UNKNOWN_ACTION_LABEL,
         };
         match self.run_action(connection, &envelope).await {
             Ok(reply) => Routed {
@@ -316,10 +328,15 @@ impl ControlPlane {
         connection: &Connection,
         envelope: &Envelope,
     ) -> Result<Frame, Fault> {
-        let action = match self.actions.resolve(&envelope.action)? {
+        let action = match self
+            .actions
+            .resolve(&envelope.action, &connection.tenant_id)?
+        {
             Resolved::Sync(action) => action,
-            Resolved::Async(action) => {
-                return self.queue_request(connection, envelope, &action).await;
+            Resolved::Async { action, scoped } => {
+                return self
+                    .queue_request(connection, envelope, &action, scoped)
+                    .await;
             }
         };
         if let Some(permission) = &action.permission {
@@ -335,6 +352,7 @@ impl ControlPlane {
         connection: &Connection,
         envelope: &Envelope,
         action: &AsyncAction,
+        scoped: bool,
     ) -> Result<Frame, Fault> {
         if let Some(permission) = &action.permission {
             permit(connection, permission, &format!("action {:?}", action.name))?;
@@ -350,7 +368,8 @@ impl ControlPlane {
             action.max_attempts,
             action.lease_timeout_ms,
             self.jobs.now_ms(),
-        );
+        )
+        .scoped(scoped);
         self.jobs
             .submit(request)
             .await

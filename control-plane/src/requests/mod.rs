@@ -24,7 +24,7 @@ use self::{
     session::{Assignment, Session},
 };
 use crate::{
-    actions::Actions,
+    actions::{Actions, Scope},
     clock::Clock,
     config::JobsConfig,
     delivery::fanout::Fanout,
@@ -244,15 +244,41 @@ impl Jobs {
         Ok(cancelled)
     }
 
-    /// Publishes the actions a processor here serves, so a request for them
-    /// is accepted by whichever replica the client's frame reaches.
-    pub async fn publish_actions(&self, specs: &[(String, Value)]) {
-        let until = self.now_ms() + crate::clock::ms(PUBLISH_EVERY * 3);
-        for (name, spec) in specs {
-            if let Err(err) = self.queue.publish_action(name, spec, until).await {
-                tracing::warn!(action = %name, error = %err, "cannot publish an action to the fleet");
+    /// Publishes the actions a processor here serves, each in its scope,
+    /// so a request for them is accepted by whichever replica the client's
+    /// frame reaches. A name whose scope already has another definition
+    /// alive (from a processor on any replica) is not taken over: the
+    /// error names the action and how the definitions differ.
+    pub async fn publish_actions(&self, specs: &[(Scope, String, Value)]) -> Result<(), String> {
+        let now = self.now_ms();
+        let until = now + crate::clock::ms(PUBLISH_EVERY * 3);
+        for (scope, name, spec) in specs {
+            match self
+                .queue
+                .claim_action(scope.key(), name, spec, until, now)
+                .await
+            {
+                Ok(None) => {}
+                Ok(Some(existing)) => {
+                    let difference = match (
+                        crate::actions::AsyncAction::from_spec(&existing),
+                        crate::actions::AsyncAction::from_spec(spec),
+                    ) {
+                        (Ok(there), Ok(here)) => there
+                            .difference(&here)
+                            .unwrap_or_else(|| "the definition".to_owned()),
+                        _ => "the definition".to_owned(),
+                    };
+                    return Err(format!(
+                        "action {name:?} is defined by another processor of this scope (on another replica); this processor's definition differs ({difference})"
+                    ));
+                }
+                Err(err) => {
+                    tracing::warn!(action = %name, error = %err, "cannot publish an action to the fleet");
+                }
             }
         }
+        Ok(())
     }
 
     /// Publishes them again every [`PUBLISH_EVERY`] while `session` stays
@@ -260,43 +286,60 @@ impl Jobs {
     pub async fn keep_published(
         self: Arc<Self>,
         session: Arc<Session>,
-        specs: Vec<(String, Value)>,
+        specs: Vec<(Scope, String, Value)>,
     ) {
         loop {
             tokio::time::sleep(PUBLISH_EVERY).await;
             if session.closed.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
-            self.publish_actions(&specs).await;
+            if let Err(why) = self.publish_actions(&specs).await {
+                tracing::warn!(session = %session.id, %why, "a published action was taken over");
+            }
         }
     }
 
     /// Looks up an action this replica does not know among those other
-    /// replicas' processors serve; registers it here when found. Misses
-    /// are remembered for a few seconds, so unknown names cost at most one
-    /// store read per name per [`MISS_TTL`].
-    pub async fn discover(&self, actions: &crate::actions::Actions, name: &str) -> bool {
+    /// replicas' processors serve, for a client of `tenant` (its tenant's
+    /// own, then the fleet's); takes it in here when found. Misses are
+    /// remembered for a few seconds, so unknown names cost at most two
+    /// store reads per name and tenant per [`MISS_TTL`].
+    pub async fn discover(
+        &self,
+        actions: &crate::actions::Actions,
+        name: &str,
+        tenant: &str,
+    ) -> bool {
         let now = self.now_ms();
+        let miss_key = format!("{tenant}\u{1f}{name}");
         if let Ok(misses) = self.misses.lock()
-            && misses.get(name).is_some_and(|until| *until > now)
+            && misses.get(&miss_key).is_some_and(|until| *until > now)
         {
             return false;
         }
-        let found = match self.queue.published_action(name, now).await {
-            Ok(Some(spec)) => crate::actions::AsyncAction::from_spec(&spec)
-                .ok()
-                .is_some_and(|action| actions.register_async(action).is_ok()),
-            Ok(None) => false,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot look up a published action");
-                return false;
+        let mut found = false;
+        for scope in [Scope::Tenant(tenant.to_owned()), Scope::Fleet] {
+            match self.queue.published_action(scope.key(), name, now).await {
+                Ok(Some(spec)) => {
+                    found = crate::actions::AsyncAction::from_spec(&spec)
+                        .ok()
+                        .is_some_and(|action| actions.adopt(&scope, action, now));
+                    if found {
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot look up a published action");
+                    return false;
+                }
             }
-        };
+        }
         if !found && let Ok(mut misses) = self.misses.lock() {
             if misses.len() > 10_000 {
                 misses.clear();
             }
-            misses.insert(name.to_owned(), now + crate::clock::ms(MISS_TTL));
+            misses.insert(miss_key, now + crate::clock::ms(MISS_TTL));
         }
         found
     }

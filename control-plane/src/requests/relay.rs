@@ -107,8 +107,8 @@ pub fn failure_frame(request: &Request) -> Bytes {
         message: "request failed".into(),
     });
     let mut fault = Fault::request_failure(&failure.code, failure.message);
-    if request.status == Status::Cancelled {
-        fault = fault.with_details(json!({"status": "cancelled"}));
+    if matches!(request.status, Status::Cancelled | Status::Expired) {
+        fault = fault.with_details(json!({"status": request.status.as_str()}));
     }
     Frame::error(Some(&request.request_id), &fault.client())
         .to_json()

@@ -23,7 +23,11 @@ fn setup(retry: Duration) -> Setup {
     let gateway = Arc::new(FakeGateway::new());
     let actions = Arc::new(Actions::new(&[]).expect("actions"));
     actions
-        .register_async(AsyncAction::new("work", None, None, Some(1_000), Some(2)).expect("action"))
+        .register(
+            &crate::actions::Scope::Fleet,
+            AsyncAction::new("work", None, None, Some(1_000), Some(2)).expect("action"),
+            0,
+        )
         .expect("register");
     let jobs = Arc::new(Jobs::new(JobsParts {
         queue: queue.clone(),

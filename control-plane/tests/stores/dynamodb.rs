@@ -312,6 +312,23 @@ async fn request_queue_conformance_on_dynamodb() {
     conformance::run_all(&queue, "").await;
 }
 
+#[tokio::test]
+async fn request_queue_bounds_open_requests_on_dynamodb() {
+    use streamer_control_plane::requests::queue::{
+        QueueLimits, conformance as queue_conformance,
+        dynamo::{self as queue_dynamo, DynamoQueue},
+    };
+    let table = unique("queue-caps");
+    queue_dynamo::create_table(&client(), &table)
+        .await
+        .expect("create table");
+    let queue = DynamoQueue::new(client(), &table).with_limits(QueueLimits {
+        max_per_user: 2,
+        max_per_tenant: 3,
+    });
+    queue_conformance::open_requests_are_bounded_per_user_and_tenant(&queue, "").await;
+}
+
 /// The counter item of `tenant`.
 async fn counter(table: &str, tenant: &str) -> Option<i64> {
     let out = client()

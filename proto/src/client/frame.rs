@@ -25,6 +25,19 @@ impl PresenceEvent {
     }
 }
 
+/// One join or leave, in a `presence` frame's `changes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceChange {
+    /// Join or leave.
+    pub event: PresenceEvent,
+    /// Who.
+    pub user_id: String,
+    /// Which connection.
+    pub connection_id: String,
+    /// When.
+    pub timestamp: String,
+}
+
 /// Where a message sits in a stream that keeps history: its offset (gapless,
 /// from 1) and the stream's epoch (changes when the stream's history was
 /// lost).
@@ -114,18 +127,28 @@ pub enum Frame {
         /// When it was sent.
         timestamp: String,
     },
-    /// Someone joined or left a group the client is in.
+    /// Members joined or left a group the client is in: every change
+    /// since the group's last presence frame (at most one frame per group
+    /// per interval), oldest first, in `changes`; the last of them also in
+    /// `event`, `user_id`, `connection_id` and `timestamp`, as a frame for
+    /// one change always had it.
     Presence {
         /// The group.
         group: String,
-        /// Join or leave.
+        /// The last change: join or leave.
         event: PresenceEvent,
-        /// Who.
+        /// The last change: who.
         user_id: String,
-        /// Which connection.
+        /// The last change: which connection.
         connection_id: String,
-        /// When.
+        /// The last change: when.
         timestamp: String,
+        /// Every change, oldest first.
+        changes: Vec<PresenceChange>,
+        /// Changes were left out (more than a frame carries): list the
+        /// members to know where things stand.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
     },
     /// A piece of a frame too large for one gateway message: the client
     /// joins the pieces and handles the frame they make
@@ -213,14 +236,33 @@ impl Frame {
         }
     }
 
-    /// A `presence` frame.
+    /// A `presence` frame for one change.
     pub fn presence(group: &str, event: PresenceEvent, user_id: &str, connection_id: &str) -> Self {
-        Frame::Presence {
-            group: group.to_owned(),
+        let change = PresenceChange {
             event,
             user_id: user_id.to_owned(),
             connection_id: connection_id.to_owned(),
             timestamp: timestamp_now(),
+        };
+        Self::presence_changes(group, vec![change], false)
+    }
+
+    /// A `presence` frame carrying `changes` (at least one).
+    pub fn presence_changes(group: &str, changes: Vec<PresenceChange>, truncated: bool) -> Self {
+        let last = changes.last().cloned().unwrap_or(PresenceChange {
+            event: PresenceEvent::Leave,
+            user_id: String::new(),
+            connection_id: String::new(),
+            timestamp: timestamp_now(),
+        });
+        Frame::Presence {
+            group: group.to_owned(),
+            event: last.event,
+            user_id: last.user_id,
+            connection_id: last.connection_id,
+            timestamp: last.timestamp,
+            changes,
+            truncated,
         }
     }
 
@@ -288,6 +330,8 @@ mod tests {
         );
         let frame = value(&Frame::presence("g", PresenceEvent::Leave, "u", "c"));
         assert_eq!(frame["event"], "leave");
+        assert_eq!(frame["changes"][0]["connection_id"], "c");
+        assert!(frame.get("truncated").is_none());
         let frame = value(&Frame::acknowledgment("r3"));
         assert_eq!(frame["status"], "queued");
         let frame = value(&Frame::progress("r4", 50, "half", None));

@@ -11,7 +11,7 @@ mod frame;
 
 pub use envelope::{Envelope, parse_envelope, peek_request_id, strict_json};
 pub use error::{ClientError, ErrorBody, ErrorCode, Retry};
-pub use frame::{Frame, PresenceEvent, StreamPosition};
+pub use frame::{Frame, PresenceChange, PresenceEvent, StreamPosition};
 
 /// RFC 3339 timestamp with milliseconds, UTC.
 pub fn timestamp_now() -> String {

@@ -124,6 +124,7 @@ pub(crate) enum StatusArg {
     Completed,
     Failed,
     Cancelled,
+    Expired,
 }
 
 #[derive(Subcommand)]

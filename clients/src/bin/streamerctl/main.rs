@@ -168,6 +168,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 StatusArg::Completed => RequestStatus::Completed,
                 StatusArg::Failed => RequestStatus::Failed,
                 StatusArg::Cancelled => RequestStatus::Cancelled,
+                StatusArg::Expired => RequestStatus::Expired,
             });
             let rows: Vec<RequestInfo> =
                 client.list_requests(&tenant, status).try_collect().await?;

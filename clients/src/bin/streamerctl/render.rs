@@ -35,6 +35,7 @@ pub(crate) fn status_name(status: i32) -> &'static str {
         RequestStatus::Completed => "completed",
         RequestStatus::Failed => "failed",
         RequestStatus::Cancelled => "cancelled",
+        RequestStatus::Expired => "expired",
         RequestStatus::Unspecified => "unknown",
     }
 }

@@ -311,9 +311,15 @@ async fn a_killed_replica_hands_its_work_over_exactly_once() {
 
 #[tokio::test]
 async fn reconcile_runs_once_across_the_fleet_and_removes_rows_of_an_unreachable_endpoint() {
+    // Rows whose endpoint refuses connections (nothing listens there); it
+    // is one of the deployment's endpoints (a gateway that went away).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}/local", dead.local_addr().expect("addr"));
+    drop(dead);
     let fleet = Fleet::start(
         2,
         &[
+            ("STREAMER_MANAGEMENT_ENDPOINTS", endpoint.as_str()),
             ("STREAMER_RECONCILE_IDLE_SECS", "0"),
             ("STREAMER_RECONCILE_INTERVAL_SECS", "0"),
             ("STREAMER_RECONCILE_UNREACHABLE_SECS", "1"),
@@ -321,10 +327,6 @@ async fn reconcile_runs_once_across_the_fleet_and_removes_rows_of_an_unreachable
         ],
     )
     .await;
-    // Rows whose endpoint refuses connections (nothing listens there).
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let endpoint = format!("http://{}/local", dead.local_addr().expect("addr"));
-    drop(dead);
     for i in 0..3 {
         let reply = edge(fleet.channel(0), EDGE_TOKEN)
             .connect(v1::ConnectRequest {

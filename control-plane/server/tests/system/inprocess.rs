@@ -32,6 +32,11 @@ impl Stack {
             ("STREAMER_GATEWAY_ADDR", "127.0.0.1:0"),
             ("STREAMER_CONSOLE_ADDR", "127.0.0.1:0"),
             ("STREAMER_DEMO_PROCESSOR", "false"),
+            // The endpoint of the API Gateway fixtures (the stack's API).
+            (
+                "STREAMER_MANAGEMENT_ENDPOINTS",
+                "https://abc123.execute-api.eu-west-1.amazonaws.com/prod",
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -185,7 +185,12 @@ async fn invoke(watch: &Watch, function: &str, event: &PathBuf, within: Duration
 
 #[tokio::test]
 async fn the_lambda_binaries_answer_real_events_under_cargo_lambda() {
-    let dev = Dev::start(&[]).await;
+    // The endpoint of the API Gateway fixtures is the stack's API.
+    let dev = Dev::start(&[(
+        "STREAMER_MANAGEMENT_ENDPOINTS",
+        "https://abc123.execute-api.eu-west-1.amazonaws.com/prod",
+    )])
+    .await;
     let dir = TempDir::new("lambda-events");
     let watch = watch(&dev, &dir).await;
     let valid = token("alice", "acme", &[]);

@@ -23,6 +23,7 @@ struct Setup {
     registry: Arc<MemoryRegistry>,
     gateway: Arc<FakeGateway>,
     broadcaster: Arc<Broadcaster>,
+    presence: Arc<Presence>,
 }
 
 /// 2 connects per IP per minute, a burst of 5 messages, 2 connections per
@@ -99,7 +100,11 @@ fn setup(loopback_unlimited: bool) -> Setup {
         loopback_unlimited,
         actions,
         jobs,
-        groups: Arc::new(Groups::new(registry.clone(), presence, groups_config)),
+        groups: Arc::new(Groups::new(
+            registry.clone(),
+            presence.clone(),
+            groups_config,
+        )),
         streams,
         delivery: gateway.clone(),
         fanout,
@@ -122,6 +127,7 @@ fn setup(loopback_unlimited: bool) -> Setup {
         registry,
         gateway,
         broadcaster,
+        presence,
     }
 }
 
@@ -279,7 +285,10 @@ async fn routing_answers_builtins_and_refuses_bad_frames() {
 #[tokio::test(start_paused = true)]
 async fn joining_needs_the_permission_and_announces_presence() {
     let Setup {
-        control, gateway, ..
+        control,
+        gateway,
+        presence,
+        ..
     } = setup(false);
     let member = token("alice", "acme", &["group:join:room-*"]);
     assert!(
@@ -339,7 +348,9 @@ async fn joining_needs_the_permission_and_announces_presence() {
         json!({"id":"4","action":"join","payload":{"group":"room-1"}}),
     )
     .await;
-    // Presence goes out in the background: poll (bounded) until it lands.
+    // Presence goes out at the next tick, in the background: flush now,
+    // then poll (bounded) until it lands.
+    presence.flush().await;
     let heard_join = || {
         gateway.received("c1").iter().any(|f| {
             let f: Value = serde_json::from_str(f).expect("json");

@@ -35,6 +35,256 @@ pub async fn run_all(queue: &dyn RequestQueue, prefix: &str) {
     retries_and_final_failure(queue, prefix).await;
     cancel_and_subscribe(queue, prefix).await;
     listing_pages_by_status(queue, prefix).await;
+    a_backlog_of_one_tenant_hides_nothing_from_another(queue, prefix, 60).await;
+    a_tenants_own_actions_are_leased_only_by_its_processors(queue, prefix).await;
+    requests_that_wait_too_long_expire(queue, prefix).await;
+    one_definition_per_action_and_scope(queue, prefix).await;
+}
+
+/// A processor bound to a tenant leases that tenant's oldest request at
+/// once, however many of another tenant's wait before it; an unbound one
+/// takes the oldest of all (first come, first served across tenants).
+pub async fn a_backlog_of_one_tenant_hides_nothing_from_another(
+    queue: &dyn RequestQueue,
+    prefix: &str,
+    backlog: usize,
+) {
+    let (ta, tb) = (format!("{prefix}q-fair-a"), format!("{prefix}q-fair-b"));
+    let action = format!("{prefix}shared");
+    for i in 0..backlog {
+        queue
+            .create(request(&ta, &format!("a{i:05}"), &action, NOW + i as i64))
+            .await
+            .expect("backlog");
+    }
+    queue
+        .create(request(&tb, "b1", &action, NOW + backlog as i64 + 1))
+        .await
+        .expect("the other tenant's");
+    let now = NOW + backlog as i64 + 10;
+    let leased = queue
+        .lease(std::slice::from_ref(&action), Some(&tb), "p-b", now)
+        .await
+        .expect("lease")
+        .expect("tb's request, not hidden behind ta's");
+    assert_eq!(
+        (leased.tenant_id.as_str(), leased.request_id.as_str()),
+        (tb.as_str(), "b1")
+    );
+    let first = queue
+        .lease(std::slice::from_ref(&action), None, "p-any", now)
+        .await
+        .expect("lease")
+        .expect("the oldest of all");
+    assert_eq!(
+        (first.tenant_id.as_str(), first.request_id.as_str()),
+        (ta.as_str(), "a00000")
+    );
+    assert!(
+        queue
+            .lease(std::slice::from_ref(&action), Some(&tb), "p-b", now)
+            .await
+            .expect("lease")
+            .is_none(),
+        "tb has nothing left"
+    );
+}
+
+/// A request of a tenant's own action is leased by a processor bound to
+/// that tenant, never by an unbound one.
+pub async fn a_tenants_own_actions_are_leased_only_by_its_processors(
+    queue: &dyn RequestQueue,
+    prefix: &str,
+) {
+    let tenant = format!("{prefix}q-scoped");
+    let action = format!("{prefix}own-action");
+    queue
+        .create(request(&tenant, "s1", &action, NOW).scoped(true))
+        .await
+        .expect("create");
+    assert!(
+        queue
+            .lease(std::slice::from_ref(&action), None, "p-any", NOW + 1)
+            .await
+            .expect("lease")
+            .is_none(),
+        "an unbound processor does not see it"
+    );
+    assert!(
+        queue
+            .lease(
+                std::slice::from_ref(&action),
+                Some("someone-else"),
+                "p-x",
+                NOW + 1
+            )
+            .await
+            .expect("lease")
+            .is_none()
+    );
+    let leased = queue
+        .lease(
+            std::slice::from_ref(&action),
+            Some(&tenant),
+            "p-own",
+            NOW + 1,
+        )
+        .await
+        .expect("lease")
+        .expect("its tenant's processor leases it");
+    assert!(leased.scoped);
+    assert_eq!(leased.request_id, "s1");
+}
+
+/// A request ready for longer than the wait TTL and still not leased ends
+/// `expired` with a `TIMEOUT`, once; a running one does not.
+pub async fn requests_that_wait_too_long_expire(queue: &dyn RequestQueue, prefix: &str) {
+    let tenant = format!("{prefix}q-expire");
+    let action = format!("{prefix}never-served");
+    for id in ["old-1", "old-2", "young"] {
+        let created = if id == "young" { NOW + 10_000 } else { NOW };
+        queue
+            .create(request(&tenant, id, &action, created))
+            .await
+            .expect("create");
+    }
+    let mut expired = Vec::new();
+    for _ in 0..3 {
+        expired.extend(
+            queue
+                .expire_waiting(NOW + 1, NOW + 5_000, 100)
+                .await
+                .expect("expire")
+                .into_iter()
+                .filter(|r| r.tenant_id == tenant),
+        );
+    }
+    let mut ids: Vec<&str> = expired.iter().map(|r| r.request_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["old-1", "old-2"], "each once, the young one waits on");
+    for r in &expired {
+        assert_eq!(r.status, Status::Expired);
+        assert_eq!(r.error.as_ref().map(|e| e.code.as_str()), Some("TIMEOUT"));
+    }
+    let read = queue
+        .get(&tenant, "old-1")
+        .await
+        .expect("get")
+        .expect("kept");
+    assert_eq!(read.status, Status::Expired);
+    assert!(
+        queue
+            .lease(
+                std::slice::from_ref(&action),
+                Some(&tenant),
+                "p",
+                NOW + 20_000
+            )
+            .await
+            .expect("lease")
+            .is_some_and(|r| r.request_id == "young"),
+        "only the young one is left to lease"
+    );
+}
+
+/// One definition of an action per scope is published: the same one
+/// refreshes it, another is answered with the one in place (until it
+/// lapses); other scopes are apart.
+pub async fn one_definition_per_action_and_scope(queue: &dyn RequestQueue, prefix: &str) {
+    let name = format!("{prefix}defined");
+    let scope = format!("{prefix}tenant-x");
+    let one = json!({"name": name, "permission": null});
+    let two = json!({"name": name, "permission": "admin"});
+    assert_eq!(
+        queue
+            .claim_action(&scope, &name, &one, NOW + 100, NOW)
+            .await
+            .expect("claim"),
+        None
+    );
+    assert_eq!(
+        queue
+            .claim_action(&scope, &name, &one, NOW + 200, NOW + 1)
+            .await
+            .expect("refresh"),
+        None
+    );
+    assert_eq!(
+        queue
+            .claim_action(&scope, &name, &two, NOW + 200, NOW + 2)
+            .await
+            .expect("claim"),
+        Some(one.clone()),
+        "the definition in place wins"
+    );
+    assert_eq!(
+        queue
+            .claim_action("", &name, &two, NOW + 200, NOW + 2)
+            .await
+            .expect("fleet"),
+        None,
+        "scopes are apart"
+    );
+    assert_eq!(
+        queue
+            .published_action(&scope, &name, NOW + 3)
+            .await
+            .expect("read"),
+        Some(one)
+    );
+    assert_eq!(
+        queue
+            .claim_action(&scope, &name, &two, NOW + 900, NOW + 300)
+            .await
+            .expect("after it lapsed"),
+        None
+    );
+}
+
+/// Open requests are bounded per user and per tenant (run on a queue
+/// made with `max_per_user` 2 and `max_per_tenant` 3); a finished one
+/// frees its place.
+pub async fn open_requests_are_bounded_per_user_and_tenant(queue: &dyn RequestQueue, prefix: &str) {
+    let tenant = format!("{prefix}q-caps");
+    let by = |user: &str, id: &str| {
+        Request::queued(&tenant, id, "work", json!({}), user, "c", 3, 30_000, NOW)
+    };
+    queue.create(by("alice", "a1")).await.expect("1st");
+    queue.create(by("alice", "a2")).await.expect("2nd");
+    assert!(matches!(
+        queue.create(by("alice", "a3")).await,
+        Err(QueueError::Full {
+            who: "user",
+            max: 2
+        })
+    ));
+    queue.create(by("bob", "b1")).await.expect("bob's 1st");
+    assert!(matches!(
+        queue.create(by("bob", "b2")).await,
+        Err(QueueError::Full {
+            who: "tenant",
+            max: 3
+        })
+    ));
+    assert!(
+        queue.get(&tenant, "b2").await.expect("get").is_none(),
+        "nothing stored"
+    );
+    queue
+        .cancel(&tenant, "a1", None, NOW + 1)
+        .await
+        .expect("cancel");
+    queue
+        .create(by("bob", "b2"))
+        .await
+        .expect("a place is free again");
+    // Expiry frees places too.
+    let expired = queue
+        .expire_waiting(NOW + 10, NOW + 20, 100)
+        .await
+        .expect("expire");
+    assert!(expired.iter().filter(|r| r.tenant_id == tenant).count() >= 3);
+    queue.create(by("alice", "a4")).await.expect("free again");
 }
 
 /// Ids are per tenant; a duplicate returns the existing request.
@@ -377,5 +627,22 @@ mod tests {
     #[tokio::test]
     async fn memory_queue_keeps_the_contract() {
         super::run_all(&super::super::memory::MemoryQueue::new(), "").await;
+    }
+
+    #[tokio::test]
+    async fn memory_queue_bounds_open_requests() {
+        let queue =
+            super::super::memory::MemoryQueue::new().with_limits(super::super::QueueLimits {
+                max_per_user: 2,
+                max_per_tenant: 3,
+            });
+        super::open_requests_are_bounded_per_user_and_tenant(&queue, "").await;
+    }
+
+    /// The embedded queue leases past a backlog of 100,000 at once.
+    #[tokio::test]
+    async fn memory_queue_leases_past_a_large_backlog() {
+        let queue = super::super::memory::MemoryQueue::new();
+        super::a_backlog_of_one_tenant_hides_nothing_from_another(&queue, "", 100_000).await;
     }
 }

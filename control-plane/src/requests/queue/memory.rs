@@ -1,35 +1,161 @@
 //! The embedded request queue: one ordered map behind a mutex (held only
-//! for in-memory work, never across an await). Nothing survives a restart;
-//! use DynamoDB for durability. Finished requests stay readable (`GetRequest`,
+//! for in-memory work, never across an await), with indexes of the queued
+//! requests by action and by tenant and action, so a lease takes the
+//! oldest request it may serve at once however many other tenants have
+//! waiting; and counts of each user's and tenant's open requests, so a
+//! flood is refused at the bound. Nothing survives a restart; use DynamoDB
+//! for durability. Finished requests stay readable (`GetRequest`,
 //! `subscribe`, duplicate detection) until [`MAX_FINISHED`] newer ones have
 //! finished; DynamoDB keeps them for 7 days by TTL.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     sync::Mutex,
 };
 
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Failure, ProgressState, QueueError, Request, RequestQueue, Status};
+use super::{Failure, ProgressState, QueueError, QueueLimits, Request, RequestQueue, Status};
 
 type Key = (String, String);
+/// A queued request's place: when it may be leased, when it was accepted,
+/// and its key.
+type Place = (i64, i64, Key);
 
 /// How many finished requests the embedded queue keeps (the most recently
 /// finished); without a bound a long-running `dev` or embedded deployment
 /// grows by every request it ever served (found by the 10-minute soak).
 pub const MAX_FINISHED: usize = 10_000;
 
+/// The requests and their indexes.
+#[derive(Debug, Default)]
+struct State {
+    requests: BTreeMap<Key, Request>,
+    /// Queued requests of fleet-wide actions, by action (unbound
+    /// processors lease from here).
+    fleet: HashMap<String, BTreeSet<Place>>,
+    /// Every queued request, by tenant and action (bound processors lease
+    /// from here; expiry reads it).
+    tenant: HashMap<(String, String), BTreeSet<Place>>,
+    /// Open (queued or running) requests per tenant and per user.
+    open_tenant: HashMap<String, u64>,
+    open_user: HashMap<Key, u64>,
+}
+
+fn place(r: &Request) -> Place {
+    (
+        r.ready_at_ms(),
+        r.created_ms,
+        (r.tenant_id.clone(), r.request_id.clone()),
+    )
+}
+
+fn is_open(status: Status) -> bool {
+    matches!(status, Status::Queued | Status::Running)
+}
+
+impl State {
+    /// Takes `r` out of the indexes and counts it kept.
+    fn unindex(&mut self, r: &Request) {
+        if r.status == Status::Queued {
+            let at = place(r);
+            if !r.scoped
+                && let Some(set) = self.fleet.get_mut(&r.action)
+            {
+                set.remove(&at);
+                if set.is_empty() {
+                    self.fleet.remove(&r.action);
+                }
+            }
+            let key = (r.tenant_id.clone(), r.action.clone());
+            if let Some(set) = self.tenant.get_mut(&key) {
+                set.remove(&at);
+                if set.is_empty() {
+                    self.tenant.remove(&key);
+                }
+            }
+        }
+        if is_open(r.status) {
+            let user = (r.tenant_id.clone(), r.user_id.clone());
+            for count in [
+                self.open_tenant.get_mut(&r.tenant_id),
+                self.open_user.get_mut(&user),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *count = count.saturating_sub(1);
+            }
+            if self.open_tenant.get(&r.tenant_id) == Some(&0) {
+                self.open_tenant.remove(&r.tenant_id);
+            }
+            if self.open_user.get(&user) == Some(&0) {
+                self.open_user.remove(&user);
+            }
+        }
+    }
+
+    /// Puts `r` into the indexes and counts.
+    fn index(&mut self, r: &Request) {
+        if r.status == Status::Queued {
+            let at = place(r);
+            if !r.scoped {
+                self.fleet
+                    .entry(r.action.clone())
+                    .or_default()
+                    .insert(at.clone());
+            }
+            self.tenant
+                .entry((r.tenant_id.clone(), r.action.clone()))
+                .or_default()
+                .insert(at);
+        }
+        if is_open(r.status) {
+            *self.open_tenant.entry(r.tenant_id.clone()).or_default() += 1;
+            *self
+                .open_user
+                .entry((r.tenant_id.clone(), r.user_id.clone()))
+                .or_default() += 1;
+        }
+    }
+
+    /// Changes the request at `key` with `change` (which says whether it
+    /// applied), keeping the indexes: the request after, and whether it
+    /// finished now.
+    fn change(
+        &mut self,
+        key: &Key,
+        change: impl FnOnce(&mut Request) -> bool,
+    ) -> Result<(Request, bool), QueueError> {
+        let Some(mut request) = self.requests.remove(key) else {
+            return Err(QueueError::NotFound);
+        };
+        let before = request.clone();
+        let was_final = request.status.is_final();
+        if !change(&mut request) {
+            let status = request.status.as_str();
+            self.requests.insert(key.clone(), before);
+            return Err(QueueError::Conflict { status });
+        }
+        self.unindex(&before);
+        self.index(&request);
+        let finished_now = !was_final && request.status.is_final();
+        self.requests.insert(key.clone(), request.clone());
+        Ok((request, finished_now))
+    }
+}
+
 /// The embedded queue.
 #[derive(Debug)]
 pub struct MemoryQueue {
-    requests: Mutex<BTreeMap<Key, Request>>,
+    state: Mutex<State>,
     /// Finished requests, oldest first.
     finished: Mutex<VecDeque<Key>>,
     max_finished: usize,
-    /// Published actions: name → (spec, until ms).
-    published: Mutex<std::collections::HashMap<String, (Value, i64)>>,
+    limits: QueueLimits,
+    /// Published actions: (scope, name) → (spec, until ms).
+    published: Mutex<HashMap<(String, String), (Value, i64)>>,
 }
 
 impl Default for MemoryQueue {
@@ -47,11 +173,17 @@ impl MemoryQueue {
     /// An empty queue that keeps `max_finished` finished requests.
     pub fn keeping(max_finished: usize) -> Self {
         Self {
-            requests: Mutex::default(),
+            state: Mutex::default(),
             finished: Mutex::default(),
             max_finished,
+            limits: QueueLimits::default(),
             published: Mutex::default(),
         }
+    }
+
+    /// The same queue, bounding open requests per user and tenant.
+    pub fn with_limits(self, limits: QueueLimits) -> Self {
+        Self { limits, ..self }
     }
 
     /// Records that `key` has just finished, and forgets the oldest finished
@@ -65,22 +197,26 @@ impl MemoryQueue {
         let evicted: Vec<Key> = finished.drain(..excess).collect();
         drop(finished);
         if !evicted.is_empty() {
-            let _ = self.with(|requests| {
+            let _ = self.with(|state| {
                 for key in evicted {
-                    if requests.get(&key).is_some_and(|r| r.status.is_final()) {
-                        requests.remove(&key);
+                    if state
+                        .requests
+                        .get(&key)
+                        .is_some_and(|r| r.status.is_final())
+                    {
+                        state.requests.remove(&key);
                     }
                 }
             });
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<Key, Request>) -> T) -> Result<T, QueueError> {
-        let mut requests = self
-            .requests
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> Result<T, QueueError> {
+        let mut state = self
+            .state
             .lock()
             .map_err(|_| QueueError::Unavailable("queue lock poisoned".into()))?;
-        Ok(f(&mut requests))
+        Ok(f(&mut state))
     }
 
     fn update(
@@ -90,19 +226,7 @@ impl MemoryQueue {
         change: impl FnOnce(&mut Request) -> bool,
     ) -> Result<Request, QueueError> {
         let key = (tenant_id.to_owned(), request_id.to_owned());
-        let (request, finished_now) = self.with(|requests| {
-            let Some(request) = requests.get_mut(&key) else {
-                return Err(QueueError::NotFound);
-            };
-            let was_final = request.status.is_final();
-            if change(request) {
-                Ok((request.clone(), !was_final && request.status.is_final()))
-            } else {
-                Err(QueueError::Conflict {
-                    status: request.status.as_str(),
-                })
-            }
-        })??;
+        let (request, finished_now) = self.with(|state| state.change(&key, change))??;
         if finished_now {
             self.retire(key);
         }
@@ -123,22 +247,46 @@ impl RequestQueue for MemoryQueue {
     }
 
     async fn create(&self, request: Request) -> Result<(), QueueError> {
-        self.with(|requests| {
+        let limits = self.limits;
+        self.with(|state| {
             let key = (request.tenant_id.clone(), request.request_id.clone());
-            if let Some(existing) = requests.get(&key) {
+            if let Some(existing) = state.requests.get(&key) {
                 return Err(QueueError::Duplicate {
                     status: existing.status.as_str(),
                     user_id: existing.user_id.clone(),
                 });
             }
-            requests.insert(key, request);
+            let open = |count: Option<&u64>| count.copied().unwrap_or(0);
+            if limits.max_per_user > 0
+                && open(
+                    state
+                        .open_user
+                        .get(&(request.tenant_id.clone(), request.user_id.clone())),
+                ) >= limits.max_per_user
+            {
+                return Err(QueueError::Full {
+                    who: "user",
+                    max: limits.max_per_user,
+                });
+            }
+            if limits.max_per_tenant > 0
+                && open(state.open_tenant.get(&request.tenant_id)) >= limits.max_per_tenant
+            {
+                return Err(QueueError::Full {
+                    who: "tenant",
+                    max: limits.max_per_tenant,
+                });
+            }
+            state.index(&request);
+            state.requests.insert(key, request);
             Ok(())
         })?
     }
 
     async fn get(&self, tenant_id: &str, request_id: &str) -> Result<Option<Request>, QueueError> {
-        self.with(|requests| {
-            requests
+        self.with(|state| {
+            state
+                .requests
                 .get(&(tenant_id.to_owned(), request_id.to_owned()))
                 .cloned()
         })
@@ -152,12 +300,13 @@ impl RequestQueue for MemoryQueue {
         limit: usize,
     ) -> Result<(Vec<Request>, Option<String>), QueueError> {
         let limit = limit.max(1);
-        self.with(|requests| {
+        self.with(|state| {
             let start = (
                 tenant_id.to_owned(),
                 after.map(|a| format!("{a}\0")).unwrap_or_default(),
             );
-            let page: Vec<Request> = requests
+            let page: Vec<Request> = state
+                .requests
                 .range(start..)
                 .take_while(|((tenant, _), _)| tenant == tenant_id)
                 .map(|(_, r)| r)
@@ -177,23 +326,31 @@ impl RequestQueue for MemoryQueue {
         owner: &str,
         now_ms: i64,
     ) -> Result<Option<Request>, QueueError> {
-        self.with(|requests| {
-            let candidate = requests
-                .values_mut()
-                .filter(|r| {
-                    r.status == Status::Queued
-                        && r.not_before_ms <= now_ms
-                        && actions.contains(&r.action)
-                        && tenant.is_none_or(|t| r.tenant_id == t)
+        self.with(|state| {
+            let oldest = actions
+                .iter()
+                .filter_map(|action| {
+                    let queued = match tenant {
+                        Some(t) => state.tenant.get(&(t.to_owned(), action.clone())),
+                        None => state.fleet.get(action),
+                    };
+                    queued.and_then(|set| set.first()).cloned()
                 })
-                .min_by_key(|r| (r.not_before_ms.max(r.created_ms), r.created_ms))?;
-            candidate.status = Status::Running;
-            candidate.attempts += 1;
-            candidate.lease_owner = Some(owner.to_owned());
-            candidate.lease_expires_ms =
-                now_ms + i64::try_from(candidate.lease_timeout_ms).unwrap_or(i64::MAX / 2);
-            candidate.updated_ms = now_ms;
-            Some(candidate.clone())
+                .filter(|(ready, _, _)| *ready <= now_ms)
+                .min()?;
+            let (_, _, key) = oldest;
+            state
+                .change(&key, |r| {
+                    r.status = Status::Running;
+                    r.attempts += 1;
+                    r.lease_owner = Some(owner.to_owned());
+                    r.lease_expires_ms =
+                        now_ms + i64::try_from(r.lease_timeout_ms).unwrap_or(i64::MAX / 2);
+                    r.updated_ms = now_ms;
+                    true
+                })
+                .ok()
+                .map(|(request, _)| request)
         })
     }
 
@@ -215,7 +372,6 @@ impl RequestQueue for MemoryQueue {
             true
         })
     }
-
     async fn complete(
         &self,
         tenant_id: &str,
@@ -287,32 +443,92 @@ impl RequestQueue for MemoryQueue {
         })
     }
 
-    async fn publish_action(
+    async fn claim_action(
         &self,
+        scope: &str,
         name: &str,
         spec: &Value,
         until_ms: i64,
-    ) -> Result<(), QueueError> {
-        self.published
+        now_ms: i64,
+    ) -> Result<Option<Value>, QueueError> {
+        let mut published = self
+            .published
             .lock()
-            .map_err(|_| QueueError::Unavailable("queue lock poisoned".into()))?
-            .insert(name.to_owned(), (spec.clone(), until_ms));
-        Ok(())
+            .map_err(|_| QueueError::Unavailable("queue lock poisoned".into()))?;
+        let key = (scope.to_owned(), name.to_owned());
+        if let Some((existing, until)) = published.get(&key)
+            && *until > now_ms
+            && existing != spec
+        {
+            return Ok(Some(existing.clone()));
+        }
+        published.insert(key, (spec.clone(), until_ms));
+        Ok(None)
     }
 
-    async fn published_action(&self, name: &str, now_ms: i64) -> Result<Option<Value>, QueueError> {
+    async fn published_action(
+        &self,
+        scope: &str,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<Option<Value>, QueueError> {
         Ok(self
             .published
             .lock()
             .map_err(|_| QueueError::Unavailable("queue lock poisoned".into()))?
-            .get(name)
+            .get(&(scope.to_owned(), name.to_owned()))
             .filter(|(_, until)| *until > now_ms)
             .map(|(spec, _)| spec.clone()))
     }
 
+    async fn expire_waiting(
+        &self,
+        ready_before_ms: i64,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Request>, QueueError> {
+        let expired = self.with(|state| {
+            let mut due: Vec<Key> = state
+                .tenant
+                .values()
+                .flat_map(|set| {
+                    set.iter()
+                        .take_while(|(ready, _, _)| *ready <= ready_before_ms)
+                        .map(|(_, _, key)| key.clone())
+                })
+                .collect();
+            due.sort();
+            due.truncate(limit);
+            due.into_iter()
+                .filter_map(|key| {
+                    state
+                        .change(&key, |r| {
+                            if r.status != Status::Queued || r.ready_at_ms() > ready_before_ms {
+                                return false;
+                            }
+                            r.status = Status::Expired;
+                            r.error = Some(Failure {
+                                code: "TIMEOUT".into(),
+                                message: "the request waited too long for a processor".into(),
+                            });
+                            r.updated_ms = now_ms;
+                            true
+                        })
+                        .ok()
+                        .map(|(request, _)| request)
+                })
+                .collect::<Vec<_>>()
+        })?;
+        for request in &expired {
+            self.retire((request.tenant_id.clone(), request.request_id.clone()));
+        }
+        Ok(expired)
+    }
+
     async fn cancels_for(&self, owner: &str) -> Result<Vec<(String, String)>, QueueError> {
-        self.with(|requests| {
-            requests
+        self.with(|state| {
+            state
+                .requests
                 .values()
                 .filter(|r| r.cancel_owner.as_deref() == Some(owner))
                 .map(|r| (r.tenant_id.clone(), r.request_id.clone()))
@@ -326,8 +542,10 @@ impl RequestQueue for MemoryQueue {
         request_id: &str,
         owner: &str,
     ) -> Result<(), QueueError> {
-        self.with(|requests| {
-            if let Some(r) = requests.get_mut(&(tenant_id.to_owned(), request_id.to_owned()))
+        self.with(|state| {
+            if let Some(r) = state
+                .requests
+                .get_mut(&(tenant_id.to_owned(), request_id.to_owned()))
                 && r.cancel_owner.as_deref() == Some(owner)
             {
                 r.cancel_owner = None;
@@ -350,8 +568,9 @@ impl RequestQueue for MemoryQueue {
     }
 
     async fn expired_leases(&self, now_ms: i64, limit: usize) -> Result<Vec<Request>, QueueError> {
-        self.with(|requests| {
-            requests
+        self.with(|state| {
+            state
+                .requests
                 .values()
                 .filter(|r| r.status == Status::Running && r.lease_expires_ms < now_ms)
                 .take(limit)
@@ -361,16 +580,18 @@ impl RequestQueue for MemoryQueue {
     }
 
     async fn queued_stats(&self, actions: &[String]) -> Result<(u64, Option<i64>), QueueError> {
-        self.with(|requests| {
-            let queued = requests
-                .values()
-                .filter(|r| r.status == Status::Queued && actions.contains(&r.action));
-            queued.fold((0u64, None), |(n, oldest): (u64, Option<i64>), r| {
-                (
-                    n + 1,
-                    Some(oldest.map_or(r.created_ms, |o| o.min(r.created_ms))),
+        self.with(|state| {
+            state
+                .tenant
+                .iter()
+                .filter(|((_, action), _)| actions.contains(action))
+                .flat_map(|(_, set)| set.iter())
+                .fold(
+                    (0u64, None),
+                    |(n, oldest): (u64, Option<i64>), (_, created, _)| {
+                        (n + 1, Some(oldest.map_or(*created, |o| o.min(*created))))
+                    },
                 )
-            })
         })
     }
 }

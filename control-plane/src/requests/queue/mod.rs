@@ -23,6 +23,8 @@ pub enum Status {
     Failed,
     /// Cancelled.
     Cancelled,
+    /// Waited longer than `STREAMER_QUEUE_WAIT_TTL_SECS` for a processor.
+    Expired,
 }
 
 impl Status {
@@ -34,6 +36,7 @@ impl Status {
             Status::Completed => "completed",
             Status::Failed => "failed",
             Status::Cancelled => "cancelled",
+            Status::Expired => "expired",
         }
     }
 
@@ -45,13 +48,17 @@ impl Status {
             "completed" => Status::Completed,
             "failed" => Status::Failed,
             "cancelled" => Status::Cancelled,
+            "expired" => Status::Expired,
             _ => return None,
         })
     }
 
     /// Whether nothing more will happen to the request.
     pub fn is_final(self) -> bool {
-        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+        matches!(
+            self,
+            Status::Completed | Status::Failed | Status::Cancelled | Status::Expired
+        )
     }
 }
 
@@ -117,6 +124,9 @@ pub struct Request {
     /// The processor session that held the request when it was cancelled
     /// and has not been told yet (its replica polls for these).
     pub cancel_owner: Option<String>,
+    /// Its action is its tenant's own definition: only processors bound
+    /// to the tenant lease it.
+    pub scoped: bool,
 }
 
 impl Request {
@@ -153,9 +163,23 @@ impl Request {
             created_ms: now_ms,
             updated_ms: now_ms,
             cancel_owner: None,
+            scoped: false,
         }
     }
+
+    /// The same request, leased only by processors bound to its tenant
+    /// when `scoped`.
+    pub fn scoped(self, scoped: bool) -> Self {
+        Self { scoped, ..self }
+    }
+
+    /// When it may be leased: its backoff's end, or its acceptance.
+    pub fn ready_at_ms(&self) -> i64 {
+        self.not_before_ms.max(self.created_ms)
+    }
 }
+
+pub use crate::config::QueueLimits;
 
 pub use crate::error::QueueError;
 
@@ -167,7 +191,9 @@ pub trait RequestQueue: Send + Sync + 'static {
     fn max_value_bytes(&self) -> Option<usize>;
 
     /// Accepts a new request; `Duplicate` (with the existing one) when the
-    /// tenant already used the id.
+    /// tenant already used the id; `Full` when its user or its tenant has
+    /// as many open (waiting or running) requests as the queue's
+    /// [`QueueLimits`] allow.
     async fn create(&self, request: Request) -> Result<(), QueueError>;
 
     /// One request.
@@ -183,9 +209,11 @@ pub trait RequestQueue: Send + Sync + 'static {
         limit: usize,
     ) -> Result<(Vec<Request>, Option<String>), QueueError>;
 
-    /// Leases the oldest queued request of `actions` (of `tenant`, if
-    /// given) whose backoff has passed: Running, owned by `owner`, one more
-    /// attempt, lease until `now + lease_timeout`.
+    /// Leases the oldest queued request of `actions` whose backoff has
+    /// passed, whatever other tenants have waiting: of `tenant`, for a
+    /// processor bound to it; of any tenant, but never a tenant's own
+    /// ([`Request::scoped`]) action, for an unbound one. Running, owned by
+    /// `owner`, one more attempt, lease until `now + lease_timeout`.
     async fn lease(
         &self,
         actions: &[String],
@@ -240,18 +268,43 @@ pub trait RequestQueue: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<Request, QueueError>;
 
-    /// Publishes an async action a processor on this replica serves (its
-    /// [`crate::actions::AsyncAction::spec`]) until `until_ms`, so every
-    /// replica accepts requests for it.
-    async fn publish_action(
+    /// Publishes an async action a processor on this replica serves, in
+    /// `scope` (a tenant id, or empty for every tenant), with its
+    /// definition (its [`crate::actions::AsyncAction::spec`]) until
+    /// `until_ms`, so every replica accepts requests for it: one
+    /// conditional write, made only when no other definition of the name
+    /// in the scope is published and alive at `now_ms`. `Some(definition)`
+    /// is the other definition, which keeps the name (no last writer
+    /// wins, across replicas too).
+    async fn claim_action(
         &self,
+        scope: &str,
         name: &str,
         spec: &Value,
         until_ms: i64,
-    ) -> Result<(), QueueError>;
+        now_ms: i64,
+    ) -> Result<Option<Value>, QueueError>;
 
-    /// An action some replica published and still serves at `now_ms`.
-    async fn published_action(&self, name: &str, now_ms: i64) -> Result<Option<Value>, QueueError>;
+    /// An action of `scope` some replica published and still serves at
+    /// `now_ms`.
+    async fn published_action(
+        &self,
+        scope: &str,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<Option<Value>, QueueError>;
+
+    /// Ends the queued requests that became ready at or before
+    /// `ready_before_ms` and were not leased since (they waited longer
+    /// than `STREAMER_QUEUE_WAIT_TTL_SECS` for a processor): each becomes
+    /// `Expired` (one conditional transition, so a lease meanwhile wins)
+    /// and is returned, at most `limit`.
+    async fn expire_waiting(
+        &self,
+        ready_before_ms: i64,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Request>, QueueError>;
 
     /// Cancelled requests whose holder `owner` has not been told yet:
     /// `(tenant_id, request_id)`.

@@ -49,11 +49,49 @@ pub(super) fn to_item(r: &Request) -> Item {
         ("created".to_owned(), n(r.created_ms)),
         ("updated".to_owned(), n(r.updated_ms)),
     ]);
+    if r.scoped {
+        item.insert("scoped".to_owned(), AttributeValue::Bool(true));
+    }
     if r.status == Status::Queued {
-        item.insert("queue_key".to_owned(), s(&r.action));
-        item.insert("ready_at".to_owned(), n(r.not_before_ms.max(r.created_ms)));
+        for (name, value) in queued_keys(r) {
+            item.insert(name.to_owned(), value);
+        }
+        item.insert("ready_at".to_owned(), n(r.ready_at_ms()));
     }
     item
+}
+
+/// The index keys of a queued request: `tenant_queue_key` (its tenant and
+/// action: bound processors lease from there), `wait_shard` (expiry reads
+/// it), and `queue_key` (its action: unbound processors lease from there)
+/// unless its action is its tenant's own.
+pub(super) fn queued_keys(r: &Request) -> Vec<(&'static str, AttributeValue)> {
+    let mut keys = vec![
+        (
+            "tenant_queue_key",
+            s(&tenant_queue_key(&r.tenant_id, &r.action)),
+        ),
+        ("wait_shard", s(&wait_shard(&r.tenant_id, &r.request_id))),
+    ];
+    if !r.scoped {
+        keys.push(("queue_key", s(&r.action)));
+    }
+    keys
+}
+
+pub(super) fn tenant_queue_key(tenant_id: &str, action: &str) -> String {
+    format!("{tenant_id}#{action}")
+}
+
+/// How many partitions the expiry index spreads queued requests over (one
+/// would be a hot key under a flood).
+pub(super) const WAIT_SHARDS: u32 = 8;
+
+pub(super) fn wait_shard(tenant_id: &str, request_id: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (tenant_id, request_id).hash(&mut hasher);
+    format!("w{}", hasher.finish() % u64::from(WAIT_SHARDS))
 }
 
 pub(super) fn from_item(item: &Item) -> Option<Request> {
@@ -100,6 +138,7 @@ pub(super) fn from_item(item: &Item) -> Option<Request> {
         },
         created_ms: num("created")?,
         updated_ms: num("updated")?,
+        scoped: item.get("scoped").and_then(|v| v.as_bool().ok()).copied() == Some(true),
     })
 }
 

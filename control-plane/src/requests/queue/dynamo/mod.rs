@@ -5,13 +5,23 @@
 //! sparse: `by-tenant` (`tenant_id`, `request_id`) and `by-tenant-status`
 //! (`tenant_status` = `tenant#status`, `request_id`) for listing;
 //! `by-queue` (`queue_key` = the action, `ready_at`) holding only queued
-//! requests, in the order they may be leased; `by-lease` (`lease_key`,
+//! requests of fleet-wide actions, in the order they may be leased (where
+//! unbound processors lease); `by-tenant-queue` (`tenant_queue_key` =
+//! `tenant#action`, `ready_at`) holding every queued request, where a
+//! processor bound to a tenant leases, so another tenant's backlog never
+//! stands in front of it (filtering one shared partition by tenant did:
+//! 15 waiting requests of one tenant hid another's from its processor);
+//! `by-wait` (`wait_shard`, one of eight, `ready_at`) from which requests
+//! that waited too long expire; `by-lease` (`lease_key`,
 //! `lease_expires`) holding only running ones, for expired leases. Every
 //! transition is an UpdateItem conditioned on the current status (and the
 //! lease owner), so a redelivered or late message never acts twice. A
 //! fifth, sparse GSI `by-cancel` (`cancel_owner`, `pk`) holds cancelled
 //! requests whose processor (on some replica) is still to be told; items
-//! `#action#<name>` publish the actions processors serve to every replica.
+//! `#action#<scope>#<name>` publish the actions processors serve to every
+//! replica, one definition per name and scope (a conditional write). Items
+//! `#open#t#<tenant>` and `#open#u#<tenant>#<user>` count open requests,
+//! so a create past the bound is refused in the same transaction.
 //! Finished requests get a TTL (`expires_at`, 7 days).
 
 use std::sync::Arc;
@@ -27,8 +37,21 @@ use serde_json::Value;
 
 mod items;
 
-use self::items::{finished_ttl, from_item, pk, tenant_status, to_item};
-use super::{Failure, ProgressState, QueueError, Request, RequestQueue, Status};
+use self::items::{
+    WAIT_SHARDS, finished_ttl, from_item, pk, queued_keys, tenant_queue_key, tenant_status, to_item,
+};
+
+/// The counter items of a tenant's and a user's open requests.
+fn open_keys(tenant_id: &str, user_id: &str) -> [String; 2] {
+    [
+        format!("#open#t#{tenant_id}"),
+        format!("#open#u#{tenant_id}#{user_id}"),
+    ]
+}
+
+/// The attributes a request leaves behind when it stops waiting.
+const QUEUED_KEYS: &str = "queue_key, tenant_queue_key, wait_shard, ready_at";
+use super::{Failure, ProgressState, QueueError, QueueLimits, Request, RequestQueue, Status};
 use crate::store::dynamo::{Item, TableSpec, condition_failed, describe, n, numeric, s, string};
 
 /// Listing index.
@@ -37,6 +60,10 @@ pub const TENANT_INDEX: &str = "by-tenant";
 pub const STATUS_INDEX: &str = "by-tenant-status";
 /// Queued requests by action and readiness.
 pub const QUEUE_INDEX: &str = "by-queue";
+/// Queued requests by tenant and action, and readiness.
+pub const TENANT_QUEUE_INDEX: &str = "by-tenant-queue";
+/// Queued requests by shard and readiness (for expiry).
+pub const WAIT_INDEX: &str = "by-wait";
 /// Running requests by lease expiry.
 pub const LEASE_INDEX: &str = "by-lease";
 /// Cancelled requests by the processor session still to be told (sparse).
@@ -60,6 +87,12 @@ pub fn table_spec() -> TableSpec {
             (TENANT_INDEX, string("tenant_id"), string("request_id")),
             (STATUS_INDEX, string("tenant_status"), string("request_id")),
             (QUEUE_INDEX, string("queue_key"), numeric("ready_at")),
+            (
+                TENANT_QUEUE_INDEX,
+                string("tenant_queue_key"),
+                numeric("ready_at"),
+            ),
+            (WAIT_INDEX, string("wait_shard"), numeric("ready_at")),
             (LEASE_INDEX, string("lease_key"), numeric("lease_expires")),
             (CANCEL_INDEX, string("cancel_owner"), string("pk")),
         ],
@@ -80,6 +113,7 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), QueueError
 pub struct DynamoQueue {
     client: Client,
     table: Arc<str>,
+    limits: QueueLimits,
 }
 
 impl std::fmt::Debug for DynamoQueue {
@@ -96,7 +130,53 @@ impl DynamoQueue {
         Self {
             client,
             table: Arc::from(table),
+            limits: QueueLimits::default(),
         }
+    }
+
+    /// The same queue, bounding open requests per user and tenant.
+    pub fn with_limits(self, limits: QueueLimits) -> Self {
+        Self { limits, ..self }
+    }
+
+    fn counted(&self) -> bool {
+        self.limits.max_per_user > 0 || self.limits.max_per_tenant > 0
+    }
+
+    /// Gives a finished request's place back to its user and tenant.
+    async fn release_open(&self, request: &Request) {
+        if !self.counted() {
+            return;
+        }
+        for key in open_keys(&request.tenant_id, &request.user_id) {
+            if let Err(err) = self
+                .client
+                .update_item()
+                .table_name(&*self.table)
+                .key("pk", s(&key))
+                .update_expression("ADD #open :minus")
+                .expression_attribute_names("#open", "open")
+                .expression_attribute_values(":minus", n(-1))
+                .send()
+                .await
+            {
+                tracing::warn!(error = %describe(&err), "cannot count a finished request out");
+            }
+        }
+    }
+
+    /// A transition that may finish the request: the open counts follow.
+    async fn finish(
+        &self,
+        tenant_id: &str,
+        request_id: &str,
+        update: UpdateItemFluentBuilder,
+    ) -> Result<Request, QueueError> {
+        let request = self.transition(tenant_id, request_id, update).await?;
+        if request.status.is_final() {
+            self.release_open(&request).await;
+        }
+        Ok(request)
     }
 
     fn update(&self, tenant_id: &str, request_id: &str) -> UpdateItemFluentBuilder {
@@ -106,6 +186,88 @@ impl DynamoQueue {
             .key("pk", s(&pk(tenant_id, request_id)))
             .expression_attribute_names("#status", "status")
             .return_values(ReturnValue::AllNew)
+    }
+
+    /// A create that counts the request into its user's and tenant's open
+    /// requests in the same transaction, each count conditioned on its
+    /// bound, so no flood gets past it whatever the replicas.
+    async fn create_counted(&self, request: Request) -> Result<(), QueueError> {
+        use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+        let build = |e: aws_sdk_dynamodb::error::BuildError| QueueError::Unavailable(e.to_string());
+        let put = Put::builder()
+            .table_name(&*self.table)
+            .set_item(Some(to_item(&request)))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(build)?;
+        let [tenant_key, user_key] = open_keys(&request.tenant_id, &request.user_id);
+        let count = |key: &str, max: u64| {
+            let update = Update::builder()
+                .table_name(&*self.table)
+                .key("pk", s(key))
+                .update_expression("ADD #open :one")
+                .expression_attribute_names("#open", "open")
+                .expression_attribute_values(":one", n(1));
+            match max {
+                0 => update,
+                max => update
+                    .condition_expression("attribute_not_exists(#open) OR #open < :max")
+                    .expression_attribute_values(":max", n(i64::try_from(max).unwrap_or(i64::MAX))),
+            }
+            .build()
+        };
+        let written = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(
+                TransactWriteItem::builder()
+                    .update(count(&tenant_key, self.limits.max_per_tenant).map_err(build)?)
+                    .build(),
+            )
+            .transact_items(
+                TransactWriteItem::builder()
+                    .update(count(&user_key, self.limits.max_per_user).map_err(build)?)
+                    .build(),
+            )
+            .send()
+            .await;
+        let err = match written {
+            Ok(_) => return Ok(()),
+            Err(err) => err,
+        };
+        let reasons: Vec<bool> = err
+            .as_service_error()
+            .and_then(|e| match e {
+                aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => Some(
+                    c.cancellation_reasons()
+                        .iter()
+                        .map(|r| r.code() == Some("ConditionalCheckFailed"))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default();
+        match reasons.as_slice() {
+            [true, ..] => match self.get(&request.tenant_id, &request.request_id).await? {
+                Some(existing) => Err(QueueError::Duplicate {
+                    status: existing.status.as_str(),
+                    user_id: existing.user_id,
+                }),
+                None => Err(QueueError::Unavailable(
+                    "request vanished during create".into(),
+                )),
+            },
+            [_, true, ..] => Err(QueueError::Full {
+                who: "tenant",
+                max: self.limits.max_per_tenant,
+            }),
+            [_, _, true] => Err(QueueError::Full {
+                who: "user",
+                max: self.limits.max_per_user,
+            }),
+            _ => Err(unavailable(err)),
+        }
     }
 
     /// Runs a conditional transition; a failed condition reads the request
@@ -141,6 +303,9 @@ impl RequestQueue for DynamoQueue {
     }
 
     async fn create(&self, request: Request) -> Result<(), QueueError> {
+        if self.counted() {
+            return self.create_counted(request).await;
+        }
         let put = self
             .client
             .put_item()
@@ -234,23 +399,32 @@ impl RequestQueue for DynamoQueue {
         owner: &str,
         now_ms: i64,
     ) -> Result<Option<Request>, QueueError> {
+        // The oldest few of each partition this processor may serve: its
+        // tenant's (bound) or the fleet-wide actions' (unbound). No filter
+        // after the read, so no other tenant's backlog can hide them.
         let mut candidates: Vec<Request> = Vec::new();
         for action in actions {
-            let mut query = self
+            let (index, key, value) = match tenant {
+                Some(tenant) => (
+                    TENANT_QUEUE_INDEX,
+                    "tenant_queue_key",
+                    tenant_queue_key(tenant, action),
+                ),
+                None => (QUEUE_INDEX, "queue_key", action.clone()),
+            };
+            let out = self
                 .client
                 .query()
                 .table_name(&*self.table)
-                .index_name(QUEUE_INDEX)
-                .key_condition_expression("queue_key = :a AND ready_at <= :now")
-                .expression_attribute_values(":a", s(action))
+                .index_name(index)
+                .key_condition_expression("#k = :k AND ready_at <= :now")
+                .expression_attribute_names("#k", key)
+                .expression_attribute_values(":k", s(&value))
                 .expression_attribute_values(":now", n(now_ms))
-                .limit(10);
-            if let Some(tenant) = tenant {
-                query = query
-                    .filter_expression("tenant_id = :t")
-                    .expression_attribute_values(":t", s(tenant));
-            }
-            let out = query.send().await.map_err(unavailable)?;
+                .limit(10)
+                .send()
+                .await
+                .map_err(unavailable)?;
             candidates.extend(out.items().iter().filter_map(from_item));
         }
         candidates.sort_by_key(|r| (r.not_before_ms.max(r.created_ms), r.created_ms));
@@ -261,7 +435,7 @@ impl RequestQueue for DynamoQueue {
                 .update(&candidate.tenant_id, &candidate.request_id)
                 .update_expression(
                     "SET #status = :running, tenant_status = :ts, lease_owner = :o, lease_expires = :le, lease_key = :lk, \
-                     attempts = attempts + :one, updated = :now REMOVE queue_key, ready_at",
+                     attempts = attempts + :one, updated = :now REMOVE queue_key, tenant_queue_key, wait_shard, ready_at",
                 )
                 .condition_expression("#status = :queued AND ready_at <= :now")
                 .expression_attribute_values(":running", s(Status::Running.as_str()))
@@ -334,7 +508,7 @@ impl RequestQueue for DynamoQueue {
             .expression_attribute_values(":ttl", finished_ttl(now_ms))
             .expression_attribute_values(":running", s(Status::Running.as_str()))
             .expression_attribute_values(":o", s(owner));
-        self.transition(tenant_id, request_id, update).await
+        self.finish(tenant_id, request_id, update).await
     }
 
     async fn fail(
@@ -352,15 +526,24 @@ impl RequestQueue for DynamoQueue {
         update = match retry_at {
             Some(at) => {
                 let current = self.get(tenant_id, request_id).await?.ok_or(QueueError::NotFound)?;
-                update
-                    .update_expression(
-                        "SET #status = :queued, tenant_status = :ts, not_before = :at, queue_key = :a, ready_at = :at, updated = :now \
+                let keys = queued_keys(&current);
+                let set: Vec<String> = keys
+                    .iter()
+                    .map(|(name, _)| format!("{name} = :{name}"))
+                    .collect();
+                let mut update = update
+                    .update_expression(format!(
+                        "SET #status = :queued, tenant_status = :ts, not_before = :at, ready_at = :at, updated = :now, {} \
                          REMOVE lease_owner, lease_key",
-                    )
+                        set.join(", ")
+                    ))
                     .expression_attribute_values(":queued", s(Status::Queued.as_str()))
                     .expression_attribute_values(":ts", s(&tenant_status(tenant_id, Status::Queued)))
-                    .expression_attribute_values(":at", n(at))
-                    .expression_attribute_values(":a", s(&current.action))
+                    .expression_attribute_values(":at", n(at));
+                for (name, value) in keys {
+                    update = update.expression_attribute_values(format!(":{name}"), value);
+                }
+                update
             }
             None => update
                 .update_expression(
@@ -380,7 +563,7 @@ impl RequestQueue for DynamoQueue {
                 .expression_attribute_values(":o", s(owner)),
             None => update.condition_expression("#status = :running"),
         };
-        self.transition(tenant_id, request_id, update).await
+        self.finish(tenant_id, request_id, update).await
     }
 
     async fn cancel(
@@ -406,48 +589,71 @@ impl RequestQueue for DynamoQueue {
             Some(holder) => update
                 .update_expression(
                     "SET #status = :cancelled, tenant_status = :ts, error_code = :c, error_message = :m, updated = :now, expires_at = :ttl, cancel_owner = :o \
-                     REMOVE lease_owner, lease_key, queue_key, ready_at",
+                     REMOVE lease_owner, lease_key, queue_key, tenant_queue_key, wait_shard, ready_at",
                 )
                 .condition_expression("(#status = :queued OR #status = :running) AND lease_owner = :o")
                 .expression_attribute_values(":o", s(holder)),
             None => update
                 .update_expression(
                     "SET #status = :cancelled, tenant_status = :ts, error_code = :c, error_message = :m, updated = :now, expires_at = :ttl \
-                     REMOVE lease_owner, lease_key, queue_key, ready_at",
+                     REMOVE lease_owner, lease_key, queue_key, tenant_queue_key, wait_shard, ready_at",
                 )
                 .condition_expression(
                     "(#status = :queued OR #status = :running) AND attribute_not_exists(lease_owner)",
                 ),
         };
-        self.transition(tenant_id, request_id, update).await
+        self.finish(tenant_id, request_id, update).await
     }
 
-    async fn publish_action(
+    async fn claim_action(
         &self,
+        scope: &str,
         name: &str,
         spec: &Value,
         until_ms: i64,
-    ) -> Result<(), QueueError> {
+        now_ms: i64,
+    ) -> Result<Option<Value>, QueueError> {
         // `#` first: no tenant id (and so no request key) starts with it.
-        self.client
+        let key = format!("#action#{scope}#{name}");
+        let text = spec.to_string();
+        let put = self
+            .client
             .put_item()
             .table_name(&*self.table)
-            .item("pk", s(&format!("#action#{name}")))
-            .item("spec", s(&spec.to_string()))
+            .item("pk", s(&key))
+            .item("spec", s(&text))
             .item("until_ms", n(until_ms))
             .item("expires_at", n(until_ms / 1000 + 3600))
+            .condition_expression("attribute_not_exists(pk) OR spec = :spec OR until_ms < :now")
+            .expression_attribute_values(":spec", s(&text))
+            .expression_attribute_values(":now", n(now_ms))
             .send()
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+            .await;
+        match put {
+            Ok(_) => Ok(None),
+            Err(err) if condition_failed(&err) => {
+                match self.published_action(scope, name, now_ms).await? {
+                    Some(existing) => Ok(Some(existing)),
+                    // Expired meanwhile: the next claim takes it.
+                    None => Ok(Some(Value::Null)),
+                }
+            }
+            Err(err) => Err(unavailable(err)),
+        }
     }
 
-    async fn published_action(&self, name: &str, now_ms: i64) -> Result<Option<Value>, QueueError> {
+    async fn published_action(
+        &self,
+        scope: &str,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<Option<Value>, QueueError> {
         let got = self
             .client
             .get_item()
             .table_name(&*self.table)
-            .key("pk", s(&format!("#action#{name}")))
+            .key("pk", s(&format!("#action#{scope}#{name}")))
+            .consistent_read(true)
             .send()
             .await
             .map_err(unavailable)?;
@@ -458,6 +664,64 @@ impl RequestQueue for DynamoQueue {
                 .then(|| serde_json::from_str(spec).ok())
                 .flatten()
         }))
+    }
+
+    async fn expire_waiting(
+        &self,
+        ready_before_ms: i64,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Request>, QueueError> {
+        let mut expired = Vec::new();
+        for shard in 0..WAIT_SHARDS {
+            if expired.len() >= limit {
+                break;
+            }
+            let out = self
+                .client
+                .query()
+                .table_name(&*self.table)
+                .index_name(WAIT_INDEX)
+                .key_condition_expression("wait_shard = :w AND ready_at <= :before")
+                .expression_attribute_values(":w", s(&format!("w{shard}")))
+                .expression_attribute_values(":before", n(ready_before_ms))
+                .limit(i32::try_from(limit - expired.len()).unwrap_or(i32::MAX))
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for candidate in out.items().iter().filter_map(from_item) {
+                let update = self
+                    .update(&candidate.tenant_id, &candidate.request_id)
+                    .update_expression(format!(
+                        "SET #status = :expired, tenant_status = :ts, error_code = :c, error_message = :m, updated = :now, expires_at = :ttl REMOVE {QUEUED_KEYS}"
+                    ))
+                    .condition_expression("#status = :queued AND ready_at <= :before")
+                    .expression_attribute_values(":expired", s(Status::Expired.as_str()))
+                    .expression_attribute_values(":queued", s(Status::Queued.as_str()))
+                    .expression_attribute_values(
+                        ":ts",
+                        s(&tenant_status(&candidate.tenant_id, Status::Expired)),
+                    )
+                    .expression_attribute_values(":c", s("TIMEOUT"))
+                    .expression_attribute_values(
+                        ":m",
+                        s("the request waited too long for a processor"),
+                    )
+                    .expression_attribute_values(":now", n(now_ms))
+                    .expression_attribute_values(":before", n(ready_before_ms))
+                    .expression_attribute_values(":ttl", finished_ttl(now_ms));
+                match self
+                    .finish(&candidate.tenant_id, &candidate.request_id, update)
+                    .await
+                {
+                    Ok(request) => expired.push(request),
+                    // Leased or cancelled meanwhile.
+                    Err(QueueError::Conflict { .. } | QueueError::NotFound) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        Ok(expired)
     }
 
     async fn cancels_for(&self, owner: &str) -> Result<Vec<(String, String)>, QueueError> {
@@ -566,19 +830,21 @@ impl RequestQueue for DynamoQueue {
             .collect())
     }
 
-    async fn queued_stats(&self, actions: &[String]) -> Result<(u64, Option<i64>), QueueError> {
+    /// Every queued request, whatever its action (read from the expiry
+    /// index, which holds them all).
+    async fn queued_stats(&self, _actions: &[String]) -> Result<(u64, Option<i64>), QueueError> {
         let mut depth = 0u64;
         let mut oldest: Option<i64> = None;
-        for action in actions {
+        for shard in 0..WAIT_SHARDS {
             let mut start: Option<Item> = None;
             loop {
                 let out = self
                     .client
                     .query()
                     .table_name(&*self.table)
-                    .index_name(QUEUE_INDEX)
-                    .key_condition_expression("queue_key = :a")
-                    .expression_attribute_values(":a", s(action))
+                    .index_name(WAIT_INDEX)
+                    .key_condition_expression("wait_shard = :w")
+                    .expression_attribute_values(":w", s(&format!("w{shard}")))
                     .projection_expression("created")
                     .set_exclusive_start_key(start.take())
                     .send()
