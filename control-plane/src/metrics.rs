@@ -497,6 +497,8 @@ pub async fn timed<T>(histogram: &Histogram, future: impl Future<Output = T>) ->
 pub async fn serve(
     listener: TcpListener,
     token: Option<String>,
+    limits: streamer_listener::Limits,
+    tls: Option<streamer_listener::tls::ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::{
@@ -536,10 +538,8 @@ pub async fn serve(
             }
         }),
     );
-    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = streamer_listener::limit_body(app, 0);
+    streamer_listener::serve(listener, app, limits, tls, shutdown).await
 }
 
 /// Compares without stopping at the first difference, so the time taken

@@ -212,27 +212,9 @@ impl Dev {
     /// The `streamer_*` samples of `/metrics` now (needs
     /// `STREAMER_METRICS_ADDR=127.0.0.1:0`), by series.
     pub async fn metrics_now(&self) -> std::collections::HashMap<String, f64> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = self.metrics.expect("start dev with STREAMER_METRICS_ADDR");
-        let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        socket
-            .write_all(
-                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
+        scrape(self.metrics.expect("start dev with STREAMER_METRICS_ADDR"))
             .await
-            .expect("write");
-        let mut response = String::new();
-        socket.read_to_string(&mut response).await.expect("read");
-        let (head, body) = response.split_once("\r\n\r\n").expect("http response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        body.lines()
-            .filter(|l| l.starts_with("streamer_"))
-            .filter_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                Some((name.to_owned(), value.parse().ok()?))
-            })
-            .collect()
+            .expect("scrape /metrics")
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -258,4 +240,32 @@ pub fn signal(child: &tokio::process::Child, signal: &str) {
         .status()
         .expect("kill");
     assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// The `streamer_*` series of `/metrics` at `addr`, by name (with labels).
+pub async fn scrape(addr: SocketAddr) -> std::io::Result<std::collections::HashMap<String, f64>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await?;
+    socket
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await?;
+    let Some((head, body)) = response.split_once("\r\n\r\n") else {
+        return Err(std::io::Error::other("not an http response"));
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(head.to_owned()));
+    }
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with("streamer_"))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect())
 }

@@ -301,7 +301,7 @@ export function groupsView(session: Session): View {
   }
 }
 
-const FINISHED = [RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.CANCELLED];
+const FINISHED = [RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.CANCELLED, RequestStatus.EXPIRED];
 
 function statusName(status: RequestStatus): string {
   return (RequestStatus[status] ?? "UNKNOWN").toLowerCase();

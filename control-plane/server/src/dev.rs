@@ -288,11 +288,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         .collect();
     let gateway_task = tokio::spawn(gateway.serve(gateway_listener, stopped(stop_rx.clone())));
     if let Some(listener) = metrics_listener {
-        tokio::spawn(streamer_control_plane::metrics::serve(
-            listener,
-            config.server.metrics_token.clone(),
-            stopped(stop_rx.clone()),
-        ));
+        app.serve_metrics(listener, stopped(stop_rx.clone()));
     }
     if config.dev.demo_processor {
         let demo = crate::demo::processor(

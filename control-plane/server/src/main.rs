@@ -281,11 +281,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 settings::METRICS_ADDR.name()
             )
         })?;
-        tokio::spawn(streamer_control_plane::metrics::serve(
-            metrics,
-            config.server.metrics_token.clone(),
-            std::future::pending(),
-        ));
+        app.serve_metrics(metrics, std::future::pending());
     }
     let console = match config.server.console.resolve(false) {
         Some(addr) => Some(Console {

@@ -61,6 +61,8 @@ pub enum BuildError {
     NoTokens,
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error(transparent)]
+    Tls(#[from] streamer_listener::tls::TlsError),
 }
 
 /// Where and how to serve the web console.
@@ -101,6 +103,9 @@ pub struct App {
     page_tokens: PageTokens,
     streams: Streams,
     clock: Clock,
+    http: crate::config::HttpConfig,
+    tls: Option<streamer_listener::tls::ServerTls>,
+    metrics_token: Option<String>,
 }
 
 impl std::fmt::Debug for App {
@@ -127,6 +132,24 @@ impl App {
         {
             return Err(BuildError::NoTokens);
         }
+        // TLS material is checked before anything is opened: a bad file is
+        // a startup error naming its setting.
+        let tls = match &config.server.tls {
+            Some(tls) => Some(streamer_listener::tls::ServerTls::load(
+                &streamer_listener::tls::ServerFiles {
+                    cert: tls.cert.clone(),
+                    key: tls.key.clone(),
+                    client_ca: None,
+                    settings: (
+                        crate::config::settings::TLS_CERT.name(),
+                        crate::config::settings::TLS_KEY.name(),
+                        crate::config::settings::TLS_CLIENT_CA.name(),
+                    ),
+                },
+                &[b"h2", b"http/1.1"],
+            )?),
+            None => None,
+        };
         let clock = Clock::new();
         // Every call to a Management API endpoint goes through the list.
         let delivery: Arc<dyn Delivery> =
@@ -147,10 +170,11 @@ impl App {
                 _ => Arc::new(LocalLimits::new(&config.limits)),
             };
         let fanout = Arc::new(Fanout::new(delivery.clone(), config.delivery.clone()));
-        let streams = Streams::new(
+        let streams = Streams::with_budget(
             stores.history,
             config.history.streams.clone(),
             config.history.recover_max,
+            config.history.recover_max_inflight_bytes,
         );
         let broadcaster = Arc::new(Broadcaster::new(
             registry.clone(),
@@ -224,7 +248,42 @@ impl App {
             page_tokens: PageTokens::new(config.server.page_token_secret.as_deref()),
             streams,
             clock,
+            http: config.server.http.clone(),
+            tls,
+            metrics_token: config.server.metrics_token.clone(),
         })
+    }
+
+    /// The limits of an HTTP listener named `name` (console, metrics).
+    pub fn http_limits(&self, name: &'static str) -> streamer_listener::Limits {
+        streamer_listener::Limits {
+            max_connections: self.http.max_connections,
+            max_connections_per_ip: self
+                .http
+                .max_connections_per_ip
+                .min(self.http.max_connections),
+            header_timeout: self.http.header_timeout,
+            body_min_bytes_per_sec: self.http.body_min_bytes_per_sec,
+            body_grace: self.http.body_grace,
+            idle_timeout: self.http.idle_timeout,
+            ..streamer_listener::Limits::new(name)
+        }
+    }
+
+    /// Serves `/metrics` on `listener` (its token, limits and TLS) until
+    /// `shutdown` resolves.
+    pub fn serve_metrics(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            self.metrics_token.clone(),
+            self.http_limits("metrics"),
+            self.tls.clone(),
+            shutdown,
+        ))
     }
 
     /// Waits, at most `timeout`, for the sends in flight (broadcasts,
@@ -433,12 +492,16 @@ impl App {
         // same interceptors) to browsers through gRPC-Web.
         if let Some(console) = console {
             let router = crate::console::router(routes.clone(), tokens.clone(), console.dev);
+            let limits = self.http_limits("console");
+            let tls = self.tls.clone();
             let mut stopping = stopping_rx.clone();
             background.spawn(async move {
                 let stopped = async move {
                     let _ = stopping.wait_for(|stop| *stop).await;
                 };
-                if let Err(err) = crate::console::serve(console.listener, router, stopped).await {
+                if let Err(err) =
+                    crate::console::serve(console.listener, router, limits, tls, stopped).await
+                {
                     tracing::error!(error = %err, "console server failed");
                 }
             });

@@ -485,6 +485,8 @@ pub struct HistoryConfig {
     pub ttl: Duration,
     /// Most messages one recovery returns.
     pub recover_max: usize,
+    /// Most bytes of history being sent to clients at once.
+    pub recover_max_inflight_bytes: usize,
     /// The DynamoDB table.
     pub table: String,
 }
@@ -496,6 +498,7 @@ impl Default for HistoryConfig {
             size: 1000,
             ttl: Duration::from_secs(600),
             recover_max: 1000,
+            recover_max_inflight_bytes: 32 << 20,
             table: "streamer-history".into(),
         }
     }
@@ -531,6 +534,8 @@ impl HistoryConfig {
             size,
             ttl: secs(src.at_least(&s::HISTORY_TTL_SECS, 1)),
             recover_max: src.at_least(&s::HISTORY_RECOVER_MAX, 1),
+            recover_max_inflight_bytes: src
+                .at_least(&s::HISTORY_RECOVER_MAX_INFLIGHT_BYTES, 1 << 20),
             table: src.get(&s::HISTORY_TABLE),
         }
     }

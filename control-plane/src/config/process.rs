@@ -28,6 +28,40 @@ pub struct ServerConfig {
     pub page_token_secret: Option<String>,
     /// Transport limits of the gRPC port.
     pub transport: TransportConfig,
+    /// Limits of the HTTP ports (console, `/metrics`).
+    pub http: HttpConfig,
+    /// TLS for every listener, when configured.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The HTTP ports' limits (`STREAMER_HTTP_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Connections at once from one address.
+    pub max_connections_per_ip: usize,
+    /// Deadline of the handshake and each request head.
+    pub header_timeout: Duration,
+    /// Floor rate of a request body after the grace.
+    pub body_min_bytes_per_sec: u64,
+    /// How long a body may take before the floor applies.
+    pub body_grace: Duration,
+    /// A connection with nothing in flight this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// TLS material (`STREAMER_TLS_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM).
+    pub cert: std::path::PathBuf,
+    /// Private key (PEM).
+    pub key: std::path::PathBuf,
+    /// Client CA for mutual TLS on the gRPC port.
+    pub client_ca: Option<std::path::PathBuf>,
+    /// The certificate name that is the edge role.
+    pub edge_identity: String,
 }
 
 /// Where the web console listens (`STREAMER_CONSOLE_ADDR`).
@@ -126,6 +160,48 @@ impl ServerConfig {
                 max_concurrent_streams: src.at_least(&s::GRPC_MAX_CONCURRENT_STREAMS, 1),
                 max_connection_age: nonzero(secs(src.get(&s::GRPC_MAX_CONNECTION_AGE_SECS))),
                 drain_timeout: secs(src.get(&s::DRAIN_TIMEOUT_SECS)),
+            },
+            http: HttpConfig {
+                max_connections: src.at_least(&s::HTTP_MAX_CONNECTIONS, 1),
+                max_connections_per_ip: src.at_least(&s::HTTP_MAX_CONNECTIONS_PER_IP, 1),
+                header_timeout: millis(src.at_least(&s::HTTP_HEADER_TIMEOUT_MS, 100)),
+                body_min_bytes_per_sec: src.get(&s::HTTP_BODY_MIN_BYTES_PER_SEC),
+                body_grace: millis(src.get(&s::HTTP_BODY_GRACE_MS)),
+                idle_timeout: secs(src.at_least(&s::HTTP_IDLE_TIMEOUT_SECS, 1)),
+            },
+            tls: {
+                let cert: Option<std::path::PathBuf> = src.opt(&s::TLS_CERT);
+                let key: Option<std::path::PathBuf> = src.opt(&s::TLS_KEY);
+                let client_ca: Option<std::path::PathBuf> = src.opt(&s::TLS_CLIENT_CA);
+                let edge_identity: String = src.get(&s::TLS_EDGE_IDENTITY);
+                match (cert, key) {
+                    (Some(cert), Some(key)) => Some(TlsConfig {
+                        cert,
+                        key,
+                        client_ca,
+                        edge_identity,
+                    }),
+                    (None, None) => {
+                        if client_ca.is_some() {
+                            src.problem(
+                                &s::TLS_CLIENT_CA,
+                                "mutual TLS needs STREAMER_TLS_CERT and STREAMER_TLS_KEY too",
+                            );
+                        }
+                        None
+                    }
+                    (Some(_), None) => {
+                        src.problem(&s::TLS_KEY, "STREAMER_TLS_CERT is set; set its key too");
+                        None
+                    }
+                    (None, Some(_)) => {
+                        src.problem(
+                            &s::TLS_CERT,
+                            "STREAMER_TLS_KEY is set; set its certificate too",
+                        );
+                        None
+                    }
+                }
             },
         }
     }

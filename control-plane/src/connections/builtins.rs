@@ -109,10 +109,10 @@ impl ControlPlane {
         builtin: Builtin,
         connection: &Connection,
         envelope: &Envelope,
-    ) -> Result<Frame, Fault> {
+    ) -> Result<Option<Frame>, Fault> {
         let id = envelope.request_id.as_str();
         let payload = &envelope.payload;
-        Ok(match builtin {
+        Ok(Some(match builtin {
             Builtin::Echo => Frame::response(id, payload.clone()),
             Builtin::Health => Frame::response(
                 id,
@@ -147,28 +147,23 @@ impl ControlPlane {
                     .join(connection, group)
                     .await
                     .map_err(group_fault)?;
-                let mut data = json!({ "group": group, "joined": joined });
+                let data = json!({ "group": group, "joined": joined });
                 // Read after the membership is stored: whatever is sent from
                 // now on reaches this connection live, and whatever was sent
                 // before is in the answer (a duplicate is told apart by its
                 // offset).
                 if self.streams.keeps(&stream) {
-                    let recovery = self
-                        .streams
-                        .recover(
-                            &connection.tenant_id,
-                            &stream,
-                            since.as_ref().map(|(s, e)| (*s, e.as_str())),
-                            self.clock.now_ms(),
-                        )
-                        .await?;
-                    if let (Value::Object(data), Value::Object(more)) =
-                        (&mut data, recovery.to_json(since.is_some()))
+                    let missed = since.is_some();
+                    match self
+                        .recover_to(connection, id, &stream, since, data, missed)
+                        .await?
                     {
-                        data.extend(more);
+                        Some(frame) => frame,
+                        None => return Ok(None),
                     }
+                } else {
+                    Frame::response(id, data)
                 }
-                Frame::response(id, data)
             }
             Builtin::Leave => {
                 let group = group_of(payload)?;
@@ -203,16 +198,13 @@ impl ControlPlane {
                 let stream = stream_of(payload)?;
                 let since = since_of(payload)?;
                 may_read(connection, &stream)?;
-                let recovery = self
-                    .streams
-                    .recover(
-                        &connection.tenant_id,
-                        &stream.name(),
-                        since.as_ref().map(|(s, e)| (*s, e.as_str())),
-                        self.clock.now_ms(),
-                    )
-                    .await?;
-                Frame::response(id, recovery.to_json(true))
+                match self
+                    .recover_to(connection, id, &stream.name(), since, json!({}), true)
+                    .await?
+                {
+                    Some(frame) => frame,
+                    None => return Ok(None),
+                }
             }
             Builtin::Subscribe => {
                 let target = request_id_of(payload)?;
@@ -223,7 +215,72 @@ impl ControlPlane {
                     .await?;
                 Frame::response(id, view(&request))
             }
-        })
+        }))
+    }
+
+    /// The answer to a `recover` (or a `join` with `since`, whose `data`
+    /// it extends) of `stream` for `connection`: the response frame when
+    /// what was missed fits in it; otherwise `None` now, and in the
+    /// background the missed messages go to the connection a page at a
+    /// time as `message` frames (under the process's recovery budget),
+    /// then the response, which counts them in `streamed`. The route
+    /// answers at once either way.
+    async fn recover_to(
+        &self,
+        connection: &Connection,
+        id: &str,
+        stream: &str,
+        since: Option<(u64, String)>,
+        data: Value,
+        missed: bool,
+    ) -> Result<Option<Frame>, Fault> {
+        let tenant = connection.tenant_id.to_string();
+        let since_ref = since.as_ref().map(|(s, e)| (*s, e.as_str()));
+        let now = self.clock.now_ms();
+        if let Some(recovery) = self
+            .streams
+            .recover_inline(&tenant, stream, since_ref, now)
+            .await?
+        {
+            return Ok(Some(Frame::response(
+                id,
+                extended(data, recovery.to_json(missed)),
+            )));
+        }
+        let (streams, fanout, connection) = (
+            self.streams.clone(),
+            self.fanout.clone(),
+            connection.clone(),
+        );
+        let (id, stream) = (id.to_owned(), stream.to_owned());
+        tokio::spawn(async move {
+            let since_ref = since.as_ref().map(|(s, e)| (*s, e.as_str()));
+            let recovered = streams
+                .recover(&tenant, &stream, since_ref, now, |messages, position| {
+                    let (fanout, connection, stream) = (&fanout, &connection, &stream);
+                    async move {
+                        for message in messages {
+                            let frame = message.frame(stream, &position.epoch).to_json();
+                            drop(message);
+                            let _ = fanout
+                                .send_one(connection, &crate::delivery::PreparedFrame::new(frame))
+                                .await;
+                        }
+                    }
+                })
+                .await;
+            let answer = match recovered {
+                Ok(recovery) => Frame::response(&id, extended(data, recovery.to_json(missed))),
+                Err(fault) => Frame::error(Some(&id), &fault.client()),
+            };
+            let _ = fanout
+                .send_one(
+                    &connection,
+                    &crate::delivery::PreparedFrame::new(answer.to_json()),
+                )
+                .await;
+        });
+        Ok(None)
     }
 
     /// A request of the caller's tenant and user (else NOT_FOUND: another
@@ -238,4 +295,12 @@ impl ControlPlane {
             _ => Err(Fault::not_found("request")),
         }
     }
+}
+
+/// `data` with `more`'s fields added.
+fn extended(mut data: Value, more: Value) -> Value {
+    if let (Value::Object(data), Value::Object(more)) = (&mut data, more) {
+        data.extend(more);
+    }
+    data
 }

@@ -220,7 +220,11 @@ impl ControlPlane {
         };
         match self.run_action(connection, &envelope).await {
             Ok(reply) => Routed {
-                reply: self.reply(connection, reply.to_json()).await,
+                reply: match reply {
+                    Some(reply) => self.reply(connection, reply.to_json()).await,
+                    // Answered in the background (a large recovery).
+                    None => None,
+                },
                 action: action.to_owned(),
                 outcome: "ok",
             },
@@ -327,7 +331,7 @@ impl ControlPlane {
         &self,
         connection: &Connection,
         envelope: &Envelope,
-    ) -> Result<Frame, Fault> {
+    ) -> Result<Option<Frame>, Fault> {
         let action = match self
             .actions
             .resolve(&envelope.action, &connection.tenant_id)?
@@ -336,7 +340,8 @@ impl ControlPlane {
             Resolved::Async { action, scoped } => {
                 return self
                     .queue_request(connection, envelope, &action, scoped)
-                    .await;
+                    .await
+                    .map(Some);
             }
         };
         if let Some(permission) = &action.permission {

@@ -12,18 +12,14 @@
 
 mod assets;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, State},
+    extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
-};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    service::TowerToHyperService,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -41,6 +37,12 @@ pub trait DevClients: Send + Sync + 'static {
     /// The gateway's WebSocket URL, with the stage.
     fn websocket_url(&self) -> String;
 }
+
+/// The largest body the page's routes take.
+const DEV_TOKEN_MAX_BYTES: usize = 4096;
+/// The largest gRPC-Web request body (the gRPC port's message limit plus
+/// framing).
+const GRPC_WEB_MAX_BYTES: usize = 4 * 1024 * 1024 + 1024;
 
 /// How long a token minted for the client panel is valid, in seconds.
 pub const DEV_CLIENT_TOKEN_TTL_SECS: u64 = 3600;
@@ -64,72 +66,34 @@ pub fn router(
         .route("/assets/{file}", get(assets::file))
         .route("/console/info", get(info))
         .route("/console/dev/token", post(dev_token))
-        .layer(DefaultBodyLimit::max(4096))
         .with_state(shared);
-    let grpc_web = grpc
-        .prepare()
-        .into_axum_router()
-        .layer(tonic_web::GrpcWebLayer::new());
+    // A declared length over a route's limit is refused before any body
+    // is read (a helper call is a few hundred bytes; gRPC-Web messages are
+    // bounded like the gRPC port's, 4 MiB).
+    let page = streamer_listener::limit_body(page, DEV_TOKEN_MAX_BYTES);
+    let grpc_web = streamer_listener::limit_body(
+        grpc.prepare()
+            .into_axum_router()
+            .layer(tonic_web::GrpcWebLayer::new()),
+        GRPC_WEB_MAX_BYTES,
+    );
     page.merge(grpc_web)
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
 }
 
-/// A browser that has not sent its request head in this long is dropped.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more wait in the listen backlog. A console
-/// has a handful of operators: this bounds what a flood of idle sockets can
-/// hold.
-const MAX_CONNECTIONS: usize = 256;
-
-/// Serves `router` on `listener` until `shutdown` resolves; connections in
-/// flight then get a few seconds to finish.
+/// Serves `router` on `listener` under `limits` (and TLS when given) until
+/// `shutdown` resolves; connections in flight then get a few seconds to
+/// finish. The listener is hardened like every HTTP port
+/// ([`streamer_listener`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: streamer_listener::Limits,
+    tls: Option<streamer_listener::tls::ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "console listening");
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-            () = shutdown.as_mut() => break,
-        };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::debug!(error = %err, "console accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            () = shutdown.as_mut() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let watched = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = watched.await;
-            drop(slot);
-        });
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
-    Ok(())
+    streamer_listener::serve(listener, router, limits, tls, shutdown).await
 }
 
 /// Same-origin only, no framing, no referrer: the page runs its own script

@@ -183,6 +183,10 @@ impl DynamoHistory {
         let written = self
             .client
             .transact_write_items()
+            // Idempotent under the SDK's own retries: an attempt whose
+            // answer was lost (a timeout under load) is not applied twice
+            // by its retry (which would store the message at two offsets).
+            .client_request_token(uuid::Uuid::new_v4().simple().to_string())
             .transact_items(TransactWriteItem::builder().update(update).build())
             .transact_items(TransactWriteItem::builder().put(put).build())
             .send()

@@ -200,6 +200,36 @@ pub struct Streams {
     history: Arc<dyn History>,
     patterns: Patterns,
     recover_max: usize,
+    budget: Arc<tokio::sync::Semaphore>,
+}
+
+/// Messages read from history per page (recovery and `ReadHistory`).
+pub const PAGE_MESSAGES: usize = 4;
+/// What a page is charged to the budget before it is read (its messages'
+/// bytes, if more, after): four messages of up to 1 MiB.
+const PAGE_RESERVE_BYTES: usize = 4 << 20;
+/// How long a recovery or read waits for room in the budget before it is
+/// refused `RATE_LIMITED`.
+const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A recovery whose messages come to at most this is answered in its
+/// response (as before); a larger one goes out a page at a time.
+pub const INLINE_RECOVERY_BYTES: usize = 64 << 10;
+/// The most history bytes one `ReadHistory` answer holds (it pages by
+/// `next_since`).
+pub const MAX_READ_BYTES: usize = 4 << 20;
+
+/// A page of history and its place in the budget (freed on drop).
+#[derive(Debug)]
+pub struct Page {
+    /// The read.
+    pub read: Read,
+    /// Its messages' bytes (their data as JSON).
+    pub bytes: usize,
+    _held: tokio::sync::OwnedSemaphorePermit,
+}
+
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 impl std::fmt::Debug for Streams {
@@ -220,8 +250,11 @@ pub struct Recovery {
     /// Whether every message after `since` in the client's epoch is in
     /// `messages`.
     pub recovered: bool,
-    /// The missed messages, in offset order.
+    /// The missed messages, in offset order (when answered inline).
     pub messages: Vec<Stored>,
+    /// How many missed messages went out as `message` frames before the
+    /// answer (a recovery too large to answer inline).
+    pub streamed: usize,
 }
 
 impl Recovery {
@@ -235,6 +268,9 @@ impl Recovery {
         });
         if missed {
             data["recovered"] = self.recovered.into();
+            if self.streamed > 0 {
+                data["streamed"] = self.streamed.into();
+            }
             data["messages"] = self
                 .messages
                 .iter()
@@ -251,11 +287,97 @@ impl Recovery {
 impl Streams {
     /// History for the streams `patterns` names, kept in `history`.
     pub fn new(history: Arc<dyn History>, patterns: Patterns, recover_max: usize) -> Self {
+        Self::with_budget(history, patterns, recover_max, 64 << 20)
+    }
+
+    /// [`Streams::new`] with at most `budget_bytes` of history being
+    /// prepared for clients at once, every connection together
+    /// (`STREAMER_HISTORY_RECOVER_MAX_INFLIGHT_BYTES`).
+    pub fn with_budget(
+        history: Arc<dyn History>,
+        patterns: Patterns,
+        recover_max: usize,
+        budget_bytes: usize,
+    ) -> Self {
+        let units =
+            usize::try_from(kib(budget_bytes.max(PAGE_RESERVE_BYTES))).unwrap_or(usize::MAX);
         Self {
             history,
             patterns,
             recover_max: recover_max.max(1),
+            budget: Arc::new(tokio::sync::Semaphore::new(units)),
         }
+    }
+
+    /// Takes `bytes` of the budget, waiting (up to [`BUDGET_WAIT`]) for
+    /// other reads to give theirs back; `RATE_LIMITED` past the wait.
+    async fn reserve(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, Fault> {
+        let units = kib(bytes).min(
+            u32::try_from(self.budget.available_permits().max(1))
+                .unwrap_or(u32::MAX)
+                .max(kib(PAGE_RESERVE_BYTES)),
+        );
+        match tokio::time::timeout(BUDGET_WAIT, self.budget.clone().acquire_many_owned(units)).await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Fault::rate_limited(
+                "too much history is being sent to clients right now; retry shortly",
+                std::time::Duration::from_secs(2),
+            )),
+        }
+    }
+
+    /// One page (at most [`PAGE_MESSAGES`]) of `stream` after `since`,
+    /// charged to the budget while the page is held.
+    pub async fn page(
+        &self,
+        tenant: &str,
+        stream: &str,
+        since: u64,
+        now_ms: i64,
+    ) -> Result<Page, Fault> {
+        self.page_of(tenant, stream, since, PAGE_MESSAGES, now_ms)
+            .await
+    }
+
+    /// A page of up to `limit` messages; what it does not use of its
+    /// reservation goes back to the budget at once.
+    async fn page_of(
+        &self,
+        tenant: &str,
+        stream: &str,
+        since: u64,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Page, Fault> {
+        let mut held = self.reserve(PAGE_RESERVE_BYTES).await?;
+        let read = self
+            .history
+            .read(tenant, stream, since, limit.max(1), now_ms)
+            .await?;
+        let bytes: usize = read.messages.iter().map(|m| m.data.to_string().len()).sum();
+        let used = usize::try_from(kib(bytes.max(1))).unwrap_or(usize::MAX);
+        if used > held.num_permits() {
+            held.merge(
+                self.reserve(bytes.saturating_sub(PAGE_RESERVE_BYTES))
+                    .await?,
+            );
+        } else {
+            drop(held.split(held.num_permits() - used));
+        }
+        Ok(Page {
+            read,
+            bytes,
+            _held: held,
+        })
+    }
+
+    /// How many messages the next page may hold: as many as the last
+    /// page's average would fit in a page's reservation (4 to 256).
+    fn next_limit(page: &Page) -> usize {
+        let count = page.read.messages.len().max(1);
+        let average = (page.bytes / count).max(1);
+        (PAGE_RESERVE_BYTES / average).clamp(PAGE_MESSAGES, 256)
     }
 
     /// No stream keeps history.
@@ -297,7 +419,10 @@ impl Streams {
         Ok(self.history.position(tenant, stream).await?)
     }
 
-    /// Reads a page of a stream's history.
+    /// Reads up to `limit` messages of a stream's history after `since`,
+    /// and at most [`MAX_READ_BYTES`] of them (at least one), a page at a
+    /// time under the budget; `complete` only when nothing after the last
+    /// one returned was left out.
     pub async fn read(
         &self,
         tenant: &str,
@@ -307,16 +432,34 @@ impl Streams {
         now_ms: i64,
     ) -> Result<Read, Fault> {
         self.check(stream)?;
-        Ok(self
-            .history
-            .read(
-                tenant,
-                stream,
-                since,
-                limit.clamp(1, self.recover_max),
-                now_ms,
-            )
-            .await?)
+        let limit = limit.clamp(1, self.recover_max);
+        let mut pages = Vec::new();
+        let mut messages: Vec<Stored> = Vec::new();
+        let mut bytes = 0;
+        let mut after = since;
+        // No gap after `since`: the first page says.
+        let mut complete = None;
+        loop {
+            let page = self.page(tenant, stream, after, now_ms).await?;
+            let position = page.read.position.clone();
+            complete.get_or_insert(page.read.complete);
+            let last = page.read.messages.last().map(|m| m.offset);
+            bytes += page.bytes;
+            let room = limit - messages.len();
+            messages.extend(page.read.messages.iter().take(room).cloned());
+            pages.push(page);
+            if messages.len() >= limit
+                || bytes >= MAX_READ_BYTES
+                || last.is_none_or(|last| last >= position.offset)
+            {
+                return Ok(Read {
+                    messages,
+                    position,
+                    complete: complete.unwrap_or(false),
+                });
+            }
+            after = last.unwrap_or(after);
+        }
     }
 
     /// `VALIDATION_ERROR` unless `stream` keeps history.
@@ -330,45 +473,152 @@ impl Streams {
         }
     }
 
-    /// What a client missed on `stream` since `since` in `epoch` (`None`: it
-    /// has seen nothing and wants only the position).
-    pub async fn recover(
+    /// The recovery of `stream` since `since`, when it fits in a response
+    /// ([`INLINE_RECOVERY_BYTES`]) or history cannot fill the gap; `None`
+    /// when it must be sent a page at a time ([`Streams::recover`]).
+    pub async fn recover_inline(
         &self,
         tenant: &str,
         stream: &str,
         since: Option<(u64, &str)>,
         now_ms: i64,
-    ) -> Result<Recovery, Fault> {
+    ) -> Result<Option<Recovery>, Fault> {
+        Ok(
+            match self.start_recovery(tenant, stream, since, now_ms).await? {
+                Start::Done(recovery) => Some(recovery),
+                Start::Stream { .. } => None,
+            },
+        )
+    }
+
+    async fn start_recovery(
+        &self,
+        tenant: &str,
+        stream: &str,
+        since: Option<(u64, &str)>,
+        now_ms: i64,
+    ) -> Result<Start, Fault> {
         self.check(stream)?;
-        let Some((since, epoch)) = since else {
-            let position = self.history.position(tenant, stream).await?;
-            return Ok(Recovery {
+        let done = |position: Position, recovered: bool, messages: Vec<Stored>| {
+            Start::Done(Recovery {
                 stream: stream.to_owned(),
                 position,
-                recovered: true,
-                messages: Vec::new(),
-            });
+                recovered,
+                messages,
+                streamed: 0,
+            })
         };
-        let read = self
-            .history
-            .read(tenant, stream, since, self.recover_max + 1, now_ms)
-            .await?;
+        let Some((since, epoch)) = since else {
+            let position = self.history.position(tenant, stream).await?;
+            return Ok(done(position, true, Vec::new()));
+        };
+        let first = self.page(tenant, stream, since, now_ms).await?;
+        let position = first.read.position.clone();
         // A client at offset 0 has seen nothing, in any epoch.
-        let same_epoch = since == 0 || read.position.epoch == epoch;
-        let too_many = read.messages.len() > self.recover_max;
-        let recovered = same_epoch && read.complete && !too_many && since <= read.position.offset;
-        let messages = if same_epoch && !too_many {
-            read.messages
-        } else {
-            Vec::new()
-        };
+        let same_epoch = since == 0 || position.epoch == epoch;
+        let too_many = position.offset.saturating_sub(since) > self.recover_max as u64;
+        let recovered = same_epoch && first.read.complete && !too_many && since <= position.offset;
+        if !same_epoch || too_many {
+            return Ok(done(position, false, Vec::new()));
+        }
+        // Read on while what was missed still fits in one response.
+        let mut bytes = first.bytes;
+        let mut pages = vec![first];
+        loop {
+            let last = pages
+                .last()
+                .and_then(|p| p.read.messages.last())
+                .map(|m| m.offset);
+            let whole = last.is_none_or(|last| last >= position.offset);
+            if whole && bytes <= INLINE_RECOVERY_BYTES {
+                let messages = pages.into_iter().flat_map(|p| p.read.messages).collect();
+                return Ok(done(position, recovered, messages));
+            }
+            if whole || bytes > INLINE_RECOVERY_BYTES {
+                return Ok(Start::Stream {
+                    pages,
+                    position,
+                    recovered,
+                });
+            }
+            let limit = pages.last().map_or(PAGE_MESSAGES, Self::next_limit);
+            let next = self
+                .page_of(tenant, stream, last.unwrap_or(since), limit, now_ms)
+                .await?;
+            if next.read.messages.is_empty() {
+                let messages = pages.into_iter().flat_map(|p| p.read.messages).collect();
+                return Ok(done(position, recovered, messages));
+            }
+            bytes += next.bytes;
+            pages.push(next);
+        }
+    }
+
+    /// What a client missed on `stream` since `since` in `epoch` (`None`: it
+    /// has seen nothing and wants only the position). A recovery whose
+    /// messages come to at most [`INLINE_RECOVERY_BYTES`] has them in
+    /// `messages`; a larger one hands each page to `send` (in offset
+    /// order, each page under the budget until `send` returns) and
+    /// answers with `messages` empty and `streamed` counting them, so no
+    /// recovery holds more than a page in memory.
+    pub async fn recover<F, Fut>(
+        &self,
+        tenant: &str,
+        stream: &str,
+        since: Option<(u64, &str)>,
+        now_ms: i64,
+        mut send: F,
+    ) -> Result<Recovery, Fault>
+    where
+        F: FnMut(Vec<Stored>, Position) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let (pages, position, recovered) =
+            match self.start_recovery(tenant, stream, since, now_ms).await? {
+                Start::Done(recovery) => return Ok(recovery),
+                Start::Stream {
+                    pages,
+                    position,
+                    recovered,
+                } => (pages, position, recovered),
+            };
+        let mut streamed = 0;
+        let mut last = None;
+        let mut limit = PAGE_MESSAGES;
+        for mut page in pages {
+            last = page.read.messages.last().map(|m| m.offset).or(last);
+            limit = Self::next_limit(&page);
+            streamed += page.read.messages.len();
+            send(std::mem::take(&mut page.read.messages), position.clone()).await;
+        }
+        while let Some(after) = last.filter(|last| *last < position.offset) {
+            let mut page = self.page_of(tenant, stream, after, limit, now_ms).await?;
+            if page.read.messages.is_empty() {
+                break;
+            }
+            last = page.read.messages.last().map(|m| m.offset);
+            limit = Self::next_limit(&page);
+            streamed += page.read.messages.len();
+            send(std::mem::take(&mut page.read.messages), position.clone()).await;
+        }
         Ok(Recovery {
             stream: stream.to_owned(),
-            position: read.position,
+            position,
             recovered,
-            messages,
+            messages: Vec::new(),
+            streamed,
         })
     }
+}
+
+/// How a recovery starts: answered, or to be sent a page at a time.
+enum Start {
+    Done(Recovery),
+    Stream {
+        pages: Vec<Page>,
+        position: Position,
+        recovered: bool,
+    },
 }
 
 #[cfg(test)]
@@ -408,7 +658,7 @@ mod tests {
         assert_ne!(before.epoch, after.epoch);
         let streams = Streams::new(Arc::new(restarted), Patterns::new(["tenant"]), 10);
         let recovery = streams
-            .recover("t", "tenant", Some((1, &before.epoch)), 3)
+            .recover("t", "tenant", Some((1, &before.epoch)), 3, |_, _| async {})
             .await
             .expect("recover");
         assert!(!recovery.recovered);

@@ -60,6 +60,7 @@ async fn the_epoch_and_the_sequence_outlive_a_restart() {
             "group:room-1",
             Some((2, &positions[1].epoch)),
             now + 2,
+            |_, _| async {},
         )
         .await
         .expect("recover");

@@ -427,3 +427,125 @@ async fn on_dynamodb_a_restart_midway_keeps_every_offset_and_the_epoch() {
         assert_eq!(follower.epochs.len(), 1);
     }
 }
+
+/// `clients` clients join a group recovering its 20 messages of about 1 MB
+/// each (`join` with `since`, which recovers as `recover` does), at once. The
+/// messages go out a page at a time under the recovery budget
+/// (`STREAMER_HISTORY_RECOVER_MAX_INFLIGHT_BYTES`, 32 MiB here), so the
+/// heap never holds the whole answer for every client (once: 8 clients
+/// took the heap from 76 to 703 MiB). Each client recovers everything, or
+/// is told to retry. Returns the heap's peak above its baseline.
+async fn many_recover_large_messages_at_once(clients: usize) -> f64 {
+    use streamer_client::socket::Socket;
+    const MESSAGES: usize = 20;
+    let dev = Dev::start(&[
+        ("STREAMER_HISTORY", "group:big"),
+        ("STREAMER_METRICS_ADDR", "127.0.0.1:0"),
+        ("STREAMER_MESSAGE_BURST", "1000"),
+    ])
+    .await;
+    let big = "y".repeat(1_000_000);
+    let mut sender = broadcast(dev.grpc_channel(), ADMIN_TOKEN);
+    for i in 0..MESSAGES {
+        sender
+            .send(group_target("acme", "big", &json!({"n": i, "blob": big})))
+            .await
+            .expect("send");
+    }
+    let heap = || async {
+        dev.metrics_now()
+            .await
+            .get("streamer_heap_bytes")
+            .copied()
+            .expect("heap")
+    };
+    let baseline = heap().await;
+    let mut sockets = Vec::new();
+    for i in 0..clients {
+        sockets.push(
+            Socket::connect(
+                &dev.ws_url(),
+                &token(&format!("r{i}"), "acme", &["group:join:*"]),
+            )
+            .await
+            .expect("connect"),
+        );
+    }
+    let peak = Arc::new(Mutex::new(baseline));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        let metrics = dev.metrics.expect("metrics");
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(text) = streamer_test_kit::dev::scrape(metrics).await
+                    && let Some(now) = text.get("streamer_heap_bytes")
+                {
+                    let mut peak = peak.lock().expect("lock");
+                    *peak = peak.max(*now);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let recoveries = sockets.into_iter().enumerate().map(|(i, mut socket)| async move {
+        let id = format!("rec-{i}");
+        socket
+            .send(&json!({"id": id, "action": "join", "payload": {"group": "big", "since": 0, "epoch": ""}}))
+            .await
+            .expect("send");
+        let mut offsets = Vec::new();
+        loop {
+            let frame = tokio::time::timeout(DEADLINE * 3, socket.recv())
+                .await
+                .expect("a frame in time")
+                .expect("open");
+            match frame["type"].as_str() {
+                Some("message") => {
+                    assert_eq!(frame["data"]["blob"].as_str().map(str::len), Some(1_000_000));
+                    offsets.push(frame["offset"].as_u64().expect("offset"));
+                }
+                Some("response") if frame["request_id"] == id.as_str() => {
+                    assert_eq!(frame["data"]["recovered"], true, "{}", frame["data"]["recovered"]);
+                    return (offsets, false);
+                }
+                Some("error") if frame["error"]["code"] == "RATE_LIMITED" => return (offsets, true),
+                _ => {}
+            }
+        }
+    });
+    let results = futures_util::future::join_all(recoveries).await;
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    let told_to_retry = results.iter().filter(|(_, retry)| *retry).count();
+    for (offsets, retry) in &results {
+        if !retry {
+            assert_eq!(
+                offsets,
+                &(1..=MESSAGES as u64).collect::<Vec<_>>(),
+                "all 20, in order"
+            );
+        }
+    }
+    let peak = *peak.lock().expect("lock") - baseline;
+    println!(
+        "{clients} clients recovered {MESSAGES} × 1 MB at once ({} told to retry): heap peak {:.1} MiB above the baseline of {:.1} MiB",
+        told_to_retry,
+        peak / 1048576.0,
+        baseline / 1048576.0
+    );
+    assert!(told_to_retry < clients, "most recover");
+    peak
+}
+
+#[tokio::test]
+async fn eight_clients_recovering_large_messages_stay_within_the_memory_budget() {
+    let peak = many_recover_large_messages_at_once(8).await;
+    assert!(peak < 2.0 * 32.0 * 1048576.0, "{peak}");
+}
+
+#[tokio::test]
+async fn thirty_two_clients_recovering_large_messages_stay_within_the_memory_budget() {
+    let peak = many_recover_large_messages_at_once(32).await;
+    assert!(peak < 2.0 * 32.0 * 1048576.0, "{peak}");
+}

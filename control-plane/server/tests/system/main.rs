@@ -19,6 +19,7 @@ mod hardening;
 mod history;
 mod inprocess;
 mod lambda_runtime;
+mod listeners;
 mod migration;
 mod observability;
 mod readme;
