@@ -25,6 +25,7 @@ pub mod socket;
 pub mod token;
 
 pub use send::Send;
+pub use streamer_proto::tls::ClientTls;
 
 use std::future::Future;
 
@@ -44,6 +45,28 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
+/// The settings a TLS error names (`streamerctl`'s flags and variables).
+pub const TLS_SETTINGS: (&str, &str, &str) = (
+    "--ca / STREAMER_CA",
+    "--cert / STREAMER_CLIENT_CERT",
+    "--key / STREAMER_CLIENT_KEY",
+);
+
+/// The endpoint for `addr` (`host:port` is `http://`), over TLS for
+/// `https://`; TLS settings with a plaintext address are an error, never a
+/// silent plaintext call.
+pub(crate) fn endpoint(addr: &str, tls: &ClientTls) -> Result<Endpoint, Error> {
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    if Endpoint::from_shared(uri.clone()).is_err() {
+        return Err(Error::Address(addr.to_owned()));
+    }
+    streamer_proto::tls::endpoint(&uri, tls, TLS_SETTINGS).map_err(|e| Error::Tls(e.0))
+}
+
 pub use streamer_proto::v1::{
     Connection, DeliveryReport, HistoryMessage, ReadHistoryResponse, Request as RequestInfo,
     RequestStatus, StreamPosition,
@@ -61,6 +84,9 @@ pub enum Error {
     /// The token cannot be sent as metadata.
     #[error("the token is not valid header text")]
     Token,
+    /// The TLS settings cannot be used (the message names the setting).
+    #[error("{0}")]
+    Tls(String),
     /// The server answered with an error.
     #[error("{code:?}: {message}")]
     Status {
@@ -121,15 +147,19 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr` (`http://host:port`, or `host:port`).
+    /// Connects to `addr` (`http://host:port`, `https://host:port` trusting
+    /// the platform's roots, or `host:port`).
     pub async fn connect(addr: &str) -> Result<Self, Error> {
-        let uri = if addr.contains("://") {
-            addr.to_owned()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = Endpoint::from_shared(uri).map_err(|_| Error::Address(addr.to_owned()))?;
-        let channel = endpoint.connect().await.map_err(Error::Connect)?;
+        Self::connect_with(addr, &ClientTls::default()).await
+    }
+
+    /// Connects to `addr`; an `https://` address over TLS as `tls` says
+    /// (the CA to trust, a client certificate for mutual TLS).
+    pub async fn connect_with(addr: &str, tls: &ClientTls) -> Result<Self, Error> {
+        let channel = endpoint(addr, tls)?
+            .connect()
+            .await
+            .map_err(Error::Connect)?;
         Ok(Self::from_channel(channel, Auth::default()))
     }
 

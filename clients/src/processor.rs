@@ -33,7 +33,6 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 use crate::Error;
 
@@ -212,6 +211,7 @@ type RefusalHook = Arc<dyn Fn(Refusal) + Send + Sync>;
 pub struct Processor {
     addr: String,
     token: String,
+    tls: crate::ClientTls,
     name: String,
     concurrency: u32,
     handlers: HashMap<String, (ActionSpec, Handler)>,
@@ -244,11 +244,19 @@ impl Processor {
         Self {
             addr,
             token: token.to_owned(),
+            tls: crate::ClientTls::default(),
             name: "processor".into(),
             concurrency: 4,
             handlers: HashMap::new(),
             on_refused: None,
         }
+    }
+
+    /// TLS for an `https://` control plane: the CA it trusts and, for
+    /// mutual TLS, its client certificate.
+    pub fn tls(mut self, tls: crate::ClientTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// A name for the control plane's logs.
@@ -313,8 +321,7 @@ impl Processor {
         &self,
         mut shutdown: Pin<&mut (impl Future<Output = ()> + Send)>,
     ) -> Result<End, Error> {
-        let endpoint = Endpoint::from_shared(self.addr.clone())
-            .map_err(|_| Error::Address(self.addr.clone()))?;
+        let endpoint = crate::endpoint(&self.addr, &self.tls)?;
         let channel = endpoint.connect().await.map_err(Error::Connect)?;
         let bearer = BearerToken::new(&self.token).map_err(|_| Error::Token)?;
         let mut client = ProcessorServiceClient::with_interceptor(channel, bearer);

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 pub use streamer_proto::auth::BearerToken;
+pub use streamer_proto::tls::ClientTls;
 use streamer_proto::v1::edge_service_client::EdgeServiceClient;
 use tonic::{
     service::interceptor::InterceptedService,
@@ -25,6 +26,37 @@ pub enum ClientError {
     Token,
     #[error("{0} is not set")]
     MissingEnv(&'static str),
+    #[error(transparent)]
+    Tls(#[from] streamer_proto::tls::TlsSettingError),
+    #[error("cannot read the edge token from Secrets Manager ({arn}): {why}")]
+    Secret { arn: String, why: String },
+}
+
+/// The settings that name the edge's TLS material, for errors.
+pub const TLS_SETTINGS: (&str, &str, &str) = (
+    "STREAMER_CONTROL_PLANE_CA",
+    "STREAMER_EDGE_TLS_CERT",
+    "STREAMER_EDGE_TLS_KEY",
+);
+
+/// How the edge proves who it is to the control plane: its token (when
+/// mutual TLS does not name it), and what its TLS trusts and presents.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeCredentials {
+    /// The edge token; `None` with a client certificate instead.
+    pub token: Option<String>,
+    /// TLS for an `https://` control plane.
+    pub tls: ClientTls,
+}
+
+impl EdgeCredentials {
+    /// Just a token (plaintext or platform-trusted TLS).
+    pub fn token(token: &str) -> Self {
+        Self {
+            token: Some(token.to_owned()),
+            tls: ClientTls::default(),
+        }
+    }
 }
 
 /// The edge protocol client.
@@ -37,9 +69,21 @@ pub fn channel(url: &str) -> Result<Channel, ClientError> {
 
 /// A lazily connected channel to `url` whose calls give up after `call_timeout`.
 pub fn channel_with_timeout(url: &str, call_timeout: Duration) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|_| ClientError::Url {
-        url: url.to_owned(),
-    })?;
+    channel_with(url, &ClientTls::default(), call_timeout)
+}
+
+/// [`channel_with_timeout`] over TLS as `tls` says (for `https://`).
+pub fn channel_with(
+    url: &str,
+    tls: &ClientTls,
+    call_timeout: Duration,
+) -> Result<Channel, ClientError> {
+    if Endpoint::from_shared(url.to_owned()).is_err() {
+        return Err(ClientError::Url {
+            url: url.to_owned(),
+        });
+    }
+    let endpoint = streamer_proto::tls::endpoint(url, tls, TLS_SETTINGS)?;
     Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT.min(call_timeout))
         .timeout(call_timeout)
@@ -60,8 +104,21 @@ pub fn edge_client_with_timeout(
     token: &str,
     call_timeout: Duration,
 ) -> Result<EdgeClient, ClientError> {
+    edge_client_with(url, &EdgeCredentials::token(token), call_timeout)
+}
+
+/// An edge client for `url` with `credentials`.
+pub fn edge_client_with(
+    url: &str,
+    credentials: &EdgeCredentials,
+    call_timeout: Duration,
+) -> Result<EdgeClient, ClientError> {
+    let bearer = match &credentials.token {
+        Some(token) => BearerToken::new(token).map_err(|_| ClientError::Token)?,
+        None => BearerToken::none(),
+    };
     Ok(EdgeServiceClient::with_interceptor(
-        channel_with_timeout(url, call_timeout)?,
-        BearerToken::new(token).map_err(|_| ClientError::Token)?,
+        channel_with(url, &credentials.tls, call_timeout)?,
+        bearer,
     ))
 }

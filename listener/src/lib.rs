@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod pki;
 pub mod tls;
 
 use std::{

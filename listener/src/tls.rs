@@ -379,39 +379,20 @@ pub(crate) mod tests {
     /// A CA, and a leaf it signed for `127.0.0.1` valid `days` from now
     /// (negative: expired), written as PEM files in `dir`: (ca, cert, key).
     pub(crate) fn write_certs(dir: &Path, name: &str, days: i64) -> (PathBuf, PathBuf, PathBuf) {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-        let ca_key = KeyPair::generate().expect("ca key");
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).expect("ca");
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
-        let now = time_now();
-        params.not_before = now - rcgen_days(2);
-        params.not_after = if days >= 0 {
-            now + rcgen_days(days)
-        } else {
-            now - rcgen_days(-days)
-        };
-        let cert = params.signed_by(&key, &issuer).expect("leaf");
+        let ca = crate::pki::Ca::new("test CA", 30).expect("ca");
+        let span = std::time::Duration::from_secs(days.unsigned_abs() * 86_400);
+        let now = SystemTime::now();
+        let end = if days >= 0 { now + span } else { now - span };
+        let leaf = ca.issue_until(&["127.0.0.1"], end).expect("leaf");
         let paths = (
             dir.join(format!("{name}-ca.pem")),
             dir.join(format!("{name}-cert.pem")),
             dir.join(format!("{name}-key.pem")),
         );
-        std::fs::write(&paths.0, ca_cert.pem()).expect("write");
-        std::fs::write(&paths.1, cert.pem()).expect("write");
-        std::fs::write(&paths.2, key.serialize_pem()).expect("write");
+        std::fs::write(&paths.0, ca.pem()).expect("write");
+        std::fs::write(&paths.1, leaf.cert_pem).expect("write");
+        std::fs::write(&paths.2, leaf.key_pem).expect("write");
         paths
-    }
-
-    fn time_now() -> time::OffsetDateTime {
-        time::OffsetDateTime::now_utc()
-    }
-
-    fn rcgen_days(days: i64) -> time::Duration {
-        time::Duration::days(days)
     }
 
     fn dir(tag: &str) -> PathBuf {

@@ -14,9 +14,10 @@ impl std::fmt::Display for InvalidToken {
 
 impl std::error::Error for InvalidToken {}
 
-/// Adds `authorization: Bearer <token>` to every call.
+/// Adds `authorization: Bearer <token>` to every call (nothing, for a
+/// client that proves who it is with its TLS certificate instead).
 #[derive(Clone)]
-pub struct BearerToken(MetadataValue<tonic::metadata::Ascii>);
+pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
 
 impl std::fmt::Debug for BearerToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -30,15 +31,22 @@ impl BearerToken {
         let value = format!("Bearer {token}")
             .parse()
             .map_err(|_| InvalidToken)?;
-        Ok(Self(value))
+        Ok(Self(Some(value)))
+    }
+
+    /// No token: the client's certificate says who it is.
+    pub fn none() -> Self {
+        Self(None)
     }
 }
 
 impl tonic::service::Interceptor for BearerToken {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
         Ok(request)
     }
 }

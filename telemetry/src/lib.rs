@@ -85,6 +85,12 @@ fn otlp_configured() -> bool {
 pub fn init(format: LogFormat, service_name: &str) -> Telemetry {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The audit trail is a record, not a diagnostic: `RUST_LOG` quietening
+    // the rest does not silence it.
+    let filter = match "streamer::audit=info".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let fmt = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()

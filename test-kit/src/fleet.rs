@@ -200,6 +200,16 @@ pub async fn gateway(control_planes: &str) -> (Child, String) {
 
 /// [`gateway`] listening on `addr`.
 pub async fn gateway_at(control_planes: &str, addr: SocketAddr) -> (Child, String) {
+    gateway_with(control_planes, addr, &[]).await
+}
+
+/// [`gateway_at`] with `env` adding or overriding settings (an empty value
+/// unsets one).
+pub async fn gateway_with(
+    control_planes: &str,
+    addr: SocketAddr,
+    env: &[(&str, &str)],
+) -> (Child, String) {
     let mut child = Command::new(binary("streamer-gateway"))
         .env_clear()
         .env("RUST_LOG", "warn")
@@ -208,6 +218,7 @@ pub async fn gateway_at(control_planes: &str, addr: SocketAddr) -> (Child, Strin
         .env("STREAMER_GATEWAY_ADDR", addr.to_string())
         .env("STREAMER_CONSOLE_ADDR", "127.0.0.1:0")
         .env("STREAMER_GATEWAY_CONNECTS_PER_SECOND", "0")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()

@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod history;
 pub mod moto;
+pub mod serve;
 pub mod token;
 pub mod ws;
 
@@ -74,6 +75,7 @@ pub mod prelude {
             Authed, Reported, admin, broadcast, channel, connections, edge, group_target, groups,
             history, processor_serving, requests, tenant_target,
         },
+        serve::Serve,
         token::{claims, keys, token},
         ws::{
             Ws, closed, nothing_pending, recv, recv_type, refused, send, send_json, submit, whoami,

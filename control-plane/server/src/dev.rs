@@ -21,7 +21,7 @@ use streamer_control_plane::{
     delivery::management_api::ManagementApi,
 };
 use streamer_edge::{
-    client::edge_client_with_timeout,
+    client::{EdgeCredentials, edge_client_with},
     gateway::{Gateway, GatewayOptions, LocalCredentials},
     handler::EdgeHandler,
 };
@@ -50,6 +50,22 @@ pub struct Ready {
     pub replicas: Vec<SocketAddr>,
     /// The web console's address, unless it is off.
     pub console: Option<SocketAddr>,
+    /// With TLS on: what a client trusts and presents.
+    pub tls: Option<ReadyTls>,
+}
+
+/// The TLS material a client of `dev` uses (PEM files).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReadyTls {
+    /// The CA to trust (`None`: the certificate is for the platform's
+    /// roots).
+    pub ca: Option<std::path::PathBuf>,
+    /// Whether the gRPC port requires a client certificate.
+    pub mutual: bool,
+    /// A client certificate and key `dev` made (`dev --tls`).
+    pub client_cert: Option<std::path::PathBuf>,
+    /// Its key.
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 /// A running control plane plus gateway emulator.
@@ -147,6 +163,51 @@ pub fn gateway_options(config: &Config) -> GatewayOptions {
     }
 }
 
+/// With `dev --tls`: a local CA and certificates in the state folder's
+/// `tls/` (made once, made again near their end), served with mutual TLS,
+/// the emulator's edge presenting the edge certificate. With
+/// `STREAMER_TLS_*` set: what a client needs to know of them.
+fn local_tls(config: &mut Config) -> anyhow::Result<Option<ReadyTls>> {
+    if config.dev.tls {
+        let identity = config.server.tls.as_ref().map_or_else(
+            || settings::TLS_EDGE_IDENTITY.default.to_owned(),
+            |t| t.edge_identity.clone(),
+        );
+        let pki =
+            streamer_listener::pki::LocalPki::open(&config.dev.state_dir.join("tls"), &identity)
+                .map_err(|e| anyhow::anyhow!("dev --tls: {e}"))?;
+        config.server.tls = Some(streamer_control_plane::config::TlsConfig {
+            cert: pki.server.0.clone(),
+            key: pki.server.1.clone(),
+            client_ca: Some(pki.ca.clone()),
+            edge_identity: identity,
+        });
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        config.gateway.edge_tls = streamer_client::ClientTls {
+            ca: Some(path(&pki.ca)),
+            identity: Some((path(&pki.edge.0), path(&pki.edge.1))),
+        };
+        return Ok(Some(ReadyTls {
+            ca: Some(pki.ca),
+            mutual: true,
+            client_cert: Some(pki.client.0),
+            client_key: Some(pki.client.1),
+        }));
+    }
+    Ok(config.server.tls.as_ref().map(|tls| ReadyTls {
+        ca: config
+            .gateway
+            .edge_tls
+            .ca
+            .as_ref()
+            .filter(|ca| !ca.trim_start().starts_with("-----BEGIN"))
+            .map(std::path::PathBuf::from),
+        mutual: tls.client_ca.is_some(),
+        client_cert: None,
+        client_key: None,
+    }))
+}
+
 /// Starts the control plane and the emulator on the configured addresses.
 pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
     let state = State::open(&config.dev.state_dir)?;
@@ -170,6 +231,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
             }
         }
     };
+    let ready_tls = local_tls(&mut config)?;
     let admin_token_made = config.tokens.admin.is_none();
     if config.tokens.edge.is_none() || config.tokens.admin.is_none() {
         let made = state.tokens()?;
@@ -248,13 +310,29 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
         .collect::<Result<Vec<_>, _>>()?;
     let grpc_addr = replicas[0];
 
+    // With TLS on, the emulator's edge calls its own gRPC port over TLS,
+    // as the Lambdas do; with a client certificate it needs no token.
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let control_plane_urls = match &config.gateway.control_plane_url {
         Some(url) => vec![url.clone()],
-        None => replicas.iter().map(|a| format!("http://{a}")).collect(),
+        None => replicas.iter().map(|a| format!("{scheme}://{a}")).collect(),
+    };
+    let credentials = EdgeCredentials {
+        token: config
+            .gateway
+            .edge_tls
+            .identity
+            .is_none()
+            .then(|| edge_token.clone()),
+        tls: config.gateway.edge_tls.clone(),
     };
     let clients = control_plane_urls
         .iter()
-        .map(|url| edge_client_with_timeout(url, &edge_token, config.gateway.edge_timeout))
+        .map(|url| edge_client_with(url, &credentials, config.gateway.edge_timeout))
         .collect::<Result<Vec<_>, _>>()?;
     let handler = EdgeHandler::spread(clients, Some(management_endpoint))
         .with_call_timeout(config.gateway.edge_timeout);
@@ -292,8 +370,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
     }
     if config.dev.demo_processor {
         let demo = crate::demo::processor(
-            &format!("http://{grpc_addr}"),
+            &format!("{scheme}://{grpc_addr}"),
             &admin_token,
+            config.gateway.edge_tls.clone(),
             config.dev.demo_duration,
         );
         tokio::spawn(demo.run(stopped(stop_rx)));
@@ -317,6 +396,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
             metrics: metrics_addr,
             replicas,
             console: console_addr,
+            tls: ready_tls,
         },
         admin_token,
         admin_token_made,

@@ -47,6 +47,11 @@ enum Command {
         /// (needs STREAMER_STORE=dynamodb; also STREAMER_DEV_REPLICAS).
         #[arg(long)]
         replicas: Option<usize>,
+        /// Make a local CA and certificates in the state folder and serve
+        /// gRPC with TLS and mutual TLS (the emulator's edge calls too),
+        /// the console and /metrics with TLS (also STREAMER_DEV_TLS=true).
+        #[arg(long)]
+        tls: bool,
     },
     /// Manage the DynamoDB tables (for local use and tests; production
     /// tables come from deploy/).
@@ -103,11 +108,18 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(err) => return config_error(&err),
     };
-    if let Command::Dev {
-        replicas: Some(replicas),
-    } = cli.command
-    {
-        config.dev.replicas = replicas.max(1);
+    if let Command::Dev { replicas, tls } = cli.command {
+        if let Some(replicas) = replicas {
+            config.dev.replicas = replicas.max(1);
+        }
+        config.dev.tls |= tls;
+    }
+    if config.dev.tls && config.server.tls.is_some() {
+        return config_error(&ConfigError::one(format!(
+            "dev --tls (STREAMER_DEV_TLS) makes its own certificates; unset {} and {} or drop --tls",
+            settings::TLS_CERT.name(),
+            settings::TLS_KEY.name()
+        )));
     }
     // Everything that can be wrong with the configuration is reported (exit
     // 2) before any AWS lookup or port.
@@ -174,7 +186,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("streamer-control-plane: {err:#}");
-            ExitCode::FAILURE
+            let settings = err.chain().any(|e| {
+                e.downcast_ref::<streamer_control_plane::app::BuildError>()
+                    .is_some_and(streamer_control_plane::app::BuildError::is_settings)
+            });
+            if settings {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -261,7 +281,28 @@ async fn migrate_legacy(
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// `STREAMER_TLS_CERT=self-signed`: a certificate for this task's names,
+/// made now in a private temporary folder (the load balancer in front
+/// re-encrypts to it and does not check it; clients check the load
+/// balancer's ACM certificate).
+fn self_signed(config: &mut Config) -> anyhow::Result<()> {
+    let Some(tls) = config.server.tls.as_mut().filter(|t| t.self_signed()) else {
+        return Ok(());
+    };
+    let dir = std::env::temp_dir().join(format!("streamer-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ca = streamer_listener::pki::Ca::new("Streamer task", 365)?;
+    let leaf = ca.issue(&streamer_listener::pki::LOOPBACK_NAMES, 365)?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    streamer_listener::pki::write(&cert, &format!("{}{}", leaf.cert_pem, ca.pem()))?;
+    streamer_listener::pki::write(&key, &leaf.key_pem)?;
+    tls.cert = cert;
+    tls.key = key;
+    Ok(())
+}
+
+async fn serve(mut config: Config) -> anyhow::Result<()> {
+    self_signed(&mut config)?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let delivery = Arc::new(ManagementApi::new(sdk, config.delivery.clone()));
     let app = App::build(&config, None, delivery).await?;

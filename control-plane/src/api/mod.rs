@@ -5,6 +5,7 @@
 //! rules ([`transport`]).
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod broadcast;
 pub mod connections;

@@ -70,7 +70,17 @@ impl Activity {
 pub struct ConnInfo {
     /// The peer.
     pub remote: Option<SocketAddr>,
+    /// The DNS names of the client certificate the peer presented (mutual
+    /// TLS; verified against the client CA at the handshake).
+    pub client_names: Arc<[String]>,
     activity: Arc<Activity>,
+}
+
+impl ConnInfo {
+    /// The connection info tonic stores in a request's extensions.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<&ConnInfo> {
+        request.extensions().get::<ConnInfo>()
+    }
 }
 
 /// A TCP connection with handshake and idle deadlines.
@@ -96,6 +106,7 @@ impl Guarded {
         let _ = stream.set_nodelay(true);
         let info = ConnInfo {
             remote: stream.peer_addr().ok(),
+            client_names: Arc::from(Vec::new()),
             activity: Arc::new(Activity::new()),
         };
         let first = Instant::now() + config.handshake_timeout;
@@ -212,18 +223,149 @@ impl Connected for Guarded {
     }
 }
 
-/// Accepted connections from `listener`, each guarded.
+/// A connection of the gRPC port: plain, or TLS over a guarded one.
+pub enum Conn {
+    /// Plain TCP.
+    Plain(Guarded),
+    /// TLS.
+    Tls(Box<tokio_rustls::server::TlsStream<Guarded>>, ConnInfo),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Conn::Plain(g) => g.fmt(f),
+            Conn::Tls(_, info) => f.debug_struct("Tls").field("remote", &info.remote).finish(),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(g) => Pin::new(g).poll_read(cx, buf),
+            Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(g) => Pin::new(g).poll_write(cx, buf),
+            Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(g) => Pin::new(g).poll_flush(cx),
+            Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(g) => Pin::new(g).poll_shutdown(cx),
+            Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            Conn::Plain(g) => g.info.clone(),
+            Conn::Tls(_, info) => info.clone(),
+        }
+    }
+}
+
+/// The DNS names (subject alternative names) of a verified certificate.
+fn dns_names(cert: &rustls::pki_types::CertificateDer<'_>, wanted: &[&str]) -> Vec<String> {
+    let Ok(end_entity) = webpki::EndEntityCert::try_from(cert) else {
+        return Vec::new();
+    };
+    wanted
+        .iter()
+        .filter(|name| {
+            rustls::pki_types::ServerName::try_from(**name)
+                .is_ok_and(|server| end_entity.verify_is_valid_for_subject_name(&server).is_ok())
+        })
+        .map(|name| (*name).to_owned())
+        .collect()
+}
+
+/// Accepted connections from `listener`, each guarded, and with `tls`
+/// (when given) each through its TLS handshake, within the handshake
+/// timeout; handshakes run side by side, so a slow one holds up no other.
+/// `names` are the certificate names the port cares about (the edge's).
 pub fn incoming(
     listener: tokio::net::TcpListener,
     config: TransportConfig,
-) -> impl futures_util::Stream<Item = io::Result<Guarded>> {
-    futures_util::stream::unfold(listener, move |listener| {
-        let config = config.clone();
-        async move {
-            let accepted = listener.accept().await;
-            Some((accepted.map(|(s, _)| Guarded::new(s, config)), listener))
+    tls: Option<streamer_listener::tls::ServerTls>,
+    names: Vec<String>,
+) -> impl futures_util::Stream<Item = io::Result<Conn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Conn>>(64);
+    let names: Arc<[String]> = Arc::from(names);
+    tokio::spawn(async move {
+        let acceptor = tls
+            .as_ref()
+            .map(streamer_listener::tls::ServerTls::acceptor);
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::debug!(error = %err, "grpc accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let guarded = Guarded::new(stream, config.clone());
+            let Some(acceptor) = acceptor.clone() else {
+                if tx.send(Ok(Conn::Plain(guarded))).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let (tx, names, timeout) = (tx.clone(), names.clone(), config.handshake_timeout);
+            tokio::spawn(async move {
+                let mut info = guarded.info.clone();
+                match tokio::time::timeout(timeout, acceptor.accept(guarded)).await {
+                    Ok(Ok(tls)) => {
+                        if let Some(cert) =
+                            tls.get_ref().1.peer_certificates().and_then(|c| c.first())
+                        {
+                            let wanted: Vec<&str> = names.iter().map(String::as_str).collect();
+                            info.client_names = Arc::from(dns_names(cert, &wanted));
+                        }
+                        let _ = tx.send(Ok(Conn::Tls(Box::new(tls), info))).await;
+                    }
+                    Ok(Err(err)) => {
+                        tracing::info!(remote = ?info.remote, error = %err, "grpc tls handshake refused");
+                    }
+                    Err(_) => {
+                        tracing::info!(remote = ?info.remote, "grpc tls handshake not finished in time");
+                    }
+                }
+            });
         }
-    })
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Ends a call: one fewer in flight on its connection.

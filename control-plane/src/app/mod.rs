@@ -22,7 +22,8 @@ use crate::{
     api::{
         AdminApi, BroadcastApi, ConnectionApi, EdgeApi, GroupApi, HistoryApi, ProcessorApi,
         RequestApi,
-        auth::{Audience, TokenTable, interceptor},
+        audit::Audit,
+        auth::{self as token_auth, Audience, TokenTable, Tokens, interceptor},
         pagetoken::PageTokens,
         transport,
     },
@@ -63,6 +64,16 @@ pub enum BuildError {
     Reflection(String),
     #[error(transparent)]
     Tls(#[from] streamer_listener::tls::TlsError),
+    #[error(transparent)]
+    Tokens(#[from] token_auth::TokenError),
+}
+
+impl BuildError {
+    /// Whether the settings are at fault (a certificate, a key, a secret
+    /// that cannot be read): the process exits 2, as for any bad setting.
+    pub fn is_settings(&self) -> bool {
+        matches!(self, BuildError::Tls(_) | BuildError::Tokens(_))
+    }
 }
 
 /// Where and how to serve the web console.
@@ -99,12 +110,18 @@ pub struct App {
     departures: Arc<
         std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::registry::Connection>>>,
     >,
-    tokens: Arc<TokenTable>,
+    tokens: Tokens,
+    /// The tokens as configured (with any `dev` made up), the base a
+    /// SIGHUP reads the config and secrets again over.
+    base_tokens: crate::config::TokenConfig,
+    config_file: Option<std::path::PathBuf>,
     page_tokens: PageTokens,
     streams: Streams,
     clock: Clock,
     http: crate::config::HttpConfig,
     tls: Option<streamer_listener::tls::ServerTls>,
+    grpc_tls: Option<streamer_listener::tls::ServerTls>,
+    edge_identity: Option<String>,
     metrics_token: Option<String>,
 }
 
@@ -126,30 +143,39 @@ impl App {
         let jwt = jwt.or(config.jwt.as_ref()).ok_or(BuildError::NoJwtKey)?;
         let verifier = JwtVerifier::new(jwt)?;
         let actions = Arc::new(Actions::new(&config.actions)?);
-        if config.tokens.edge.is_none()
-            && config.tokens.admin.is_none()
-            && config.tokens.services.is_empty()
-        {
+        if !config.tokens.has_edge_token() && !config.tokens.has_server_tokens() {
             return Err(BuildError::NoTokens);
         }
+        let resolved_tokens = token_auth::resolve(&config.tokens).await?;
         // TLS material is checked before anything is opened: a bad file is
         // a startup error naming its setting.
-        let tls = match &config.server.tls {
-            Some(tls) => Some(streamer_listener::tls::ServerTls::load(
-                &streamer_listener::tls::ServerFiles {
+        let files = |client_ca: Option<std::path::PathBuf>| {
+            config
+                .server
+                .tls
+                .as_ref()
+                .map(|tls| streamer_listener::tls::ServerFiles {
                     cert: tls.cert.clone(),
                     key: tls.key.clone(),
-                    client_ca: None,
+                    client_ca,
                     settings: (
                         crate::config::settings::TLS_CERT.name(),
                         crate::config::settings::TLS_KEY.name(),
                         crate::config::settings::TLS_CLIENT_CA.name(),
                     ),
-                },
-                &[b"h2", b"http/1.1"],
-            )?),
-            None => None,
+                })
         };
+        // The HTTP ports serve TLS without client certificates; the gRPC
+        // port asks for one when a client CA is set (mutual TLS).
+        let tls = files(None)
+            .map(|files| streamer_listener::tls::ServerTls::load(&files, &[b"h2", b"http/1.1"]))
+            .transpose()?;
+        let client_ca = config.server.tls.as_ref().and_then(|t| t.client_ca.clone());
+        let grpc_tls = files(client_ca.clone())
+            .map(|files| streamer_listener::tls::ServerTls::load(&files, &[b"h2"]))
+            .transpose()?;
+        let edge_identity =
+            client_ca.and(config.server.tls.as_ref().map(|t| t.edge_identity.clone()));
         let clock = Clock::new();
         // Every call to a Management API endpoint goes through the list.
         let delivery: Arc<dyn Delivery> =
@@ -244,12 +270,16 @@ impl App {
             presence,
             fanout,
             departures: Arc::new(std::sync::Mutex::new(Some(stores.departures))),
-            tokens: Arc::new(TokenTable::new(&config.tokens)),
+            tokens: Tokens::new(TokenTable::new(&resolved_tokens)),
+            base_tokens: config.tokens.clone(),
+            config_file: config.file.clone(),
             page_tokens: PageTokens::new(config.server.page_token_secret.as_deref()),
             streams,
             clock,
             http: config.server.http.clone(),
             tls,
+            grpc_tls,
+            edge_identity,
             metrics_token: config.server.metrics_token.clone(),
         })
     }
@@ -422,6 +452,7 @@ impl App {
         });
 
         let tokens = &self.tokens;
+        background.spawn(self.clone().reload_tokens_on_sighup());
         let transport = &self.transport;
         let mut routes = tonic::service::RoutesBuilder::default();
         routes
@@ -476,7 +507,8 @@ impl App {
             // the connection with every call on it.
             .max_concurrent_streams(transport.max_concurrent_streams)
             .trace_fn(streamer_telemetry::grpc_server_span)
-            .layer(transport::Conventions);
+            .layer(transport::Conventions)
+            .layer(Audit::new(tokens.clone(), "grpc"));
         if let Some(age) = transport.max_connection_age {
             server = server
                 .max_connection_age(age)
@@ -507,7 +539,12 @@ impl App {
             });
         }
         let serving = server.add_routes(routes).serve_with_incoming_shutdown(
-            transport::incoming(listener, transport.clone()),
+            transport::incoming(
+                listener,
+                transport.clone(),
+                self.grpc_tls.clone(),
+                self.edge_identity.iter().cloned().collect(),
+            ),
             shutdown,
         );
         tokio::pin!(serving);
@@ -528,6 +565,54 @@ impl App {
         result?;
         tracing::info!("grpc server stopped");
         Ok(())
+    }
+}
+
+impl App {
+    /// Reads the tokens again (the config file, the environment and the
+    /// secrets they name) on every SIGHUP and puts them in use for the next
+    /// call; a failure keeps the tokens in use and says why. Tokens `dev`
+    /// made up stay when the config names none for that role.
+    async fn reload_tokens_on_sighup(self) {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+                tracing::warn!("cannot listen for SIGHUP; tokens are read at start only");
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                match self.read_tokens_again().await {
+                    Ok((edge, operators, services)) => {
+                        tracing::info!(edge, operators, services, "tokens read again (SIGHUP)")
+                    }
+                    Err(err) => tracing::error!(
+                        error = %err,
+                        "cannot read the tokens again (SIGHUP); keeping the ones in use"
+                    ),
+                }
+            }
+        }
+    }
+
+    async fn read_tokens_again(&self) -> Result<(usize, usize, usize), String> {
+        let config =
+            Config::from_process_env(self.config_file.clone(), false).map_err(|e| e.to_string())?;
+        let mut tokens = config.tokens;
+        let base = &self.base_tokens;
+        if !tokens.has_edge_token() {
+            tokens.edge.clone_from(&base.edge);
+        }
+        if tokens.admin.is_none() && tokens.admin_secret_arn.is_none() {
+            tokens.admin.clone_from(&base.admin);
+        }
+        let resolved = token_auth::resolve(&tokens)
+            .await
+            .map_err(|e| e.to_string())?;
+        let table = TokenTable::new(&resolved);
+        let counts = table.counts();
+        self.tokens.replace(table);
+        Ok(counts)
     }
 }
 

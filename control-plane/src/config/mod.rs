@@ -79,6 +79,9 @@ pub struct Config {
     pub history: HistoryConfig,
     /// `dev` only.
     pub dev: DevConfig,
+    /// The config file these settings were read from, if any (read again
+    /// on SIGHUP).
+    pub file: Option<PathBuf>,
 }
 
 impl Config {
@@ -121,6 +124,7 @@ impl Config {
             jobs: JobsConfig::resolve(&mut src),
             history: HistoryConfig::resolve(&mut src),
             dev: DevConfig::resolve(&mut src),
+            file: path.clone(),
         };
         let mut problems = src.into_problems();
         if production && let Err(missing) = config.require_production() {
@@ -153,16 +157,23 @@ impl Config {
                 s::JWT_PUBLIC_KEY_FILE.name()
             ));
         }
-        if self.tokens.edge.is_none() {
+        let edge_by_certificate = self
+            .server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some());
+        if !self.tokens.has_edge_token() && !edge_by_certificate {
             problems.push(format!(
-                "missing setting {}: the token the edge Lambdas present",
-                s::EDGE_TOKEN.name()
+                "missing setting {} (or mutual TLS with {}): how the edge Lambdas prove who they are",
+                s::EDGE_TOKEN.name(),
+                s::TLS_CLIENT_CA.name()
             ));
         }
-        if self.tokens.admin.is_none() && self.tokens.services.is_empty() {
+        if !self.tokens.has_server_tokens() {
             problems.push(format!(
-                "missing setting {} (or [[tokens.services]]): a token for the server API",
-                s::ADMIN_TOKEN.name()
+                "missing setting {} (or {}, [[tokens.operators]], [[tokens.services]]): a token for the server API",
+                s::ADMIN_TOKEN.name(),
+                s::ADMIN_TOKEN_SECRET_ARN.name()
             ));
         }
         if self.store.kind == StoreKind::DynamoDb

@@ -64,6 +64,16 @@ pub struct TlsConfig {
     pub edge_identity: String,
 }
 
+/// `STREAMER_TLS_CERT=self-signed`: make a certificate at start.
+pub const SELF_SIGNED: &str = "self-signed";
+
+impl TlsConfig {
+    /// Whether the certificate is to be made at start.
+    pub fn self_signed(&self) -> bool {
+        self.cert.as_os_str() == SELF_SIGNED
+    }
+}
+
 /// Where the web console listens (`STREAMER_CONSOLE_ADDR`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsoleAddr {
@@ -175,6 +185,15 @@ impl ServerConfig {
                 let client_ca: Option<std::path::PathBuf> = src.opt(&s::TLS_CLIENT_CA);
                 let edge_identity: String = src.get(&s::TLS_EDGE_IDENTITY);
                 match (cert, key) {
+                    // A certificate made at start, for a load balancer that
+                    // terminates the clients' TLS and encrypts again to the
+                    // task without checking its certificate (an NLB).
+                    (Some(cert), None) if cert.as_os_str() == SELF_SIGNED => Some(TlsConfig {
+                        cert,
+                        key: std::path::PathBuf::new(),
+                        client_ca,
+                        edge_identity,
+                    }),
                     (Some(cert), Some(key)) => Some(TlsConfig {
                         cert,
                         key,
@@ -241,6 +260,8 @@ pub struct GatewayConfig {
     pub control_plane_url: Option<String>,
     /// How long an edge call may take (a Lambda's call timeout).
     pub edge_timeout: Duration,
+    /// What the edge trusts and presents for an `https://` control plane.
+    pub edge_tls: streamer_proto::tls::ClientTls,
 }
 
 impl GatewayConfig {
@@ -269,6 +290,20 @@ impl GatewayConfig {
             management_endpoint: src.opt(&s::GATEWAY_MANAGEMENT_ENDPOINT),
             control_plane_url: src.opt(&s::GATEWAY_CONTROL_PLANE_URL),
             edge_timeout: millis(src.at_least(&s::GATEWAY_EDGE_TIMEOUT_MS, 1)),
+            edge_tls: {
+                let cert: Option<String> = src.opt(&s::EDGE_TLS_CERT);
+                let key: Option<String> = src.opt(&s::EDGE_TLS_KEY);
+                if cert.is_some() != key.is_some() {
+                    src.problem(
+                        if cert.is_some() { &s::EDGE_TLS_KEY } else { &s::EDGE_TLS_CERT },
+                        "the edge's client certificate needs both STREAMER_EDGE_TLS_CERT and STREAMER_EDGE_TLS_KEY",
+                    );
+                }
+                streamer_proto::tls::ClientTls {
+                    ca: src.opt(&s::CONTROL_PLANE_CA),
+                    identity: cert.zip(key),
+                }
+            },
         }
     }
 }
@@ -354,23 +389,74 @@ impl JwtConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceTokenConfig {
-    /// A name for logs.
+    /// A name for logs and the audit trail.
     pub name: String,
-    /// The bearer token.
+    /// The bearer token (empty when read from `token_secret_arn`).
+    #[serde(default)]
     pub token: String,
+    /// A Secrets Manager secret holding the token (read at start and on
+    /// SIGHUP).
+    #[serde(default)]
+    pub token_secret_arn: Option<String>,
     /// When set, the token reaches only this tenant.
     pub tenant_id: Option<String>,
 }
 
-/// Tokens gRPC callers present as `authorization: Bearer <token>`.
+/// What a named operator may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperatorRole {
+    /// The whole server API.
+    Admin,
+    /// Reads only: list, count, get, history, stats.
+    Read,
+}
+
+impl OperatorRole {
+    /// The role's name, as the config file and the audit trail spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorRole::Admin => "admin",
+            OperatorRole::Read => "read",
+        }
+    }
+}
+
+/// A named operator from the config file (`[[tokens.operators]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// The person or tool, as the audit trail names them.
+    pub name: String,
+    /// The bearer token (empty when read from `token_secret_arn`).
+    #[serde(default)]
+    pub token: String,
+    /// A Secrets Manager secret holding the token.
+    #[serde(default)]
+    pub token_secret_arn: Option<String>,
+    /// What they may do.
+    pub role: OperatorRole,
+}
+
+/// Tokens gRPC callers present as `authorization: Bearer <token>`. Values
+/// named by a `…_secret_arn` are read by [`crate::api::auth::resolve`]
+/// (at start and on SIGHUP) before the table is built.
 #[derive(Debug, Clone, Default)]
 pub struct TokenConfig {
     /// Grants the edge role.
     pub edge: Option<String>,
-    /// Grants the admin role.
+    /// The edge token being rotated out, still accepted.
+    pub edge_previous: Option<String>,
+    /// Secrets Manager secret of the edge token (AWSCURRENT, AWSPREVIOUS).
+    pub edge_secret_arn: Option<String>,
+    /// Grants the admin role, as the operator named `admin`.
     pub admin: Option<String>,
+    /// Secrets Manager secret of the admin token.
+    pub admin_secret_arn: Option<String>,
     /// Service tokens, each optionally bound to one tenant.
     pub services: Vec<ServiceTokenConfig>,
+    /// Named operators with roles.
+    pub operators: Vec<OperatorConfig>,
 }
 
 /// Shortest token accepted for any role.
@@ -385,49 +471,131 @@ impl TokenConfig {
                 Vec::new()
             }),
         };
+        let operators: Vec<OperatorConfig> = match src.table(&s::OPERATORS).cloned() {
+            None => Vec::new(),
+            Some(value) => value.try_into().unwrap_or_else(|err: toml::de::Error| {
+                src.problem(&s::OPERATORS, err.message());
+                Vec::new()
+            }),
+        };
         let tokens = Self {
             edge: src.opt(&s::EDGE_TOKEN),
+            edge_previous: src.opt(&s::EDGE_TOKEN_PREVIOUS),
+            edge_secret_arn: src.opt(&s::EDGE_TOKEN_SECRET_ARN),
             admin: src.opt(&s::ADMIN_TOKEN),
+            admin_secret_arn: src.opt(&s::ADMIN_TOKEN_SECRET_ARN),
             services,
+            operators,
         };
-        let mut seen: HashSet<&str> = HashSet::new();
-        let all = [
-            (&s::EDGE_TOKEN, tokens.edge.as_deref()),
-            (&s::ADMIN_TOKEN, tokens.admin.as_deref()),
+        for problem in tokens.problems() {
+            src.problems_push(problem);
+        }
+        tokens
+    }
+
+    /// Whether any token can reach the server API (an admin, an operator
+    /// or a service), once secrets are read.
+    pub fn has_server_tokens(&self) -> bool {
+        self.admin.is_some()
+            || self.admin_secret_arn.is_some()
+            || !self.services.is_empty()
+            || !self.operators.is_empty()
+    }
+
+    /// Whether the edge has a token (or a secret holding one).
+    pub fn has_edge_token(&self) -> bool {
+        self.edge.is_some() || self.edge_secret_arn.is_some()
+    }
+
+    /// What is wrong with these tokens: too short, one token for two
+    /// principals, a token and a secret both (or neither) for one entry,
+    /// a bad tenant id or a name used twice. Checked on the config as
+    /// loaded, and again once secrets are read.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let both = |setting: &str, literal: bool, secret: bool, problems: &mut Vec<String>| {
+            if literal && secret {
+                problems.push(format!("{setting}: set a token or a secret ARN, not both"));
+            }
+        };
+        both(
+            s::EDGE_TOKEN.name(),
+            self.edge.is_some(),
+            self.edge_secret_arn.is_some(),
+            &mut problems,
+        );
+        both(
+            s::ADMIN_TOKEN.name(),
+            self.admin.is_some(),
+            self.admin_secret_arn.is_some(),
+            &mut problems,
+        );
+        let mut all: Vec<(String, &str)> = [
+            (s::EDGE_TOKEN.name(), self.edge.as_deref()),
+            (s::EDGE_TOKEN_PREVIOUS.name(), self.edge_previous.as_deref()),
+            (s::ADMIN_TOKEN.name(), self.admin.as_deref()),
         ]
         .into_iter()
-        .filter_map(|(setting, token)| token.map(|t| (setting, t)))
-        .chain(
-            tokens
-                .services
-                .iter()
-                .map(|svc| (&s::SERVICE_TOKENS, svc.token.as_str())),
-        );
-        for (setting, token) in all {
-            if token.len() < MIN_TOKEN_LEN {
-                src.problem(
-                    setting,
-                    format!("tokens must be at least {MIN_TOKEN_LEN} characters"),
-                );
+        .filter_map(|(setting, token)| token.map(|t| (setting.to_owned(), t)))
+        .collect();
+        let mut names = HashSet::new();
+        for service in &self.services {
+            let what = format!("service {:?}", service.name);
+            match (service.token.is_empty(), service.token_secret_arn.is_some()) {
+                (true, false) => problems.push(format!("{what}: set token or token_secret_arn")),
+                (false, true) => {
+                    problems.push(format!("{what}: set token or token_secret_arn, not both"));
+                }
+                (false, false) => all.push((what.clone(), &service.token)),
+                (true, true) => {}
             }
-            if !seen.insert(token) {
-                src.problem(
-                    setting,
-                    "the same token is used for another role; each role needs its own",
-                );
-            }
-        }
-        for service in &tokens.services {
             if let Some(tenant) = &service.tenant_id
                 && !streamer_proto::ids::valid_tenant_id(tenant)
             {
-                src.problem(
-                    &s::SERVICE_TOKENS,
-                    format!("service {:?}: invalid tenant_id", service.name),
-                );
+                problems.push(format!("{what}: invalid tenant_id"));
+            }
+            if !names.insert(service.name.as_str()) {
+                problems.push(format!("{what}: the name is used twice"));
             }
         }
-        tokens
+        for operator in &self.operators {
+            let what = format!("operator {:?}", operator.name);
+            match (
+                operator.token.is_empty(),
+                operator.token_secret_arn.is_some(),
+            ) {
+                (true, false) => problems.push(format!("{what}: set token or token_secret_arn")),
+                (false, true) => {
+                    problems.push(format!("{what}: set token or token_secret_arn, not both"));
+                }
+                (false, false) => all.push((what.clone(), &operator.token)),
+                (true, true) => {}
+            }
+            let reserved = operator.name == "admin" && self.has_admin_token();
+            if operator.name.is_empty() || reserved || !names.insert(operator.name.as_str()) {
+                problems.push(format!(
+                    "{what}: the name is empty, used twice, or `admin` while STREAMER_ADMIN_TOKEN is set"
+                ));
+            }
+        }
+        let mut seen: HashSet<&str> = HashSet::new();
+        for (setting, token) in all {
+            if token.len() < MIN_TOKEN_LEN {
+                problems.push(format!(
+                    "{setting}: tokens must be at least {MIN_TOKEN_LEN} characters"
+                ));
+            }
+            if !seen.insert(token) {
+                problems.push(format!(
+                    "{setting}: the same token is used for another principal; each needs its own"
+                ));
+            }
+        }
+        problems
+    }
+
+    fn has_admin_token(&self) -> bool {
+        self.admin.is_some() || self.admin_secret_arn.is_some()
     }
 }
 
@@ -443,6 +611,8 @@ pub struct DevConfig {
     /// Control-plane replicas `dev` runs behind its one gateway (more than
     /// one needs the DynamoDB store, which they share).
     pub replicas: usize,
+    /// Make a local CA and certificates and serve with (mutual) TLS.
+    pub tls: bool,
 }
 
 impl DevConfig {
@@ -454,6 +624,7 @@ impl DevConfig {
             demo_processor: src.opt(&s::DEMO_PROCESSOR).unwrap_or(true),
             demo_duration: millis(src.get(&s::DEMO_DURATION_MS)),
             replicas: src.at_least(&s::DEV_REPLICAS, 1),
+            tls: src.get(&s::DEV_TLS),
         }
     }
 }

@@ -63,10 +63,10 @@ settings! {
     HTTP_BODY_MIN_BYTES_PER_SEC = (Some("STREAMER_HTTP_BODY_MIN_BYTES_PER_SEC"), Some("http.body_min_bytes_per_sec"), "1024", None, "the console's and `/metrics`' ports: after the grace, a request body must average this many bytes a second or it is cut");
     HTTP_BODY_GRACE_MS = (Some("STREAMER_HTTP_BODY_GRACE_MS"), Some("http.body_grace_ms"), "10000", None, "the console's and `/metrics`' ports: how long a request body may take before the floor rate applies");
     HTTP_IDLE_TIMEOUT_SECS = (Some("STREAMER_HTTP_IDLE_TIMEOUT_SECS"), Some("http.idle_timeout_secs"), "60", None, "the console's and `/metrics`' ports: a connection (HTTP/1.1 keep-alive or HTTP/2) with no request in flight for this long is closed (HTTP/2: GOAWAY); HTTP/2 PINGs every 30 s, answered within 10 s, find dead peers");
-    TLS_CERT = (Some("STREAMER_TLS_CERT"), Some("tls.cert"), "", Some("none (plain TCP)"), "PEM certificate chain: with `STREAMER_TLS_KEY`, the gRPC port, the console and `/metrics` serve TLS only; re-read when the file changes");
+    TLS_CERT = (Some("STREAMER_TLS_CERT"), Some("tls.cert"), "", Some("none (plain TCP)"), "PEM certificate chain: with `STREAMER_TLS_KEY`, the gRPC port, the console and `/metrics` serve TLS only; re-read when the file changes. `self-signed`: a certificate made at start (no key setting), for a load balancer that re-encrypts to the task without checking it (the template's NLB)");
     TLS_KEY = (Some("STREAMER_TLS_KEY"), Some("tls.key"), "", Some("none"), "PEM private key of `STREAMER_TLS_CERT`");
-    TLS_CLIENT_CA = (Some("STREAMER_TLS_CLIENT_CA"), Some("tls.client_ca"), "", Some("none"), "PEM CA certificates: the gRPC port then requires a client certificate chaining to them (mutual TLS); one whose subject or a SAN names `STREAMER_TLS_EDGE_IDENTITY` is the edge");
-    TLS_EDGE_IDENTITY = (Some("STREAMER_TLS_EDGE_IDENTITY"), Some("tls.edge_identity"), "streamer-edge", None, "with mutual TLS: the name (certificate subject CN, or a DNS SAN) that makes a client certificate the edge role, with no edge token");
+    TLS_CLIENT_CA = (Some("STREAMER_TLS_CLIENT_CA"), Some("tls.client_ca"), "", Some("none"), "PEM CA certificates: the gRPC port then requires a client certificate chaining to them (mutual TLS); one with a DNS SAN naming `STREAMER_TLS_EDGE_IDENTITY` is the edge");
+    TLS_EDGE_IDENTITY = (Some("STREAMER_TLS_EDGE_IDENTITY"), Some("tls.edge_identity"), "streamer-edge", None, "with mutual TLS: the DNS SAN that makes a client certificate the edge role, with no edge token");
     CONSOLE_ADDR = (Some("STREAMER_CONSOLE_ADDR"), Some("console_addr"), "", Some("off (`dev`: `127.0.0.1:8081`)"), "serve the web console (and gRPC-Web for it) on this address; `off` turns it off, also under `dev`. Every call needs an admin or service token, as on the gRPC port");
     LOG_FORMAT = (Some("STREAMER_LOG_FORMAT"), Some("log_format"), "pretty", None, "`pretty` or `json`");
     PAGE_TOKEN_SECRET = (Some("STREAMER_PAGE_TOKEN_SECRET"), Some("page_token_secret"), "", Some("random per process"), "signs list page tokens (set it when several replicas serve one API)");
@@ -80,6 +80,9 @@ settings! {
     GATEWAY_MANAGEMENT_BURST = (Some("STREAMER_GATEWAY_MANAGEMENT_BURST"), Some("gateway.management_burst"), "5000", None, "`dev`: Management API requests allowed at once (API Gateway's account default)");
     GATEWAY_MANAGEMENT_ENDPOINT = (Some("STREAMER_GATEWAY_MANAGEMENT_ENDPOINT"), Some("gateway.management_endpoint"), "", Some("the gateway itself"), "`dev`: the Management API URL (with the stage) the gateway reports in connect events, e.g. a fault-injecting proxy in front of it");
     GATEWAY_CONTROL_PLANE_URL = (Some("STREAMER_GATEWAY_CONTROL_PLANE_URL"), Some("gateway.control_plane_url"), "", Some("the control plane `dev` runs"), "`dev`: where the gateway's edge handlers call the control plane, e.g. through a fault-injecting proxy");
+    CONTROL_PLANE_CA = (Some("STREAMER_CONTROL_PLANE_CA"), Some("gateway.control_plane_ca"), "", Some("the platform's roots"), "`dev` (and the edge Lambdas, `streamer-gateway`): the CA (PEM file or text) the edge trusts for an `https://` control plane");
+    EDGE_TLS_CERT = (Some("STREAMER_EDGE_TLS_CERT"), Some("gateway.edge_tls_cert"), "", Some("none"), "`dev` (and the edge Lambdas, `streamer-gateway`): the client certificate (PEM) the edge presents under mutual TLS; with `STREAMER_EDGE_TLS_KEY`");
+    EDGE_TLS_KEY = (Some("STREAMER_EDGE_TLS_KEY"), Some("gateway.edge_tls_key"), "", Some("none"), "the private key of `STREAMER_EDGE_TLS_CERT`");
     GATEWAY_EDGE_TIMEOUT_MS = (Some("STREAMER_GATEWAY_EDGE_TIMEOUT_MS"), Some("gateway.edge_timeout_ms"), "10000", None, "`dev`: how long one edge call may take (the edge Lambdas' call timeout)");
     GATEWAY_IDLE_TIMEOUT_SECS = (Some("STREAMER_GATEWAY_IDLE_TIMEOUT_SECS"), Some("gateway.idle_timeout_secs"), "600", None, "`dev`: idle connections are closed (1001)");
     GATEWAY_MAX_DURATION_SECS = (Some("STREAMER_GATEWAY_MAX_DURATION_SECS"), Some("gateway.max_duration_secs"), "7200", None, "`dev`: maximum connection duration (1001)");
@@ -91,7 +94,11 @@ settings! {
     JWT_LEEWAY_SECS = (Some("STREAMER_JWT_LEEWAY_SECS"), Some("jwt.leeway_secs"), "5", None, "clock skew allowed on `exp` / `nbf`");
     EDGE_TOKEN = (Some("STREAMER_EDGE_TOKEN"), Some("tokens.edge"), "", Some("none (`dev` makes one)"), "edge role token (at least 16 characters)");
     ADMIN_TOKEN = (Some("STREAMER_ADMIN_TOKEN"), Some("tokens.admin"), "", Some("none (`dev` makes one)"), "admin role token (at least 16 characters)");
-    SERVICE_TOKENS = (None, Some("tokens.services"), "", Some("none"), "`[[tokens.services]]` tables: `name`, `token`, optional `tenant_id` (a service token bound to that tenant)");
+    EDGE_TOKEN_PREVIOUS = (Some("STREAMER_EDGE_TOKEN_PREVIOUS"), Some("tokens.edge_previous"), "", Some("none"), "the edge token being rotated out, still accepted alongside the current one (see docs/operations.md, rotating credentials)");
+    EDGE_TOKEN_SECRET_ARN = (Some("STREAMER_EDGE_TOKEN_SECRET_ARN"), Some("tokens.edge_secret_arn"), "", Some("none"), "read the edge token from this Secrets Manager secret instead: its AWSCURRENT value, and its AWSPREVIOUS value as the previous token; at start and on SIGHUP");
+    ADMIN_TOKEN_SECRET_ARN = (Some("STREAMER_ADMIN_TOKEN_SECRET_ARN"), Some("tokens.admin_secret_arn"), "", Some("none"), "read the admin token from this Secrets Manager secret instead (AWSCURRENT); at start and on SIGHUP");
+    SERVICE_TOKENS = (None, Some("tokens.services"), "", Some("none"), "`[[tokens.services]]` tables: `name`, `token` (or `token_secret_arn`, a Secrets Manager secret read at start and on SIGHUP), optional `tenant_id` (a service token bound to that tenant)");
+    OPERATORS = (None, Some("tokens.operators"), "", Some("none"), "`[[tokens.operators]]` tables: `name`, `token` (or `token_secret_arn`), `role` = `admin` (the whole server API) or `read` (list, count, get, history, stats; everything else is `PERMISSION_DENIED`). Each is a named principal in the audit trail; `STREAMER_ADMIN_TOKEN` is the admin operator named `admin`");
     MAX_MESSAGE_BYTES = (Some("STREAMER_MAX_MESSAGE_BYTES"), Some("limits.max_message_bytes"), "131072", None, "largest client message (`PAYLOAD_TOO_LARGE`)");
     MESSAGES_PER_MINUTE = (Some("STREAMER_MESSAGES_PER_MINUTE"), Some("limits.messages_per_minute"), "100", None, "per-connection message rate");
     MESSAGE_BURST = (Some("STREAMER_MESSAGE_BURST"), Some("limits.message_burst"), "20", None, "per-connection burst");
@@ -147,6 +154,7 @@ settings! {
     ACTIONS = (None, Some("actions"), "", Some("none"), "`[[actions]]` tables: `name`, `mode` (`sync` / `async`), `handler`, `permission`, `schema`, `lease_timeout_ms`, `max_attempts`");
     STATE_DIR = (Some("STREAMER_STATE_DIR"), Some("dev.state_dir"), ".build/dev", None, "`dev`: where the signing key, its private half (for `streamerctl token`) and the gRPC tokens are kept across restarts");
     DEMO_PROCESSOR = (Some("STREAMER_DEMO_PROCESSOR"), Some("dev.demo_processor"), "true", None, "`dev`: run the in-process demo processor (`echo_async`, `generate_report`)");
+    DEV_TLS = (Some("STREAMER_DEV_TLS"), Some("dev.tls"), "false", None, "`dev`: make a local CA and certificates in the state folder and serve gRPC with TLS and mutual TLS, the console and `/metrics` with TLS (also `dev --tls`); set `STREAMER_TLS_*` instead to bring your own");
     DEV_REPLICAS = (Some("STREAMER_DEV_REPLICAS"), Some("dev.replicas"), "1", None, "`dev`: control-plane replicas behind the one gateway, each event to the next (also `dev --replicas N`); more than one needs `STREAMER_STORE=dynamodb`");
     DEMO_DURATION_MS = (Some("STREAMER_DEMO_DURATION_MS"), Some("dev.demo_duration_ms"), "3000", None, "`dev`: how long a demo request takes");
 }

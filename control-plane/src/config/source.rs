@@ -101,6 +101,11 @@ impl<'a> Source<'a> {
             .push(format!("invalid value for {}: {message}", setting.name()));
     }
 
+    /// Records a problem worded in full by the caller.
+    pub fn problems_push(&mut self, problem: String) {
+        self.problems.push(problem);
+    }
+
     /// The problems found.
     pub fn into_problems(self) -> Vec<String> {
         self.problems

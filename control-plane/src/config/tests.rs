@@ -86,7 +86,7 @@ fn bad_values_are_all_named_at_once() {
         ("STREAMER_ADMIN_TOKEN", same),
     ])
     .expect_err("reuse");
-    assert!(err.to_string().contains("each role needs its own"), "{err}");
+    assert!(err.to_string().contains("each needs its own"), "{err}");
     let err = load(&[("STREAMER_MESSAGE_BURST", "0")]).expect_err("zero");
     assert!(err.to_string().contains("at least 1"), "{err}");
 }

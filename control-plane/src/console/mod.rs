@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::api::{
-    auth::{Audience, Caller, TokenTable},
+    auth::{Audience, Caller, TokenTable, Tokens},
     convert,
 };
 
@@ -49,7 +49,7 @@ pub const DEV_CLIENT_TOKEN_TTL_SECS: u64 = 3600;
 
 #[derive(Clone)]
 struct Shared {
-    tokens: Arc<TokenTable>,
+    tokens: Tokens,
     dev: Option<Arc<dyn DevClients>>,
 }
 
@@ -57,10 +57,13 @@ struct Shared {
 /// services behind the gRPC-Web translation.
 pub fn router(
     grpc: tonic::service::Routes,
-    tokens: Arc<TokenTable>,
+    tokens: Tokens,
     dev: Option<Arc<dyn DevClients>>,
 ) -> Router {
-    let shared = Shared { tokens, dev };
+    let shared = Shared {
+        tokens: tokens.clone(),
+        dev,
+    };
     let page = Router::new()
         .route("/", get(assets::index))
         .route("/assets/{file}", get(assets::file))
@@ -74,6 +77,7 @@ pub fn router(
     let grpc_web = streamer_listener::limit_body(
         grpc.prepare()
             .into_axum_router()
+            .layer(crate::api::audit::Audit::new(tokens, "grpc-web"))
             .layer(tonic_web::GrpcWebLayer::new()),
         GRPC_WEB_MAX_BYTES,
     );
@@ -206,7 +210,7 @@ async fn dev_token(
             "the client panel is only available under `dev`".into(),
         ));
     };
-    let caller = caller(&shared.tokens, &headers)?;
+    let caller = caller(&shared.tokens.current(), &headers)?;
     let Json(request) = body.map_err(|rejection| {
         Refusal(
             rejection.status(),

@@ -4,7 +4,10 @@
 //! them apart, e.g. to measure the control plane's memory alone.
 //!
 //! Environment: `STREAMER_CONTROL_PLANE_URL` (a comma list spreads events
-//! over several replicas, each event to the next), `STREAMER_EDGE_TOKEN`,
+//! over several replicas, each event to the next; `https://` with
+//! `STREAMER_CONTROL_PLANE_CA` and, for mutual TLS, `STREAMER_EDGE_TLS_CERT`
+//! / `_KEY`), `STREAMER_EDGE_TOKEN` (or `_SECRET_ARN`; not needed when the
+//! client certificate names the edge),
 //! `STREAMER_GATEWAY_ADDR` (default `127.0.0.1:8080`), `STREAMER_STAGE`
 //! (default `local`), and the emulator's limits under the names `dev` reads
 //! (`STREAMER_GATEWAY_MAX_MESSAGE_BYTES`, `_MAX_FRAME_BYTES`,
@@ -17,7 +20,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use streamer_edge::{
-    client::edge_client,
+    client::{CALL_TIMEOUT, edge_client_with},
     gateway::{Gateway, GatewayOptions},
     handler::EdgeHandler,
 };
@@ -100,8 +103,9 @@ async fn run() -> anyhow::Result<()> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let url = var("STREAMER_CONTROL_PLANE_URL")
         .ok_or_else(|| anyhow::anyhow!("set STREAMER_CONTROL_PLANE_URL"))?;
-    let token =
-        var("STREAMER_EDGE_TOKEN").ok_or_else(|| anyhow::anyhow!("set STREAMER_EDGE_TOKEN"))?;
+    // The same credentials as the Lambdas: a token (from Secrets Manager or
+    // STREAMER_EDGE_TOKEN) and/or TLS to an https:// control plane.
+    let credentials = streamer_edge::lambda::credentials_from_env(&var).await?;
     let addr = var("STREAMER_GATEWAY_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into());
     let stage = var("STREAMER_STAGE").unwrap_or_else(|| "local".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
@@ -112,7 +116,7 @@ async fn run() -> anyhow::Result<()> {
         .split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
-        .map(|u| edge_client(u, &token))
+        .map(|u| edge_client_with(u, &credentials, CALL_TIMEOUT))
         .collect::<Result<Vec<_>, _>>()?;
     if clients.is_empty() {
         anyhow::bail!("STREAMER_CONTROL_PLANE_URL names no address");

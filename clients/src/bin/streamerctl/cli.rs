@@ -22,6 +22,17 @@ pub(crate) struct Cli {
     /// Bearer token (admin or service).
     #[arg(long, env = "STREAMER_TOKEN", global = true, hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// The CA (PEM file) that signed the control plane's certificate, for
+    /// an `https://` address (default: the platform's roots).
+    #[arg(long, env = "STREAMER_CA", global = true)]
+    pub(crate) ca: Option<String>,
+    /// A client certificate (PEM file), where the control plane requires
+    /// one (mutual TLS); with `--key`.
+    #[arg(long, env = "STREAMER_CLIENT_CERT", global = true, requires = "key")]
+    pub(crate) cert: Option<String>,
+    /// The client certificate's private key (PEM file).
+    #[arg(long, env = "STREAMER_CLIENT_KEY", global = true, requires = "cert")]
+    pub(crate) key: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table", global = true)]
     pub(crate) output: Output,

@@ -14,7 +14,7 @@ impl From<Error> for Failure {
     fn from(err: Error) -> Self {
         use tonic::Code;
         let code = match &err {
-            Error::Address(_) | Error::Json(_) => 2,
+            Error::Address(_) | Error::Json(_) | Error::Tls(_) => 2,
             Error::Connect(_) => 3,
             Error::Token => 4,
             Error::Status { code, .. } => match code {
@@ -26,9 +26,24 @@ impl From<Error> for Failure {
             },
         };
         let message = match &err {
-            Error::Connect(_) => {
-                "cannot reach the control plane (is it running? check --addr / STREAMER_ADDR)"
-                    .to_owned()
+            Error::Connect(source) => {
+                // The cause names a refused TLS handshake (an untrusted
+                // certificate, a missing client certificate) apart from a
+                // control plane that is not there.
+                let mut why = String::new();
+                let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(source);
+                while let Some(c) = cause {
+                    why = c.to_string();
+                    cause = c.source();
+                }
+                let why = if why.is_empty() {
+                    source.to_string()
+                } else {
+                    why
+                };
+                format!(
+                    "cannot reach the control plane: {why} (is it running? check --addr / STREAMER_ADDR, and --ca / --cert / --key for TLS)"
+                )
             }
             Error::Status {
                 code: tonic::Code::Unauthenticated,

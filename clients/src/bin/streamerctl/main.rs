@@ -43,7 +43,11 @@ fn main() -> ExitCode {
 }
 
 async fn client(cli: &Cli) -> Result<Client, Failure> {
-    let client = Client::connect(&cli.addr).await?;
+    let tls = streamer_client::ClientTls {
+        ca: cli.ca.clone(),
+        identity: cli.cert.clone().zip(cli.key.clone()),
+    };
+    let client = Client::connect_with(&cli.addr, &tls).await?;
     match &cli.token {
         Some(token) => Ok(client.with_token(token)?),
         None => Ok(client),
