@@ -93,7 +93,27 @@ impl BroadcastService for BroadcastApi {
     ) -> Result<Response<v1::SendResponse>, Status> {
         let caller = Caller::of(&request)?.clone();
         let message = message(&caller, request.into_inner())?;
-        let sent = self.broadcaster.send(message).await?;
+        // Once accepted, a send runs to its end in its own task: a caller
+        // that gives up (deadline, cancel, disconnect) no longer stops the
+        // fan-out half-way, with the message stored and most clients never
+        // sent it. The report is logged when nobody is left to read it.
+        let broadcaster = self.broadcaster.clone();
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let sent = broadcaster.send(message).await;
+            if let Err(Ok(sent)) = done.send(sent) {
+                tracing::info!(
+                    targeted = sent.report.targeted,
+                    delivered = sent.report.delivered,
+                    gone = sent.report.gone,
+                    failed = sent.report.failed,
+                    "a send finished after its caller went away"
+                );
+            }
+        });
+        let sent = outcome
+            .await
+            .map_err(|_| Fault::internal("the send task ended without an answer"))??;
         Ok(Response::new(v1::SendResponse {
             report: Some(convert::report_proto(sent.report)),
             position: sent.position.map(|(stream, p)| v1::StreamPosition {

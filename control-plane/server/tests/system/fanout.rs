@@ -152,3 +152,39 @@ async fn reqwest_free_get(url: &str) -> String {
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default()
 }
+
+#[tokio::test]
+async fn a_send_whose_caller_gives_up_still_reaches_every_client_once() {
+    let dev = Dev::start(&[
+        // Paced, so the fan-out is still running when the caller gives up.
+        ("STREAMER_DELIVERY_MAX_RPS", "1000"),
+        ("STREAMER_DELIVERY_BURST", "1"),
+    ])
+    .await;
+    let url = format!("{}?token={}", dev.ws_url(), token("crowd", "patient", &[]));
+    let sockets = connect_many(&url, 1000, 64).await;
+    let data = json!({"payment": "succeeded"});
+    let (received, _readers) = count_messages(sockets, data.clone());
+    let mut request = tonic::Request::new(send_to(
+        v1::send_request::Target::TenantId("patient".into()),
+        &data,
+    ));
+    request.set_timeout(std::time::Duration::from_millis(50));
+    let gave_up = broadcast(dev.grpc_channel(), ADMIN_TOKEN)
+        .send(request)
+        .await
+        .expect_err("the caller's deadline passes first");
+    assert!(
+        matches!(
+            gave_up.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{gave_up:?}"
+    );
+    eventually("every client has the frame", || {
+        let received = received.clone();
+        async move { received.count() == 1000 }
+    })
+    .await;
+    assert_eq!(received.duplicates(), 0, "nothing delivered twice");
+}
