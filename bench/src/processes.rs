@@ -105,6 +105,9 @@ impl Processes {
             .env("STREAMER_GRPC_ADDR", &grpc)
             .env("STREAMER_METRICS_ADDR", &metrics)
             .env("STREAMER_JWT_PUBLIC_KEY", public_pem)
+            // The benchmark mints its own tokens with neither claim, on purpose.
+            .env("STREAMER_JWT_ISSUER", "any")
+            .env("STREAMER_JWT_AUDIENCE", "any")
             .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
             .env("STREAMER_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("STREAMER_CONNECTS_PER_MINUTE_PER_IP", "100000000")

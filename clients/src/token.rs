@@ -24,15 +24,20 @@ pub struct Claims {
     /// Audience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// Issued at, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 impl Claims {
     /// Claims for `sub` of `tenant_id` with `permissions`, valid for `ttl_secs`.
     pub fn new(sub: &str, tenant_id: &str, permissions: &[&str], ttl_secs: u64) -> Self {
+        let now = now_secs();
         Self {
             sub: sub.to_owned(),
             tenant_id: tenant_id.to_owned(),
-            exp: now_secs() + ttl_secs,
+            iat: Some(now),
+            exp: now + ttl_secs,
             permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
             iss: None,
             aud: None,

@@ -89,6 +89,8 @@ impl Fleet {
                 ("AWS_ACCESS_KEY_ID", "streamer-local".to_owned()),
                 ("AWS_SECRET_ACCESS_KEY", "streamer-local-secret".to_owned()),
                 ("STREAMER_JWT_PUBLIC_KEY", token::keys().public_pem.clone()),
+                ("STREAMER_JWT_ISSUER", token::ISSUER.to_owned()),
+                ("STREAMER_JWT_AUDIENCE", token::AUDIENCE.to_owned()),
                 ("STREAMER_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
                 ("STREAMER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
                 // Page tokens from one replica are read by another.

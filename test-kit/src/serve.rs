@@ -40,6 +40,8 @@ fn command(env: &[(&str, &str)]) -> Command {
         .env("STREAMER_LOG_FORMAT", "json")
         .env("STREAMER_GRPC_ADDR", "127.0.0.1:0")
         .env("STREAMER_JWT_PUBLIC_KEY", &token::keys().public_pem)
+        .env("STREAMER_JWT_ISSUER", token::ISSUER)
+        .env("STREAMER_JWT_AUDIENCE", token::AUDIENCE)
         .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
         .env("STREAMER_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("AWS_ACCESS_KEY_ID", "streamer-local")

@@ -12,9 +12,18 @@ pub fn keys() -> &'static RsaKeyPair {
     KEYS.get_or_init(|| generate_rsa_key_pair().expect("keygen"))
 }
 
-/// Claims valid for an hour.
+/// The issuer of every test token (`serve` in the tests requires it).
+pub const ISSUER: &str = "https://issuer.streamer.test";
+/// The audience of every test token.
+pub const AUDIENCE: &str = "streamer-test";
+
+/// Claims valid for an hour, from [`ISSUER`] for [`AUDIENCE`].
 pub fn claims(sub: &str, tenant: &str, permissions: &[&str]) -> Claims {
-    Claims::new(sub, tenant, permissions, 3600)
+    Claims {
+        iss: Some(ISSUER.into()),
+        aud: Some(AUDIENCE.into()),
+        ..Claims::new(sub, tenant, permissions, 3600)
+    }
 }
 
 /// A token for `sub` of `tenant`, signed with [`keys`].

@@ -228,6 +228,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
                 issuer: None,
                 audience: None,
                 leeway: Duration::from_secs(5),
+                max_lifetime: None,
+                any_issuer: true,
+                any_audience: true,
             }
         }
     };

@@ -132,6 +132,8 @@ pub struct DeliveryConfig {
     pub max_frame_bytes: usize,
     /// The Management API endpoints this deployment may call.
     pub endpoints: ManagementEndpoints,
+    /// How long a Send's idempotency key is remembered.
+    pub idempotency_window: Duration,
 }
 
 /// Which Management API endpoints may be called
@@ -222,6 +224,7 @@ impl Default for DeliveryConfig {
             connecting_grace: Duration::from_secs(10),
             max_frame_bytes: 128_000,
             endpoints: ManagementEndpoints::Unset,
+            idempotency_window: Duration::from_secs(300),
         }
     }
 }
@@ -243,6 +246,7 @@ impl DeliveryConfig {
             connecting_grace: millis(src.get(&s::DELIVERY_CONNECTING_GRACE_MS)),
             max_frame_bytes: src.at_least(&s::DELIVERY_MAX_FRAME_BYTES, 512),
             endpoints: ManagementEndpoints::resolve(src),
+            idempotency_window: secs(src.at_least(&s::IDEMPOTENCY_WINDOW_SECS, 1)),
         }
     }
 }

@@ -157,6 +157,20 @@ impl Config {
                 s::JWT_PUBLIC_KEY_FILE.name()
             ));
         }
+        if let Some(jwt) = &self.jwt {
+            if jwt.issuer.is_none() && !jwt.any_issuer {
+                problems.push(format!(
+                    "missing setting {}: the issuer client tokens must name (`any` to accept every issuer, on purpose)",
+                    s::JWT_ISSUER.name()
+                ));
+            }
+            if jwt.audience.is_none() && !jwt.any_audience {
+                problems.push(format!(
+                    "missing setting {}: the audience client tokens must name (`any` to accept every audience, on purpose)",
+                    s::JWT_AUDIENCE.name()
+                ));
+            }
+        }
         let edge_by_certificate = self
             .server
             .tls

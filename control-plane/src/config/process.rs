@@ -321,6 +321,13 @@ pub struct JwtConfig {
     pub audience: Option<String>,
     /// Clock skew allowed on `exp` / `nbf`.
     pub leeway: Duration,
+    /// Longest token lifetime accepted (`None`: no limit).
+    pub max_lifetime: Option<Duration>,
+    /// `iss` and `aud` left unchecked on purpose (`any`), so production
+    /// may start without them.
+    pub any_issuer: bool,
+    /// See `any_issuer`.
+    pub any_audience: bool,
 }
 
 fn algorithm(name: &str) -> Result<jsonwebtoken::Algorithm, String> {
@@ -351,8 +358,16 @@ impl JwtConfig {
             src.problem(&s::JWT_ALGORITHMS, "list at least one algorithm");
         }
         let leeway = secs(src.get(&s::JWT_LEEWAY_SECS));
-        let issuer = src.opt(&s::JWT_ISSUER);
-        let audience = src.opt(&s::JWT_AUDIENCE);
+        let issuer: Option<String> = src.opt(&s::JWT_ISSUER);
+        let audience: Option<String> = src.opt(&s::JWT_AUDIENCE);
+        let any_issuer = issuer.as_deref() == Some("any");
+        let any_audience = audience.as_deref() == Some("any");
+        let issuer = issuer.filter(|_| !any_issuer);
+        let audience = audience.filter(|_| !any_audience);
+        let max_lifetime = match src.get::<u64>(&s::JWT_MAX_LIFETIME_SECS) {
+            0 => None,
+            n => Some(Duration::from_secs(n)),
+        };
         let public_key_pem = match (inline, path) {
             (Some(_), Some(_)) => {
                 src.problem(
@@ -381,6 +396,9 @@ impl JwtConfig {
             issuer,
             audience,
             leeway,
+            max_lifetime,
+            any_issuer,
+            any_audience,
         })
     }
 }

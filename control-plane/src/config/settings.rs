@@ -89,8 +89,9 @@ settings! {
     JWT_PUBLIC_KEY = (Some("STREAMER_JWT_PUBLIC_KEY"), Some("jwt.public_key"), "", Some("none (`dev` makes one)"), "PEM public key (RSA, EC or Ed25519); `\\n` escapes allowed");
     JWT_PUBLIC_KEY_FILE = (Some("STREAMER_JWT_PUBLIC_KEY_FILE"), Some("jwt.public_key_file"), "", Some("none"), "the same, from a file");
     JWT_ALGORITHMS = (Some("STREAMER_JWT_ALGORITHMS"), Some("jwt.algorithms"), "RS256", None, "accepted algorithms (comma list; one key family)");
-    JWT_ISSUER = (Some("STREAMER_JWT_ISSUER"), Some("jwt.issuer"), "", Some("none"), "required `iss`");
-    JWT_AUDIENCE = (Some("STREAMER_JWT_AUDIENCE"), Some("jwt.audience"), "", Some("none"), "required `aud`");
+    JWT_ISSUER = (Some("STREAMER_JWT_ISSUER"), Some("jwt.issuer"), "", Some("none (`serve` refuses to start without it)"), "required `iss`; `any` accepts every issuer (say so on purpose: a token minted for another service is then accepted)");
+    JWT_AUDIENCE = (Some("STREAMER_JWT_AUDIENCE"), Some("jwt.audience"), "", Some("none (`serve` refuses to start without it)"), "required `aud`; `any` accepts every audience");
+    JWT_MAX_LIFETIME_SECS = (Some("STREAMER_JWT_MAX_LIFETIME_SECS"), Some("jwt.max_lifetime_secs"), "86400", None, "refuse client tokens valid for longer than this (`exp` − `iat`, or `exp` − now without `iat`); `0`: no limit");
     JWT_LEEWAY_SECS = (Some("STREAMER_JWT_LEEWAY_SECS"), Some("jwt.leeway_secs"), "5", None, "clock skew allowed on `exp` / `nbf`");
     EDGE_TOKEN = (Some("STREAMER_EDGE_TOKEN"), Some("tokens.edge"), "", Some("none (`dev` makes one)"), "edge role token (at least 16 characters)");
     ADMIN_TOKEN = (Some("STREAMER_ADMIN_TOKEN"), Some("tokens.admin"), "", Some("none (`dev` makes one)"), "admin role token (at least 16 characters)");
@@ -115,6 +116,7 @@ settings! {
     DELIVERY_MAX_ATTEMPTS = (Some("STREAMER_DELIVERY_MAX_ATTEMPTS"), Some("delivery.max_attempts"), "3", None, "attempts per recipient for 5xx, timeouts and refused connections (429s retry until the deadline)");
     DELIVERY_BASE_BACKOFF_MS = (Some("STREAMER_DELIVERY_BASE_BACKOFF_MS"), Some("delivery.base_backoff_ms"), "25", None, "first retry delay of a delivery (doubled per attempt, full jitter)");
     DELIVERY_MAX_BACKOFF_MS = (Some("STREAMER_DELIVERY_MAX_BACKOFF_MS"), Some("delivery.max_backoff_ms"), "1000", None, "longest retry delay of a delivery");
+    IDEMPOTENCY_WINDOW_SECS = (Some("STREAMER_IDEMPOTENCY_WINDOW_SECS"), Some("delivery.idempotency_window_secs"), "300", None, "how long a Send's `idempotency_key` is remembered (per tenant): a retry within it answers the first Send's response and delivers nothing again");
     DELIVERY_MAX_RPS = (Some("STREAMER_DELIVERY_MAX_RPS"), Some("delivery.max_rps"), "0", Some("`0` (no budget)"), "Management API calls per second, shared by every send of this replica (broadcasts, relays, presence); set it below the account's quota (AWS: 10,000/s per account and region, shared with every API)");
     DELIVERY_BURST = (Some("STREAMER_DELIVERY_BURST"), Some("delivery.burst"), "0", Some("`0` (the rate)"), "calls the budget may spend at once");
     DELIVERY_DEADLINE_MS = (Some("STREAMER_DELIVERY_DEADLINE_MS"), Some("delivery.deadline_ms"), "60000", None, "a send retries throttled calls until this long after it started; what is still undelivered then is reported");

@@ -4,7 +4,10 @@
 //! so `alg: none` and RS/HS confusion fail by construction. Every rejection
 //! collapses to one client-facing answer; the reason is only logged.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -52,6 +55,8 @@ pub enum AuthError {
     Claims,
     #[error("malformed token")]
     Malformed,
+    #[error("token lifetime over the limit")]
+    TooLong,
 }
 
 /// Who a verified token says the client is.
@@ -70,6 +75,11 @@ pub struct Identity {
 struct Claims {
     /// The user.
     pub sub: String,
+    /// Expiry (checked by `jsonwebtoken`; read here for the lifetime).
+    pub exp: u64,
+    /// Issued at.
+    #[serde(default)]
+    pub iat: Option<u64>,
     /// The tenant.
     pub tenant_id: String,
     /// Granted permissions.
@@ -81,6 +91,7 @@ struct Claims {
 pub struct JwtVerifier {
     key: DecodingKey,
     validation: Validation,
+    max_lifetime: Option<Duration>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -151,7 +162,11 @@ impl JwtVerifier {
             Some(audience) => validation.set_audience(&[audience]),
             None => validation.validate_aud = false,
         }
-        Ok(Self { key, validation })
+        Ok(Self {
+            key,
+            validation,
+            max_lifetime: config.max_lifetime,
+        })
     }
 
     /// Verifies a token and returns the identity it carries.
@@ -178,6 +193,16 @@ impl JwtVerifier {
                 }
             })?;
         let claims = data.claims;
+        if let Some(max) = self.max_lifetime {
+            // From `iat` when the token says; else what is left of it.
+            let from = claims
+                .iat
+                .unwrap_or_else(streamer_client_now)
+                .min(claims.exp);
+            if claims.exp - from > max.as_secs() + self.validation.leeway {
+                return Err(AuthError::TooLong);
+            }
+        }
         if !streamer_proto::ids::valid_user_id(&claims.sub)
             || !streamer_proto::ids::valid_tenant_id(&claims.tenant_id)
             || claims.permissions.len() > MAX_PERMISSIONS
@@ -194,6 +219,12 @@ impl JwtVerifier {
             permissions: claims.permissions,
         })
     }
+}
+
+fn streamer_client_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Finds the client token in a `$connect` request: query parameter
@@ -229,13 +260,24 @@ mod tests {
 
     use super::*;
 
-    fn verifier(issuer: Option<&str>, audience: Option<&str>) -> JwtVerifier {
-        JwtVerifier::new(&JwtConfig {
+    fn verifier_config() -> JwtConfig {
+        JwtConfig {
             public_key_pem: keys().public_pem.clone(),
             algorithms: vec![Algorithm::RS256],
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(0),
+            max_lifetime: None,
+            any_issuer: false,
+            any_audience: false,
+        }
+    }
+
+    fn verifier(issuer: Option<&str>, audience: Option<&str>) -> JwtVerifier {
+        JwtVerifier::new(&JwtConfig {
             issuer: issuer.map(str::to_owned),
             audience: audience.map(str::to_owned),
-            leeway: Duration::from_secs(0),
+            ..verifier_config()
         })
         .expect("verifier")
     }
@@ -248,6 +290,7 @@ mod tests {
             permissions: vec!["reports:*".into()],
             iss: None,
             aud: None,
+            iat: None,
         }
     }
 
@@ -262,6 +305,34 @@ mod tests {
         assert_eq!(identity.user_id, "alice");
         assert_eq!(identity.tenant_id, "acme");
         assert_eq!(identity.permissions, vec!["reports:*".to_owned()]);
+    }
+
+    #[test]
+    fn a_token_living_longer_than_the_limit_is_refused() {
+        let limited = JwtVerifier::new(&JwtConfig {
+            max_lifetime: Some(Duration::from_secs(3600)),
+            ..verifier_config()
+        })
+        .expect("verifier");
+        let now = now_secs();
+        let long = Claims {
+            iat: Some(now),
+            exp: now + 2 * 3600,
+            ..claims()
+        };
+        let token = mint_rs256(&keys().private_pem, &long).expect("mint");
+        assert!(matches!(limited.verify(&token), Err(AuthError::TooLong)));
+        // Without `iat`, what is left of it counts.
+        let no_iat = Claims { iat: None, ..long };
+        let token = mint_rs256(&keys().private_pem, &no_iat).expect("mint");
+        assert!(matches!(limited.verify(&token), Err(AuthError::TooLong)));
+        let short = Claims {
+            iat: Some(now - 1800),
+            exp: now + 1800,
+            ..claims()
+        };
+        let token = mint_rs256(&keys().private_pem, &short).expect("mint");
+        limited.verify(&token).expect("an hour in all");
     }
 
     #[test]
@@ -390,6 +461,9 @@ mod tests {
             issuer: None,
             audience: None,
             leeway: Duration::ZERO,
+            max_lifetime: None,
+            any_issuer: false,
+            any_audience: false,
         })
         .expect_err("mixed");
         assert!(matches!(err, KeyError::MixedFamilies(_)));

@@ -124,6 +124,7 @@ fn auth_reason(reason: AuthError) -> &'static str {
         AuthError::IssuerOrAudience => "issuer_or_audience",
         AuthError::Claims => "claims",
         AuthError::Malformed => "malformed",
+        AuthError::TooLong => "lifetime",
     }
 }
 

@@ -55,6 +55,8 @@ async fn serve(console: Option<&str>) -> (tokio::process::Child, String) {
         .env("RUST_LOG", "warn")
         .env("STREAMER_GRPC_ADDR", &grpc)
         .env("STREAMER_JWT_PUBLIC_KEY", &keys().public_pem)
+        .env("STREAMER_JWT_ISSUER", streamer_test_kit::token::ISSUER)
+        .env("STREAMER_JWT_AUDIENCE", streamer_test_kit::token::AUDIENCE)
         .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
         .env("STREAMER_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("AWS_ACCESS_KEY_ID", "streamer-local")

@@ -191,3 +191,54 @@ async fn every_call_and_every_refused_credential_leaves_one_audit_record_without
         assert!(!everything.contains(secret), "{secret} is in the log");
     }
 }
+
+#[tokio::test]
+async fn serve_requires_an_issuer_and_an_audience_unless_told_any() {
+    let (code, stderr) =
+        Serve::refused(&[("STREAMER_JWT_ISSUER", ""), ("STREAMER_JWT_AUDIENCE", "")]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    for name in ["STREAMER_JWT_ISSUER", "STREAMER_JWT_AUDIENCE"] {
+        assert!(stderr.contains(name), "{name}: {stderr}");
+    }
+    // Said on purpose, it starts.
+    let serve = Serve::start(&[
+        ("STREAMER_JWT_ISSUER", "any"),
+        ("STREAMER_JWT_AUDIENCE", "any"),
+    ])
+    .await;
+    assert!(serve.grpc.port() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_token_for_another_audience_or_living_too_long() {
+    use streamer_test_kit::{
+        fleet::gateway,
+        token::{Claims, mint_rs256, now_secs},
+    };
+    let serve = Serve::start(&[("STREAMER_JWT_MAX_LIFETIME_SECS", "3600")]).await;
+    let (_gateway, ws) = gateway(&format!("http://{}", serve.grpc)).await;
+    let connects = |claims: Claims| {
+        let url = format!(
+            "{ws}?token={}",
+            mint_rs256(&keys().private_pem, &claims).expect("mint")
+        );
+        async move { tokio_tungstenite::connect_async(&url).await.is_ok() }
+    };
+    assert!(connects(claims("alice", "acme", &[])).await, "a good token");
+    assert!(
+        !connects(Claims {
+            aud: Some("another-service".into()),
+            ..claims("alice", "acme", &[])
+        })
+        .await,
+        "a token minted for another audience"
+    );
+    assert!(
+        !connects(Claims {
+            exp: now_secs() + 2 * 3600,
+            ..claims("alice", "acme", &[])
+        })
+        .await,
+        "a token living two hours under a one-hour limit"
+    );
+}

@@ -228,6 +228,8 @@ async fn serve_on_dynamodb_refuses_to_start_without_its_endpoints() {
             .env_clear()
             .env("STREAMER_STORE", "dynamodb")
             .env("STREAMER_JWT_PUBLIC_KEY", &keys().public_pem)
+            .env("STREAMER_JWT_ISSUER", streamer_test_kit::token::ISSUER)
+            .env("STREAMER_JWT_AUDIENCE", streamer_test_kit::token::AUDIENCE)
             .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
             .env("STREAMER_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("STREAMER_GRPC_ADDR", "127.0.0.1:0");

@@ -90,6 +90,9 @@ fn setup(loopback_unlimited: bool) -> Setup {
         issuer: None,
         audience: None,
         leeway: Duration::from_secs(5),
+        max_lifetime: None,
+        any_issuer: false,
+        any_audience: false,
     })
     .expect("verifier");
     let control = ControlPlane::new(Parts {

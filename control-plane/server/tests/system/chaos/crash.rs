@@ -163,6 +163,8 @@ async fn serve(extra: &[(&str, &str)]) -> (tokio::process::Child, String) {
         .env("RUST_LOG", "warn")
         .env("STREAMER_GRPC_ADDR", &addr)
         .env("STREAMER_JWT_PUBLIC_KEY", &keys().public_pem)
+        .env("STREAMER_JWT_ISSUER", streamer_test_kit::token::ISSUER)
+        .env("STREAMER_JWT_AUDIENCE", streamer_test_kit::token::AUDIENCE)
         .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
         .env("STREAMER_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("STREAMER_LOOPBACK_CONNECTS_UNLIMITED", "true")
