@@ -24,7 +24,7 @@ mod send;
 pub mod socket;
 pub mod token;
 
-pub use send::Send;
+pub use send::{Send, Sent};
 pub use streamer_proto::tls::ClientTls;
 
 use std::future::Future;

@@ -62,17 +62,19 @@ impl Send<'_> {
         self
     }
 
-    /// Sends `data` (serialised as JSON) and returns the delivery report.
-    pub async fn json<T: Serialize + ?Sized>(self, data: &T) -> Result<DeliveryReport, Error> {
-        Ok(self.json_positioned(data).await?.0)
+    /// An idempotency key (1-128 printable ASCII): a retry with the same
+    /// key and the same message within the server's window (300 s by
+    /// default) answers the first send's report and delivers nothing again
+    /// ([`Sent::replayed`]). Use one key per logical message, e.g. the
+    /// event id, and keep it across retries.
+    pub fn idempotency_key(mut self, key: &str) -> Self {
+        self.request.idempotency_key = key.to_owned();
+        self
     }
 
-    /// Sends `data` and returns the delivery report with the message's
-    /// position in its stream (when the stream keeps history).
-    pub async fn json_positioned<T: Serialize + ?Sized>(
-        self,
-        data: &T,
-    ) -> Result<(DeliveryReport, Option<StreamPosition>), Error> {
+    /// Sends `data` and returns the whole answer: the report, the position
+    /// and whether it was a replay of an earlier send under the same key.
+    pub async fn json_sent<T: Serialize + ?Sized>(self, data: &T) -> Result<Sent, Error> {
         let mut request = self.request;
         request.payload = Some(v1::send_request::Payload::DataJson(serde_json::to_string(
             data,
@@ -84,6 +86,38 @@ impl Send<'_> {
             .send(request)
             .await?
             .into_inner();
-        Ok((response.report.unwrap_or_default(), response.position))
+        Ok(Sent {
+            report: response.report.unwrap_or_default(),
+            position: response.position,
+            replayed: response.replayed,
+        })
     }
+
+    /// Sends `data` (serialised as JSON) and returns the delivery report.
+    pub async fn json<T: Serialize + ?Sized>(self, data: &T) -> Result<DeliveryReport, Error> {
+        Ok(self.json_positioned(data).await?.0)
+    }
+
+    /// Sends `data` and returns the delivery report with the message's
+    /// position in its stream (when the stream keeps history).
+    pub async fn json_positioned<T: Serialize + ?Sized>(
+        self,
+        data: &T,
+    ) -> Result<(DeliveryReport, Option<StreamPosition>), Error> {
+        let sent = self.json_sent(data).await?;
+        Ok((sent.report, sent.position))
+    }
+}
+
+/// What a send answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    /// What happened to each targeted connection (the first send's, for a
+    /// replay).
+    pub report: DeliveryReport,
+    /// Where the message sits in its stream, when it keeps history.
+    pub position: Option<StreamPosition>,
+    /// An earlier send under the same idempotency key answered this one:
+    /// nothing was delivered this time.
+    pub replayed: bool,
 }

@@ -113,6 +113,24 @@ async fn streamerctl_queries_sends_and_fails_with_meaningful_codes() {
     );
     assert_eq!(recv(&mut alice).await["data"], json!({"x": 1}));
     assert_eq!(recv(&mut bob).await["data"], json!({"x": 1}));
+    // Each send gets a key of its own unless given one; a retry with the
+    // printed key is a replay and delivers nothing again.
+    assert_eq!(report["replayed"], json!(false));
+    let key = report["idempotency_key"]
+        .as_str()
+        .expect("a key")
+        .to_owned();
+    let again = admin_json(
+        &stack,
+        &format!(r#"send --tenant acme --data {{"x":1}} --idempotency-key {key}"#),
+    )
+    .await;
+    assert_eq!(
+        (again["replayed"].clone(), again["delivered"].clone()),
+        (json!(true), json!(2))
+    );
+    nothing_pending(&mut alice).await;
+    nothing_pending(&mut bob).await;
     let report = json_of(
         &ctl(
             &stack,

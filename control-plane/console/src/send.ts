@@ -69,6 +69,19 @@ export function sendView(session: Session): View {
     field("Exclude connection ids (optional, comma separated)", exclude),
     submit,
   );
+  // (getRandomValues, unlike randomUUID, works outside secure contexts: a
+  // console reached over plain HTTP inside a VPC.)
+  const newKey = (): string =>
+    "console-" +
+    Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+  // One idempotency key per message being sent: a second submit of the
+  // same form (a double click, Enter twice, a retry after an error) is a
+  // replay and delivers nothing again; an edit or a finished send makes a
+  // new key.
+  let idempotencyKey = newKey();
+  form.addEventListener("input", () => {
+    idempotencyKey = newKey();
+  });
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     if (validate()) return;
@@ -97,12 +110,14 @@ export function sendView(session: Session): View {
         .split(/[\s,]+/)
         .map((s) => s.trim())
         .filter(Boolean),
+      idempotencyKey,
     };
     submit.disabled = true;
     fill(report, h("p", {}, "Sending…"));
     session.api.broadcast
       .send(request)
       .then((res) => {
+        idempotencyKey = newKey();
         const r = res.report;
         fill(
           report,
@@ -122,6 +137,7 @@ export function sendView(session: Session): View {
             ).map(([name, n]) => h("tr", { "data-outcome": name }, h("th", { scope: "row" }, name), h("td", {}, String(n))))),
           ),
           res.position ? h("p", {}, `Stored in stream ${res.position.stream} at offset ${res.position.offset}.`) : null,
+          res.replayed ? h("p", { id: "replayed" }, "A replay of the same send: nothing was delivered again.") : null,
         );
       })
       .catch((err) => fill(report, h("p", { class: "error", role: "alert" }, describe(err))))

@@ -2,7 +2,10 @@
 //! group or a tenant. Every target and id is validated: an empty user id is
 //! an error, never "the whole tenant".
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use prost::Message as _;
+use sha2::{Digest, Sha256};
 
 use streamer_proto::{
     ids,
@@ -12,24 +15,166 @@ use tonic::{Request, Response, Status};
 
 use super::{auth::Caller, convert};
 use crate::{
-    delivery::broadcast::{Broadcaster, Message, Target},
+    delivery::{
+        broadcast::{Broadcaster, Message, Target},
+        idempotency::{Claim, KeyStore},
+    },
     error::Fault,
 };
 
 /// Most connection ids one send may exclude.
 const MAX_EXCLUDED: usize = 1000;
 
+/// Longest idempotency key.
+const MAX_KEY_LEN: usize = 128;
+/// How often a repeat polls for the first Send's answer.
+const REPLAY_POLL: Duration = Duration::from_millis(25);
+
 /// Broadcast.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BroadcastApi {
     broadcaster: Arc<Broadcaster>,
+    keys: Arc<dyn KeyStore>,
+    window: Duration,
+}
+
+impl std::fmt::Debug for BroadcastApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BroadcastApi").finish_non_exhaustive()
+    }
 }
 
 impl BroadcastApi {
-    /// Serves broadcast.
-    pub fn new(broadcaster: Arc<Broadcaster>) -> Self {
-        Self { broadcaster }
+    /// Serves broadcast, with idempotency keys in `keys` for `window`.
+    pub fn new(broadcaster: Arc<Broadcaster>, keys: Arc<dyn KeyStore>, window: Duration) -> Self {
+        Self {
+            broadcaster,
+            keys,
+            window,
+        }
     }
+
+    /// Runs `message` to its end in its own task (a caller that gives up
+    /// no longer stops the fan-out half-way); the response, or the fault
+    /// that refused it before anything happened. Under a `key`, the same
+    /// task stores the answer (or gives the key back when refused), so a
+    /// caller that went away leaves nothing half-done.
+    async fn run(&self, message: Message, key: Option<String>) -> Result<v1::SendResponse, Fault> {
+        let broadcaster = self.broadcaster.clone();
+        let keys = self.keys.clone();
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let sent = broadcaster
+                .send(message)
+                .await
+                .map(|sent| v1::SendResponse {
+                    report: Some(convert::report_proto(sent.report)),
+                    position: sent.position.map(|(stream, p)| v1::StreamPosition {
+                        stream,
+                        offset: p.offset,
+                        epoch: p.epoch,
+                    }),
+                    replayed: false,
+                });
+            match (&key, &sent) {
+                (Some(key), Ok(response)) => {
+                    if let Err(err) = keys.complete(key, response.encode_to_vec()).await {
+                        tracing::warn!(error = %err.message(), "cannot store a send's answer under its idempotency key");
+                    }
+                }
+                (Some(key), Err(_)) => give_back(keys, key.clone()),
+                (None, _) => {}
+            }
+            if let Err(Ok(response)) = done.send(sent) {
+                let report = response.report.unwrap_or_default();
+                tracing::info!(
+                    targeted = report.targeted,
+                    delivered = report.delivered,
+                    gone = report.gone,
+                    failed = report.failed,
+                    "a send finished after its caller went away"
+                );
+            }
+        });
+        outcome
+            .await
+            .map_err(|_| Fault::internal("the send task ended without an answer"))?
+    }
+
+    /// A Send under an idempotency key: the first runs and its answer is
+    /// kept; a repeat with the same request gets that answer (waiting for
+    /// it while the first runs); another request under the key is refused.
+    async fn run_once(
+        &self,
+        key: String,
+        fingerprint: [u8; 32],
+        message: Message,
+    ) -> Result<v1::SendResponse, Fault> {
+        loop {
+            match self.keys.claim(&key, fingerprint, self.window).await? {
+                Claim::Mine => break,
+                Claim::Taken(record) if record.fingerprint != fingerprint => {
+                    return Err(conflict());
+                }
+                Claim::Taken(_) => {}
+            }
+            // Taken by the same request: wait for its answer; if the first
+            // gave the key back (refused), claim it again.
+            loop {
+                match self.keys.get(&key).await? {
+                    Some(record) if record.fingerprint != fingerprint => return Err(conflict()),
+                    Some(record) => {
+                        if let Some(bytes) = record.response {
+                            let mut response = v1::SendResponse::decode(bytes.as_slice())
+                                .map_err(|e| Fault::internal(format!("stored response: {e}")))?;
+                            response.replayed = true;
+                            return Ok(response);
+                        }
+                        tokio::time::sleep(REPLAY_POLL).await;
+                    }
+                    None => break,
+                }
+            }
+        }
+        self.run(message, Some(key)).await
+    }
+}
+
+/// Gives `key` back after a refused send; the store may be what refused
+/// it, so this keeps trying for a while, letting a retry use the key.
+fn give_back(keys: Arc<dyn KeyStore>, key: String) {
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        for _ in 0..12 {
+            if keys.release(&key).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+        tracing::warn!(
+            "cannot give back an idempotency key; it frees itself at the end of its window"
+        );
+    });
+}
+
+fn conflict() -> Fault {
+    Fault::duplicate(
+        "this idempotency key was used for another request (target, payload, topic or exclusions) within the window",
+    )
+}
+
+/// The idempotency key of a request, checked: 1-128 printable ASCII.
+fn idempotency_key(key: &str) -> Result<Option<&str>, Fault> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if key.len() > MAX_KEY_LEN || !key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(Fault::invalid(
+            "idempotency_key must be 1-128 printable ASCII characters without spaces",
+        ));
+    }
+    Ok(Some(key))
 }
 
 /// The target of a send, validated.
@@ -92,35 +237,22 @@ impl BroadcastService for BroadcastApi {
         request: Request<v1::SendRequest>,
     ) -> Result<Response<v1::SendResponse>, Status> {
         let caller = Caller::of(&request)?.clone();
-        let message = message(&caller, request.into_inner())?;
-        // Once accepted, a send runs to its end in its own task: a caller
-        // that gives up (deadline, cancel, disconnect) no longer stops the
-        // fan-out half-way, with the message stored and most clients never
-        // sent it. The report is logged when nobody is left to read it.
-        let broadcaster = self.broadcaster.clone();
-        let (done, outcome) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let sent = broadcaster.send(message).await;
-            if let Err(Ok(sent)) = done.send(sent) {
-                tracing::info!(
-                    targeted = sent.report.targeted,
-                    delivered = sent.report.delivered,
-                    gone = sent.report.gone,
-                    failed = sent.report.failed,
-                    "a send finished after its caller went away"
-                );
-            }
-        });
-        let sent = outcome
-            .await
-            .map_err(|_| Fault::internal("the send task ended without an answer"))??;
-        Ok(Response::new(v1::SendResponse {
-            report: Some(convert::report_proto(sent.report)),
-            position: sent.position.map(|(stream, p)| v1::StreamPosition {
-                stream,
-                offset: p.offset,
-                epoch: p.epoch,
-            }),
-        }))
+        let mut request = request.into_inner();
+        let key = idempotency_key(&request.idempotency_key)?.map(str::to_owned);
+        request.idempotency_key.clear();
+        let fingerprint: [u8; 32] = Sha256::digest(request.encode_to_vec()).into();
+        let message = message(&caller, request)?;
+        let Some(key) = key else {
+            return Ok(Response::new(self.run(message, None).await?));
+        };
+        // Keys are per tenant (a connection target: per caller).
+        let namespace = match &message.target {
+            Target::Scope(scope) => format!("t/{}", scope.tenant_id()),
+            Target::Connection(_) => format!("c/{}", caller.principal()),
+        };
+        let key = format!("{namespace}/{key}");
+        Ok(Response::new(
+            self.run_once(key, fingerprint, message).await?,
+        ))
     }
 }

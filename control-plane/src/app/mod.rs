@@ -99,6 +99,8 @@ pub struct App {
     control: Arc<ControlPlane>,
     registry: Arc<dyn Registry>,
     broadcaster: Arc<Broadcaster>,
+    idempotency_keys: Arc<dyn crate::delivery::idempotency::KeyStore>,
+    idempotency_window: Duration,
     groups: Arc<Groups>,
     jobs: Arc<Jobs>,
     actions: Arc<Actions>,
@@ -195,6 +197,16 @@ impl App {
                 )),
                 _ => Arc::new(LocalLimits::new(&config.limits)),
             };
+        // Idempotency keys of Send: in DynamoDB (one conditional write,
+        // every replica) on that store, else in this process.
+        let idempotency_keys: Arc<dyn crate::delivery::idempotency::KeyStore> =
+            match &stores.dynamodb {
+                Some(client) => Arc::new(crate::delivery::idempotency::DynamoKeys::new(
+                    client.clone(),
+                    &config.store.rate_limits_table,
+                )),
+                None => Arc::new(crate::delivery::idempotency::MemoryKeys::default()),
+            };
         let fanout = Arc::new(Fanout::new(delivery.clone(), config.delivery.clone()));
         let streams = Streams::with_budget(
             stores.history,
@@ -262,6 +274,8 @@ impl App {
             }),
             registry,
             broadcaster,
+            idempotency_keys,
+            idempotency_window: config.delivery.idempotency_window,
             groups,
             jobs,
             actions,
@@ -392,7 +406,11 @@ impl App {
             self.registry.clone(),
             self.page_tokens.clone(),
         ));
-        let broadcast = BroadcastServiceServer::new(BroadcastApi::new(self.broadcaster.clone()));
+        let broadcast = BroadcastServiceServer::new(BroadcastApi::new(
+            self.broadcaster.clone(),
+            self.idempotency_keys.clone(),
+            self.idempotency_window,
+        ));
         let admin = AdminServiceServer::new(AdminApi::new(
             self.reconciler.clone(),
             self.reconcile.interval,

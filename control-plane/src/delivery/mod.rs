@@ -15,6 +15,7 @@ pub mod broadcast;
 #[cfg(test)]
 pub mod fake;
 pub mod fanout;
+pub mod idempotency;
 pub mod management_api;
 pub mod own_endpoints;
 pub mod presence;

@@ -126,6 +126,11 @@ pub(crate) struct Send {
     /// Read the JSON message from this file (otherwise from stdin).
     #[arg(long)]
     pub(crate) data_file: Option<PathBuf>,
+    /// Deliver once however often this command is retried within the
+    /// server's window: reuse the key a failed try printed. Without it a
+    /// new key is made and printed (`idempotency_key`).
+    #[arg(long)]
+    pub(crate) idempotency_key: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -153,11 +153,24 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(topic) = &send.topic {
                 builder = builder.topic(topic);
             }
-            let (report, position) = builder
+            // A key made here is printed first, so a try that fails can be
+            // retried with it and still deliver once.
+            let key = send
+                .idempotency_key
+                .clone()
+                .unwrap_or_else(|| format!("streamerctl-{:032x}", rand::random::<u128>()));
+            if send.idempotency_key.is_none() {
+                eprintln!("idempotency key: {key} (retry with --idempotency-key {key})");
+            }
+            let sent = builder
                 .exclude(send.exclude.clone())
-                .json_positioned(&data)
+                .idempotency_key(&key)
+                .json_sent(&data)
                 .await?;
+            let (report, position) = (sent.report, sent.position);
             let mut shown = report_json(&report);
+            shown["idempotency_key"] = key.into();
+            shown["replayed"] = sent.replayed.into();
             if let Some(position) = position {
                 shown["stream"] = position.stream.into();
                 shown["offset"] = position.offset.into();

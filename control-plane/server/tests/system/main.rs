@@ -25,6 +25,7 @@ mod observability;
 mod operators;
 mod readme;
 mod requests;
+mod sends;
 mod server_api;
 mod tenancy;
 mod tls;

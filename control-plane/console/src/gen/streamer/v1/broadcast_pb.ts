@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file streamer/v1/broadcast.proto.
  */
 export const file_streamer_v1_broadcast: GenFile = /*@__PURE__*/
-  fileDesc("ChtzdHJlYW1lci92MS9icm9hZGNhc3QucHJvdG8SC3N0cmVhbWVyLnYxIjAKClVzZXJUYXJnZXQSEQoJdGVuYW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkiLwoLR3JvdXBUYXJnZXQSEQoJdGVuYW50X2lkGAEgASgJEg0KBWdyb3VwGAIgASgJIpACCgtTZW5kUmVxdWVzdBIXCg1jb25uZWN0aW9uX2lkGAEgASgJSAASJwoEdXNlchgCIAEoCzIXLnN0cmVhbWVyLnYxLlVzZXJUYXJnZXRIABITCgl0ZW5hbnRfaWQYAyABKAlIABIpCgVncm91cBgIIAEoCzIYLnN0cmVhbWVyLnYxLkdyb3VwVGFyZ2V0SAASJgoEZGF0YRgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZUgBEhMKCWRhdGFfanNvbhgFIAEoCUgBEg0KBXRvcGljGAYgASgJEh4KFmV4Y2x1ZGVfY29ubmVjdGlvbl9pZHMYByADKAlCCAoGdGFyZ2V0QgkKB3BheWxvYWQieQoORGVsaXZlcnlSZXBvcnQSEAoIdGFyZ2V0ZWQYASABKA0SEQoJZGVsaXZlcmVkGAIgASgNEgwKBGdvbmUYAyABKA0SEQoJdGhyb3R0bGVkGAQgASgNEhEKCXRvb19sYXJnZRgFIAEoDRIOCgZmYWlsZWQYBiABKA0iagoMU2VuZFJlc3BvbnNlEisKBnJlcG9ydBgBIAEoCzIbLnN0cmVhbWVyLnYxLkRlbGl2ZXJ5UmVwb3J0Ei0KCHBvc2l0aW9uGAIgASgLMhsuc3RyZWFtZXIudjEuU3RyZWFtUG9zaXRpb24yTwoQQnJvYWRjYXN0U2VydmljZRI7CgRTZW5kEhguc3RyZWFtZXIudjEuU2VuZFJlcXVlc3QaGS5zdHJlYW1lci52MS5TZW5kUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_streamer_v1_history]);
+  fileDesc("ChtzdHJlYW1lci92MS9icm9hZGNhc3QucHJvdG8SC3N0cmVhbWVyLnYxIjAKClVzZXJUYXJnZXQSEQoJdGVuYW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkiLwoLR3JvdXBUYXJnZXQSEQoJdGVuYW50X2lkGAEgASgJEg0KBWdyb3VwGAIgASgJIqkCCgtTZW5kUmVxdWVzdBIXCg1jb25uZWN0aW9uX2lkGAEgASgJSAASJwoEdXNlchgCIAEoCzIXLnN0cmVhbWVyLnYxLlVzZXJUYXJnZXRIABITCgl0ZW5hbnRfaWQYAyABKAlIABIpCgVncm91cBgIIAEoCzIYLnN0cmVhbWVyLnYxLkdyb3VwVGFyZ2V0SAASJgoEZGF0YRgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZUgBEhMKCWRhdGFfanNvbhgFIAEoCUgBEg0KBXRvcGljGAYgASgJEh4KFmV4Y2x1ZGVfY29ubmVjdGlvbl9pZHMYByADKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAkgASgJQggKBnRhcmdldEIJCgdwYXlsb2FkInkKDkRlbGl2ZXJ5UmVwb3J0EhAKCHRhcmdldGVkGAEgASgNEhEKCWRlbGl2ZXJlZBgCIAEoDRIMCgRnb25lGAMgASgNEhEKCXRocm90dGxlZBgEIAEoDRIRCgl0b29fbGFyZ2UYBSABKA0SDgoGZmFpbGVkGAYgASgNInwKDFNlbmRSZXNwb25zZRIrCgZyZXBvcnQYASABKAsyGy5zdHJlYW1lci52MS5EZWxpdmVyeVJlcG9ydBItCghwb3NpdGlvbhgCIAEoCzIbLnN0cmVhbWVyLnYxLlN0cmVhbVBvc2l0aW9uEhAKCHJlcGxheWVkGAMgASgIMk8KEEJyb2FkY2FzdFNlcnZpY2USOwoEU2VuZBIYLnN0cmVhbWVyLnYxLlNlbmRSZXF1ZXN0Ghkuc3RyZWFtZXIudjEuU2VuZFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_struct, file_streamer_v1_history]);
 
 /**
  * Every connection of one user within one tenant.
@@ -156,6 +156,18 @@ export type SendRequest = Message<"streamer.v1.SendRequest"> & {
    * @generated from field: repeated string exclude_connection_ids = 7;
    */
   excludeConnectionIds: string[];
+
+  /**
+   * Optional, 1-128 printable ASCII characters. Within the idempotency
+   * window (STREAMER_IDEMPOTENCY_WINDOW_SECS, 300 s), per tenant, a Send
+   * with the same key and the same request answers the first Send's
+   * response (replayed = true) and delivers nothing again; with another
+   * request it is refused ALREADY_EXISTS. A Send refused before it
+   * delivered or stored anything gives its key back.
+   *
+   * @generated from field: string idempotency_key = 9;
+   */
+  idempotencyKey: string;
 };
 
 /**
@@ -241,6 +253,14 @@ export type SendResponse = Message<"streamer.v1.SendResponse"> & {
    * @generated from field: streamer.v1.StreamPosition position = 2;
    */
   position?: StreamPosition | undefined;
+
+  /**
+   * True when this is the answer of an earlier Send with the same
+   * idempotency key: nothing was delivered this time.
+   *
+   * @generated from field: bool replayed = 3;
+   */
+  replayed: boolean;
 };
 
 /**

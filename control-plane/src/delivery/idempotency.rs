@@ -1,0 +1,311 @@
+//! Idempotency keys of `BroadcastService.Send`: within a window, the same
+//! key (per tenant) with the same request answers the first Send's
+//! response and delivers nothing again; with another request it is
+//! refused. A Send refused before it delivered or stored anything gives
+//! its key back.
+//!
+//! Two stores, each stating every method: this process's memory (the
+//! embedded store, one process), and DynamoDB (one conditional write per
+//! key on the rate-limits table, whose `expires_at` TTL drops it), so a
+//! retry that reaches another replica is still a replay.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::{Client, primitives::Blob, types::AttributeValue};
+
+use crate::{
+    error::Fault,
+    store::dynamo::{Item, condition_failed, describe, n, number, s},
+};
+
+/// A key's record: what request claimed it, and its answer once there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// SHA-256 of the request (without its key).
+    pub fingerprint: [u8; 32],
+    /// The first Send's response (encoded), once it finished.
+    pub response: Option<Vec<u8>>,
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key was free: this Send is the first.
+    Mine,
+    /// Another Send holds the key (running, or finished with a response).
+    Taken(Record),
+}
+
+/// Where keys are kept.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Claims `key` for a request with `fingerprint` for `window`.
+    async fn claim(
+        &self,
+        key: &str,
+        fingerprint: [u8; 32],
+        window: Duration,
+    ) -> Result<Claim, Fault>;
+    /// The key's record, if it is held.
+    async fn get(&self, key: &str) -> Result<Option<Record>, Fault>;
+    /// Stores the first Send's response under its key.
+    async fn complete(&self, key: &str, response: Vec<u8>) -> Result<(), Fault>;
+    /// Gives the key back (the Send was refused before anything happened).
+    async fn release(&self, key: &str) -> Result<(), Fault>;
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Keys in this process's memory (the embedded store).
+#[derive(Debug, Default)]
+pub struct MemoryKeys {
+    keys: Mutex<HashMap<String, (Record, i64)>>,
+}
+
+/// Most keys held in memory at once; past it, the oldest expired go first
+/// and then a new key is refused `RESOURCE_EXHAUSTED`-style as unavailable.
+const MAX_MEMORY_KEYS: usize = 1_000_000;
+
+#[async_trait]
+impl KeyStore for MemoryKeys {
+    async fn claim(
+        &self,
+        key: &str,
+        fingerprint: [u8; 32],
+        window: Duration,
+    ) -> Result<Claim, Fault> {
+        let now = now_secs();
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if keys.len() >= MAX_MEMORY_KEYS {
+            keys.retain(|_, (_, until)| *until > now);
+            if keys.len() >= MAX_MEMORY_KEYS {
+                return Err(Fault::unavailable("too many idempotency keys held"));
+            }
+        }
+        match keys.get(key) {
+            Some((record, until)) if *until > now => Ok(Claim::Taken(record.clone())),
+            _ => {
+                let until = now + i64::try_from(window.as_secs()).unwrap_or(i64::MAX / 2);
+                keys.insert(
+                    key.to_owned(),
+                    (
+                        Record {
+                            fingerprint,
+                            response: None,
+                        },
+                        until,
+                    ),
+                );
+                Ok(Claim::Mine)
+            }
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Record>, Fault> {
+        let now = now_secs();
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(keys
+            .get(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(record, _)| record.clone()))
+    }
+
+    async fn complete(&self, key: &str, response: Vec<u8>) -> Result<(), Fault> {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((record, _)) = keys.get_mut(key) {
+            record.response = Some(response);
+        }
+        Ok(())
+    }
+
+    async fn release(&self, key: &str) -> Result<(), Fault> {
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        Ok(())
+    }
+}
+
+/// Keys in DynamoDB, on the rate-limits table (`limiter_key`, TTL
+/// `expires_at`): one conditional write claims a key for every replica.
+#[derive(Debug, Clone)]
+pub struct DynamoKeys {
+    client: Client,
+    table: Arc<str>,
+}
+
+impl DynamoKeys {
+    /// Keys on `table`.
+    pub fn new(client: Client, table: &str) -> Self {
+        Self {
+            client,
+            table: Arc::from(table),
+        }
+    }
+
+    fn item_key(key: &str) -> AttributeValue {
+        s(&format!("idem#{key}"))
+    }
+}
+
+fn record(item: &Item) -> Option<Record> {
+    let fingerprint = item
+        .get("fingerprint")
+        .and_then(|v| v.as_b().ok())
+        .and_then(|b| <[u8; 32]>::try_from(b.as_ref()).ok())?;
+    let response = item
+        .get("response")
+        .and_then(|v| v.as_b().ok())
+        .map(|b| b.as_ref().to_vec());
+    Some(Record {
+        fingerprint,
+        response,
+    })
+}
+
+fn unavailable(err: impl std::fmt::Display) -> Fault {
+    tracing::warn!(error = %err, "idempotency store call failed");
+    Fault::unavailable("the idempotency store is unavailable; retry with the same key")
+}
+
+#[async_trait]
+impl KeyStore for DynamoKeys {
+    async fn claim(
+        &self,
+        key: &str,
+        fingerprint: [u8; 32],
+        window: Duration,
+    ) -> Result<Claim, Fault> {
+        let now = now_secs();
+        for _ in 0..3 {
+            let item = Item::from([
+                ("limiter_key".to_owned(), Self::item_key(key)),
+                (
+                    "fingerprint".to_owned(),
+                    AttributeValue::B(Blob::new(fingerprint.to_vec())),
+                ),
+                (
+                    "expires_at".to_owned(),
+                    n(now + i64::try_from(window.as_secs()).unwrap_or(i64::MAX / 2)),
+                ),
+            ]);
+            let put = self
+                .client
+                .put_item()
+                .table_name(&*self.table)
+                .set_item(Some(item))
+                // Free, or held past its window (TTL deletes lazily).
+                .condition_expression("attribute_not_exists(limiter_key) OR expires_at < :now")
+                .expression_attribute_values(":now", n(now))
+                .send()
+                .await;
+            match put {
+                Ok(_) => return Ok(Claim::Mine),
+                Err(err) if condition_failed(&err) => match self.get(key).await? {
+                    Some(record) => return Ok(Claim::Taken(record)),
+                    // Released or expired between the two calls: try again.
+                    None => continue,
+                },
+                Err(err) => return Err(unavailable(describe(&err))),
+            }
+        }
+        Err(Fault::unavailable(
+            "the idempotency key is contended; retry with the same key",
+        ))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Record>, Fault> {
+        let found = self
+            .client
+            .get_item()
+            .table_name(&*self.table)
+            .key("limiter_key", Self::item_key(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable(describe(&e)))?;
+        let now = now_secs();
+        Ok(found
+            .item()
+            .filter(|item| number(item, "expires_at").is_some_and(|until| until >= now))
+            .and_then(record))
+    }
+
+    async fn complete(&self, key: &str, response: Vec<u8>) -> Result<(), Fault> {
+        self.client
+            .update_item()
+            .table_name(&*self.table)
+            .key("limiter_key", Self::item_key(key))
+            .update_expression("SET #r = :r")
+            .condition_expression("attribute_exists(limiter_key)")
+            .expression_attribute_names("#r", "response")
+            .expression_attribute_values(":r", AttributeValue::B(Blob::new(response)))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable(describe(&e)))
+    }
+
+    async fn release(&self, key: &str) -> Result<(), Fault> {
+        self.client
+            .delete_item()
+            .table_name(&*self.table)
+            .key("limiter_key", Self::item_key(key))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable(describe(&e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_keys_claim_replay_and_release() {
+        let keys = MemoryKeys::default();
+        let window = Duration::from_secs(60);
+        assert!(matches!(
+            keys.claim("t/k", [1; 32], window).await,
+            Ok(Claim::Mine)
+        ));
+        let taken = keys.claim("t/k", [2; 32], window).await.expect("claim");
+        assert_eq!(
+            taken,
+            Claim::Taken(Record {
+                fingerprint: [1; 32],
+                response: None
+            })
+        );
+        keys.complete("t/k", vec![7]).await.expect("complete");
+        assert_eq!(
+            keys.get("t/k").await.expect("get").and_then(|r| r.response),
+            Some(vec![7])
+        );
+        keys.release("t/k").await.expect("release");
+        assert!(matches!(
+            keys.claim("t/k", [2; 32], window).await,
+            Ok(Claim::Mine)
+        ));
+        // A window of nothing: the key is free again at once.
+        assert!(matches!(
+            keys.claim("t/other", [1; 32], Duration::ZERO).await,
+            Ok(Claim::Mine)
+        ));
+        assert!(matches!(
+            keys.claim("t/other", [2; 32], window).await,
+            Ok(Claim::Mine)
+        ));
+    }
+}
