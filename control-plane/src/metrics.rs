@@ -224,6 +224,9 @@ pub struct Metrics {
     pub legacy_mirror_failures: Counter,
     /// `streamer_auth_failures_total{reason}`
     pub auth_failures: Family<ReasonLabel, Counter>,
+    /// `streamer_jwks_fetches_total{reason}`: client key set fetches by
+    /// outcome (`ok`, `refused`, `timeout`).
+    pub jwks_fetches: Family<ReasonLabel, Counter>,
     /// `streamer_messages_total{action,outcome}`
     pub messages: Family<MessageLabels, Counter>,
     /// `streamer_rate_limited_total{limit}`
@@ -283,6 +286,7 @@ impl Metrics {
             chunked_frames: Counter::default(),
             legacy_mirror_failures: Counter::default(),
             auth_failures: Family::default(),
+            jwks_fetches: Family::default(),
             messages: Family::default(),
             rate_limited: Family::default(),
             broadcasts: Counter::default(),
@@ -331,6 +335,11 @@ impl Metrics {
             "streamer_auth_failures",
             "Refused client tokens by reason",
             m.auth_failures.clone(),
+        );
+        registry.register(
+            "streamer_jwks_fetches",
+            "Client key set (JWKS) fetches by outcome; a refused or failed one keeps the last good set",
+            m.jwks_fetches.clone(),
         );
         registry.register(
             "streamer_messages",

@@ -229,6 +229,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<DevStack> {
                 audience: None,
                 leeway: Duration::from_secs(5),
                 max_lifetime: None,
+                jwks_url: None,
+                jwks_refresh: Duration::from_secs(300),
                 any_issuer: true,
                 any_audience: true,
             }

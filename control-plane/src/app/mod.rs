@@ -144,6 +144,13 @@ impl App {
     ) -> Result<Self, BuildError> {
         let jwt = jwt.or(config.jwt.as_ref()).ok_or(BuildError::NoJwtKey)?;
         let verifier = JwtVerifier::new(jwt)?;
+        // The key set is fetched before the first connect, then on its
+        // interval; a failure leaves it empty (or as last fetched) and
+        // connects naming an unknown kid fetch it again, once a minute.
+        if let Some(jwks) = verifier.jwks() {
+            jwks.refresh().await;
+            jwks.refresh_every(jwt.jwks_refresh);
+        }
         let actions = Arc::new(Actions::new(&config.actions)?);
         if !config.tokens.has_edge_token() && !config.tokens.has_server_tokens() {
             return Err(BuildError::NoTokens);

@@ -323,6 +323,10 @@ pub struct JwtConfig {
     pub leeway: Duration,
     /// Longest token lifetime accepted (`None`: no limit).
     pub max_lifetime: Option<Duration>,
+    /// A JWKS document of keys chosen by `kid`.
+    pub jwks_url: Option<String>,
+    /// How often the JWKS document is fetched again.
+    pub jwks_refresh: Duration,
     /// `iss` and `aud` left unchecked on purpose (`any`), so production
     /// may start without them.
     pub any_issuer: bool,
@@ -364,6 +368,13 @@ impl JwtConfig {
         let any_audience = audience.as_deref() == Some("any");
         let issuer = issuer.filter(|_| !any_issuer);
         let audience = audience.filter(|_| !any_audience);
+        let jwks_url: Option<String> = src.opt(&s::JWT_JWKS_URL);
+        if let Some(url) = &jwks_url
+            && let Err(why) = crate::connections::jwks::check_url(url)
+        {
+            src.problem(&s::JWT_JWKS_URL, why);
+        }
+        let jwks_refresh = secs(src.at_least(&s::JWT_JWKS_REFRESH_SECS, 1));
         let max_lifetime = match src.get::<u64>(&s::JWT_MAX_LIFETIME_SECS) {
             0 => None,
             n => Some(Duration::from_secs(n)),
@@ -388,6 +399,7 @@ impl JwtConfig {
                     return None;
                 }
             },
+            (None, None) if jwks_url.is_some() => String::new(),
             (None, None) => return None,
         };
         Some(Self {
@@ -397,6 +409,8 @@ impl JwtConfig {
             audience,
             leeway,
             max_lifetime,
+            jwks_url,
+            jwks_refresh,
             any_issuer,
             any_audience,
         })

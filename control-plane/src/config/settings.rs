@@ -91,6 +91,8 @@ settings! {
     JWT_ALGORITHMS = (Some("STREAMER_JWT_ALGORITHMS"), Some("jwt.algorithms"), "RS256", None, "accepted algorithms (comma list; one key family)");
     JWT_ISSUER = (Some("STREAMER_JWT_ISSUER"), Some("jwt.issuer"), "", Some("none (`serve` refuses to start without it)"), "required `iss`; `any` accepts every issuer (say so on purpose: a token minted for another service is then accepted)");
     JWT_AUDIENCE = (Some("STREAMER_JWT_AUDIENCE"), Some("jwt.audience"), "", Some("none (`serve` refuses to start without it)"), "required `aud`; `any` accepts every audience");
+    JWT_JWKS_URL = (Some("STREAMER_JWT_JWKS_URL"), Some("jwt.jwks_url"), "", Some("none"), "a JWKS document of client keys: tokens pick their key by `kid`, several keys at once; `https://` only (`http://` to loopback); fetched at start, every `STREAMER_JWT_JWKS_REFRESH_SECS` and, at most once a minute, for an unknown `kid`; a failed or refused fetch keeps the last good set. With it, `STREAMER_JWT_PUBLIC_KEY` is optional (both: either may verify)");
+    JWT_JWKS_REFRESH_SECS = (Some("STREAMER_JWT_JWKS_REFRESH_SECS"), Some("jwt.jwks_refresh_secs"), "300", None, "how often the JWKS document is fetched again");
     JWT_MAX_LIFETIME_SECS = (Some("STREAMER_JWT_MAX_LIFETIME_SECS"), Some("jwt.max_lifetime_secs"), "86400", None, "refuse client tokens valid for longer than this (`exp` − `iat`, or `exp` − now without `iat`); `0`: no limit");
     JWT_LEEWAY_SECS = (Some("STREAMER_JWT_LEEWAY_SECS"), Some("jwt.leeway_secs"), "5", None, "clock skew allowed on `exp` / `nbf`");
     EDGE_TOKEN = (Some("STREAMER_EDGE_TOKEN"), Some("tokens.edge"), "", Some("none (`dev` makes one)"), "edge role token (at least 16 characters)");

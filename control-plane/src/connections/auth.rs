@@ -31,6 +31,8 @@ pub enum KeyError {
         family: &'static str,
         algorithms: String,
     },
+    #[error("STREAMER_JWT_JWKS_URL: {0}")]
+    Jwks(String),
 }
 
 /// Why a client token was refused. The variants are for logs and metrics;
@@ -57,6 +59,8 @@ pub enum AuthError {
     Malformed,
     #[error("token lifetime over the limit")]
     TooLong,
+    #[error("no key for this token's kid")]
+    UnknownKey,
 }
 
 /// Who a verified token says the client is.
@@ -89,9 +93,10 @@ struct Claims {
 
 /// Verifies client tokens against one public key.
 pub struct JwtVerifier {
-    key: DecodingKey,
+    key: Option<DecodingKey>,
     validation: Validation,
     max_lifetime: Option<Duration>,
+    jwks: Option<std::sync::Arc<super::jwks::Jwks>>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -138,11 +143,25 @@ impl JwtVerifier {
                 .collect::<Vec<_>>()
                 .join(","),
         };
+        // With a key set only, there is no static key.
         let key = match family {
-            Family::Rsa => DecodingKey::from_rsa_pem(pem).map_err(|_| bad("RSA")),
-            Family::Ec => DecodingKey::from_ec_pem(pem).map_err(|_| bad("EC")),
-            Family::Ed => DecodingKey::from_ed_pem(pem).map_err(|_| bad("Ed25519")),
+            _ if pem.is_empty() && config.jwks_url.is_some() => Ok(None),
+            Family::Rsa => DecodingKey::from_rsa_pem(pem)
+                .map(Some)
+                .map_err(|_| bad("RSA")),
+            Family::Ec => DecodingKey::from_ec_pem(pem)
+                .map(Some)
+                .map_err(|_| bad("EC")),
+            Family::Ed => DecodingKey::from_ed_pem(pem)
+                .map(Some)
+                .map_err(|_| bad("Ed25519")),
         }?;
+        let jwks = config
+            .jwks_url
+            .as_deref()
+            .map(|url| super::jwks::Jwks::new(url, &config.algorithms).map(std::sync::Arc::new))
+            .transpose()
+            .map_err(KeyError::Jwks)?;
         let mut validation = Validation::new(config.algorithms[0]);
         validation.algorithms = config.algorithms.clone();
         validation.leeway = config.leeway.as_secs();
@@ -166,32 +185,60 @@ impl JwtVerifier {
             key,
             validation,
             max_lifetime: config.max_lifetime,
+            jwks,
         })
     }
 
-    /// Verifies a token and returns the identity it carries.
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    /// The key set, when one is configured (fetched by the app at start
+    /// and on its interval).
+    pub fn jwks(&self) -> Option<&std::sync::Arc<super::jwks::Jwks>> {
+        self.jwks.as_ref()
+    }
+
+    /// Verifies a token and returns the identity it carries: with a key
+    /// set, by the key its `kid` names (fetched when the set lacks it, at
+    /// most once a minute); else, or without a `kid`, by the static key.
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::TooLarge);
         }
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|err| {
-                use jsonwebtoken::errors::ErrorKind::*;
-                match err.kind() {
-                    ExpiredSignature => AuthError::Expired,
-                    ImmatureSignature => AuthError::NotYetValid,
-                    InvalidSignature => AuthError::BadSignature,
-                    InvalidAlgorithm | InvalidAlgorithmName | MissingAlgorithm => {
-                        AuthError::Algorithm
-                    }
-                    InvalidIssuer | InvalidAudience => AuthError::IssuerOrAudience,
-                    MissingRequiredClaim(_) | InvalidClaimFormat(_) | Json(_) => AuthError::Claims,
-                    _ => AuthError::Malformed,
-                }
-            })?;
+        let kid = match &self.jwks {
+            Some(_) => {
+                jsonwebtoken::decode_header(token)
+                    .map_err(|_| AuthError::Malformed)?
+                    .kid
+            }
+            None => None,
+        };
+        let from_set;
+        let (key, validation) = match (&self.jwks, kid) {
+            (Some(jwks), Some(kid)) => {
+                let found = jwks.key_or_fetch(&kid).await.ok_or(AuthError::UnknownKey)?;
+                let mut validation = self.validation.clone();
+                validation.algorithms = found.algorithms;
+                from_set = (found.key, validation);
+                (&from_set.0, &from_set.1)
+            }
+            _ => (
+                self.key.as_ref().ok_or(AuthError::UnknownKey)?,
+                &self.validation,
+            ),
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|err| {
+            use jsonwebtoken::errors::ErrorKind::*;
+            match err.kind() {
+                ExpiredSignature => AuthError::Expired,
+                ImmatureSignature => AuthError::NotYetValid,
+                InvalidSignature => AuthError::BadSignature,
+                InvalidAlgorithm | InvalidAlgorithmName | MissingAlgorithm => AuthError::Algorithm,
+                InvalidIssuer | InvalidAudience => AuthError::IssuerOrAudience,
+                MissingRequiredClaim(_) | InvalidClaimFormat(_) | Json(_) => AuthError::Claims,
+                _ => AuthError::Malformed,
+            }
+        })?;
         let claims = data.claims;
         if let Some(max) = self.max_lifetime {
             // From `iat` when the token says; else what is left of it.
@@ -268,6 +315,8 @@ mod tests {
             audience: None,
             leeway: Duration::from_secs(0),
             max_lifetime: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
             any_issuer: false,
             any_audience: false,
         }
@@ -298,17 +347,17 @@ mod tests {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
     }
 
-    #[test]
-    fn accepts_a_valid_token() {
+    #[tokio::test]
+    async fn accepts_a_valid_token() {
         let token = mint_rs256(&keys().private_pem, &claims()).expect("mint");
-        let identity = verifier(None, None).verify(&token).expect("valid");
+        let identity = verifier(None, None).verify(&token).await.expect("valid");
         assert_eq!(identity.user_id, "alice");
         assert_eq!(identity.tenant_id, "acme");
         assert_eq!(identity.permissions, vec!["reports:*".to_owned()]);
     }
 
-    #[test]
-    fn a_token_living_longer_than_the_limit_is_refused() {
+    #[tokio::test]
+    async fn a_token_living_longer_than_the_limit_is_refused() {
         let limited = JwtVerifier::new(&JwtConfig {
             max_lifetime: Some(Duration::from_secs(3600)),
             ..verifier_config()
@@ -321,35 +370,43 @@ mod tests {
             ..claims()
         };
         let token = mint_rs256(&keys().private_pem, &long).expect("mint");
-        assert!(matches!(limited.verify(&token), Err(AuthError::TooLong)));
+        assert!(matches!(
+            limited.verify(&token).await,
+            Err(AuthError::TooLong)
+        ));
         // Without `iat`, what is left of it counts.
         let no_iat = Claims { iat: None, ..long };
         let token = mint_rs256(&keys().private_pem, &no_iat).expect("mint");
-        assert!(matches!(limited.verify(&token), Err(AuthError::TooLong)));
+        assert!(matches!(
+            limited.verify(&token).await,
+            Err(AuthError::TooLong)
+        ));
         let short = Claims {
             iat: Some(now - 1800),
             exp: now + 1800,
             ..claims()
         };
         let token = mint_rs256(&keys().private_pem, &short).expect("mint");
-        limited.verify(&token).expect("an hour in all");
+        limited.verify(&token).await.expect("an hour in all");
     }
 
-    #[test]
-    fn refuses_what_it_must() {
+    #[tokio::test]
+    async fn refuses_what_it_must() {
         let v = verifier(None, None);
         let expired = Claims {
             exp: now_secs() - 10,
             ..claims()
         };
         assert_eq!(
-            v.verify(&mint_rs256(&keys().private_pem, &expired).expect("mint")),
+            v.verify(&mint_rs256(&keys().private_pem, &expired).expect("mint"))
+                .await,
             Err(AuthError::Expired)
         );
 
         let other = generate_rsa_key_pair().expect("keygen");
         assert_eq!(
-            v.verify(&mint_rs256(&other.private_pem, &claims()).expect("mint")),
+            v.verify(&mint_rs256(&other.private_pem, &claims()).expect("mint"))
+                .await,
             Err(AuthError::BadSignature)
         );
 
@@ -359,14 +416,14 @@ mod tests {
             &EncodingKey::from_secret(keys().public_pem.as_bytes()),
         )
         .expect("hs");
-        assert_eq!(v.verify(&hs), Err(AuthError::Algorithm));
+        assert_eq!(v.verify(&hs).await, Err(AuthError::Algorithm));
 
         let none = format!(
             "{}.{}.",
             b64(&serde_json::json!({"alg":"none","typ":"JWT"})),
             b64(&serde_json::json!(claims()))
         );
-        assert!(v.verify(&none).is_err());
+        assert!(v.verify(&none).await.is_err());
 
         let no_tenant = serde_json::json!({"sub": "alice", "exp": now_secs() + 60});
         let token = jsonwebtoken::encode(
@@ -375,30 +432,31 @@ mod tests {
             &EncodingKey::from_rsa_pem(keys().private_pem.as_bytes()).expect("key"),
         )
         .expect("mint");
-        assert_eq!(v.verify(&token), Err(AuthError::Claims));
+        assert_eq!(v.verify(&token).await, Err(AuthError::Claims));
 
         let bad_tenant = Claims {
             tenant_id: "a#b".into(),
             ..claims()
         };
         assert_eq!(
-            v.verify(&mint_rs256(&keys().private_pem, &bad_tenant).expect("mint")),
+            v.verify(&mint_rs256(&keys().private_pem, &bad_tenant).expect("mint"))
+                .await,
             Err(AuthError::Claims)
         );
 
-        assert_eq!(v.verify("not.a.token"), Err(AuthError::Malformed));
-        assert_eq!(v.verify(""), Err(AuthError::Missing));
+        assert_eq!(v.verify("not.a.token").await, Err(AuthError::Malformed));
+        assert_eq!(v.verify("").await, Err(AuthError::Missing));
         assert_eq!(
-            v.verify(&"a".repeat(MAX_TOKEN_LEN + 1)),
+            v.verify(&"a".repeat(MAX_TOKEN_LEN + 1)).await,
             Err(AuthError::TooLarge)
         );
     }
 
-    #[test]
-    fn checks_issuer_and_audience_when_configured() {
+    #[tokio::test]
+    async fn checks_issuer_and_audience_when_configured() {
         let v = verifier(Some("https://issuer"), Some("streamer"));
         let token = mint_rs256(&keys().private_pem, &claims()).expect("mint");
-        assert!(v.verify(&token).is_err());
+        assert!(v.verify(&token).await.is_err());
         let good = Claims {
             iss: Some("https://issuer".into()),
             aud: Some("streamer".into()),
@@ -406,6 +464,7 @@ mod tests {
         };
         assert!(
             v.verify(&mint_rs256(&keys().private_pem, &good).expect("mint"))
+                .await
                 .is_ok()
         );
         let wrong = Claims {
@@ -413,13 +472,14 @@ mod tests {
             ..good
         };
         assert_eq!(
-            v.verify(&mint_rs256(&keys().private_pem, &wrong).expect("mint")),
+            v.verify(&mint_rs256(&keys().private_pem, &wrong).expect("mint"))
+                .await,
             Err(AuthError::IssuerOrAudience)
         );
     }
 
-    #[test]
-    fn finds_the_token_where_clients_put_it() {
+    #[tokio::test]
+    async fn finds_the_token_where_clients_put_it() {
         let q = |k: &str, v: &str| {
             [(k.to_owned(), v.to_owned())]
                 .into_iter()
@@ -442,8 +502,8 @@ mod tests {
         assert_eq!(token_from_request(&none, &none), None);
     }
 
-    #[test]
-    fn permission_wildcards() {
+    #[tokio::test]
+    async fn permission_wildcards() {
         use crate::config::grants;
         assert!(grants(&["echo"], "echo"));
         assert!(grants(&["*"], "anything"));
@@ -453,8 +513,8 @@ mod tests {
         assert!(!grants(&none, "echo"));
     }
 
-    #[test]
-    fn mixed_key_families_are_a_config_error() {
+    #[tokio::test]
+    async fn mixed_key_families_are_a_config_error() {
         let err = JwtVerifier::new(&JwtConfig {
             public_key_pem: keys().public_pem.clone(),
             algorithms: vec![Algorithm::RS256, Algorithm::ES256],
@@ -462,6 +522,8 @@ mod tests {
             audience: None,
             leeway: Duration::ZERO,
             max_lifetime: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
             any_issuer: false,
             any_audience: false,
         })

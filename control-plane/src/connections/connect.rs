@@ -125,6 +125,7 @@ fn auth_reason(reason: AuthError) -> &'static str {
         AuthError::Claims => "claims",
         AuthError::Malformed => "malformed",
         AuthError::TooLong => "lifetime",
+        AuthError::UnknownKey => "unknown_key",
     }
 }
 
@@ -236,7 +237,7 @@ impl ControlPlane {
                 .inc();
             return ConnectDecision::unauthorized();
         };
-        let identity = match self.verifier.verify(token) {
+        let identity = match self.verifier.verify(token).await {
             Ok(identity) => identity,
             Err(reason) => {
                 tracing::info!(connection_id = %input.connection_id, %reason, "connect refused");

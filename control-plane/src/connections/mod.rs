@@ -8,6 +8,7 @@ pub mod builtins;
 pub mod chunks;
 pub mod connect;
 pub mod groups;
+pub mod jwks;
 pub mod limits;
 pub mod route;
 pub mod shared_limits;

@@ -32,7 +32,8 @@ use crate::{
     metrics::{OperationLabel, metrics},
 };
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// HTTPS (platform roots) or HTTP, as the URL says.
+pub(crate) type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// What the lean path sends as `user-agent`.
 const USER_AGENT: &str = concat!("streamer/", env!("CARGO_PKG_VERSION"));
@@ -54,7 +55,8 @@ impl std::fmt::Debug for ManagementApi {
     }
 }
 
-fn connector() -> Connector {
+/// An HTTP/1.1 connector for `https://` (platform roots) and `http://`.
+pub(crate) fn connector() -> Connector {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);

@@ -18,6 +18,7 @@ mod groups;
 mod hardening;
 mod history;
 mod inprocess;
+mod jwks;
 mod lambda_runtime;
 mod listeners;
 mod migration;

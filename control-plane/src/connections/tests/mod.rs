@@ -91,6 +91,8 @@ fn setup(loopback_unlimited: bool) -> Setup {
         audience: None,
         leeway: Duration::from_secs(5),
         max_lifetime: None,
+        jwks_url: None,
+        jwks_refresh: Duration::from_secs(300),
         any_issuer: false,
         any_audience: false,
     })
