@@ -77,6 +77,19 @@ impl Drop for Watch {
 }
 
 async fn watch(dev: &Dev, dir: &TempDir) -> Watch {
+    let plaintext = [
+        (
+            "STREAMER_CONTROL_PLANE_URL".to_owned(),
+            format!("http://{}", dev.grpc),
+        ),
+        ("STREAMER_EDGE_TOKEN".to_owned(), EDGE_TOKEN.to_owned()),
+    ];
+    watch_with(dir, &plaintext).await
+}
+
+/// [`watch`] with the functions' own settings (`edge`: the control
+/// plane's URL and the edge's credentials).
+async fn watch_with(dir: &TempDir, edge: &[(String, String)]) -> Watch {
     let port = free_port();
     let log = dir.0.join("cargo-lambda-watch.log");
     let child = Command::new("cargo")
@@ -111,8 +124,7 @@ async fn watch(dev: &Dev, dir: &TempDir) -> Watch {
                 .env("AWS_LAMBDA_FUNCTION_NAME", name)
                 .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
                 .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-                .env("STREAMER_CONTROL_PLANE_URL", format!("http://{}", dev.grpc))
-                .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
+                .envs(edge.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(
@@ -282,4 +294,60 @@ async fn the_lambda_binaries_answer_real_events_under_cargo_lambda() {
     .await;
     assert_eq!(gone["statusCode"], 200, "{gone}");
     assert!(row(&mut admin).await.is_none(), "removed on $disconnect");
+}
+
+#[tokio::test]
+async fn the_lambda_binaries_reach_the_control_plane_over_mutual_tls_with_no_token() {
+    let dev = Dev::start(&[
+        (
+            "STREAMER_MANAGEMENT_ENDPOINTS",
+            "https://abc123.execute-api.eu-west-1.amazonaws.com/prod",
+        ),
+        ("STREAMER_DEV_TLS", "true"),
+    ])
+    .await;
+    let tls = dev.ready["tls"].clone();
+    let dir = TempDir::new("lambda-tls");
+    let state = std::path::Path::new(tls["ca"].as_str().expect("ca"))
+        .parent()
+        .expect("tls dir")
+        .to_path_buf();
+    let file = |name: &str| state.join(name).to_string_lossy().into_owned();
+    // The edge's certificate (`dev --tls` makes it), an https:// URL, the
+    // CA: no edge token anywhere in the functions' settings.
+    let edge = [
+        (
+            "STREAMER_CONTROL_PLANE_URL".to_owned(),
+            format!("https://{}", dev.grpc),
+        ),
+        ("STREAMER_CONTROL_PLANE_CA".to_owned(), file("ca.pem")),
+        ("STREAMER_EDGE_TLS_CERT".to_owned(), file("edge.pem")),
+        ("STREAMER_EDGE_TLS_KEY".to_owned(), file("edge-key.pem")),
+    ];
+    let watch = watch_with(&dir, &edge).await;
+    let valid = token("alice", "acme", &[]);
+    let accepted = invoke(
+        &watch,
+        "streamer-edge-connect",
+        &fixture(&dir, "connect", &valid),
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(accepted["statusCode"], 200, "{accepted}");
+    let reply = invoke(
+        &watch,
+        "streamer-edge-default",
+        &fixture(&dir, "message", &valid),
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(reply["statusCode"], 200, "{reply}");
+    let gone = invoke(
+        &watch,
+        "streamer-edge-disconnect",
+        &fixture(&dir, "disconnect", &valid),
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(gone["statusCode"], 200, "{gone}");
 }
