@@ -39,6 +39,9 @@ pub enum Builtin {
     Subscribe,
     /// The messages of `payload.stream` after `payload.since` (history).
     Recover,
+    /// A new token (`payload.token`) of the same user and tenant: extends
+    /// the connection past its token's end and replaces its permissions.
+    Refresh,
 }
 
 impl Builtin {
@@ -53,6 +56,7 @@ impl Builtin {
             "cancel" => Self::Cancel,
             "subscribe" => Self::Subscribe,
             "recover" => Self::Recover,
+            "refresh" => Self::Refresh,
             _ => return None,
         })
     }
@@ -346,6 +350,7 @@ impl Actions {
             "cancel",
             "subscribe",
             "recover",
+            "refresh",
         ]
         .into_iter()
         .filter_map(|name| {

@@ -105,7 +105,14 @@ export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
 /** Client options. */
 export interface ClientOptions {
-  /** The JWT, or a function returning a fresh one for each (re)connect. */
+  /**
+   * The JWT, or a function returning a fresh one: called for each
+   * (re)connect, and when the server says the token is about to end
+   * (`token_expiring`), whose answer the client sends as `refresh` so the
+   * connection outlives the old token. With a plain string the server
+   * closes the connection at the token's end and the client reconnects
+   * (with the same, by then expired, token: pass a function).
+   */
   token: string | (() => string | Promise<string>);
   /** The WebSocket implementation (default: `globalThis.WebSocket`). */
   WebSocket?: WebSocketConstructor;
@@ -139,6 +146,8 @@ type Events = {
   close: { code: number; reason: string };
   reconnecting: { attempt: number; delayMs: number };
   reset: StreamReset;
+  /** The server renewed the connection with a fresh token (or refused to). */
+  refreshed: { expiresAt?: string; error?: StreamerError };
 };
 
 interface Pending {
@@ -364,6 +373,9 @@ export class StreamerClient {
       }
       case "pong":
         return;
+      case "token_expiring":
+        void this.refreshToken();
+        return;
     }
     const id: string | undefined = frame.request_id;
     const resumed = id === undefined ? undefined : this.resumes.get(id);
@@ -468,6 +480,20 @@ export class StreamerClient {
    * Sends `action` with `payload`. Resolves with the response data (sync
    * actions) or the result (async actions, after their progress).
    */
+  /** Sends a fresh token from the `token` function as `refresh`. */
+  private async refreshToken(): Promise<void> {
+    if (typeof this.options.token !== "function") {
+      return;
+    }
+    try {
+      const token = await this.options.token();
+      const answer = await this.request<{ expires_at?: string }>("refresh", { token });
+      this.emit("refreshed", { expiresAt: answer?.expires_at });
+    } catch (error) {
+      this.emit("refreshed", { error: error as StreamerError });
+    }
+  }
+
   async request<T = unknown>(action: string, payload?: unknown, options: RequestOptions = {}): Promise<T> {
     await this.connect();
     const id = options.id ?? randomId();

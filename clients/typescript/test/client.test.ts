@@ -296,3 +296,48 @@ test("five clients dropped twice each get all 500 broadcasts once, in order, by 
   data.forEach((d) => assert.deepEqual(d, data[0]));
   for (const c of clients) c.close();
 });
+
+/** A client token of `sub` (tenant dev) from dev's key, ending in `secs`. */
+async function mint(sub: string, secs: number): Promise<string> {
+  const { stdout } = await exec(ctlBin!, [
+    "token",
+    "--private-key",
+    join(stateDir, "jwt-private.pem"),
+    "--sub",
+    sub,
+    "--tenant",
+    "dev",
+    "--permission",
+    "*",
+    "--expires-in",
+    String(secs),
+    "--output",
+    "json",
+  ]);
+  return JSON.parse(stdout).token;
+}
+
+test("told its token is ending, the client refreshes it and the connection outlives the old token", async () => {
+  // The first token ends in 6 s (dev warns 60 s ahead: at once); every
+  // later one in an hour.
+  let calls = 0;
+  const c = new StreamerClient(wsUrl, {
+    token: async () => mint("refresher", ++calls === 1 ? 6 : 3600),
+    WebSocket,
+    minReconnectDelayMs: 50,
+  });
+  let reconnected = false;
+  c.on("reconnecting", () => {
+    reconnected = true;
+  });
+  const refreshed = new Promise<{ expiresAt?: string; error?: StreamerError }>((resolve) => c.on("refreshed", resolve));
+  assert.deepEqual(await c.request("echo", 1), 1);
+  const outcome = await refreshed;
+  assert.equal(outcome.error, undefined, String(outcome.error));
+  assert.ok(outcome.expiresAt, "the server said the new end");
+  // Past the first token's end, the same connection still answers.
+  await new Promise((resolve) => setTimeout(resolve, 7_000));
+  assert.deepEqual(await c.request("echo", 2), 2);
+  assert.equal(reconnected, false, "never reconnected: the connection outlived its first token");
+  c.close();
+});

@@ -257,6 +257,7 @@ impl App {
             clock,
             touch_interval: config.store.touch_interval,
             endpoints: config.delivery.endpoints.clone(),
+            token_warning: config.delivery.token_expiry_warning,
         }));
         Ok(Self {
             control,

@@ -134,6 +134,8 @@ pub struct DeliveryConfig {
     pub endpoints: ManagementEndpoints,
     /// How long a Send's idempotency key is remembered.
     pub idempotency_window: Duration,
+    /// How long before a client token's end its connection is told.
+    pub token_expiry_warning: Duration,
 }
 
 /// Which Management API endpoints may be called
@@ -225,6 +227,7 @@ impl Default for DeliveryConfig {
             max_frame_bytes: 128_000,
             endpoints: ManagementEndpoints::Unset,
             idempotency_window: Duration::from_secs(300),
+            token_expiry_warning: Duration::from_secs(60),
         }
     }
 }
@@ -247,6 +250,7 @@ impl DeliveryConfig {
             max_frame_bytes: src.at_least(&s::DELIVERY_MAX_FRAME_BYTES, 512),
             endpoints: ManagementEndpoints::resolve(src),
             idempotency_window: secs(src.at_least(&s::IDEMPOTENCY_WINDOW_SECS, 1)),
+            token_expiry_warning: secs(src.get(&s::TOKEN_EXPIRY_WARNING_SECS)),
         }
     }
 }

@@ -72,6 +72,8 @@ pub struct Identity {
     pub tenant_id: String,
     /// The `permissions` claim (empty when absent).
     pub permissions: Vec<String>,
+    /// The token's end (`exp`), milliseconds since the epoch.
+    pub expires_at_ms: i64,
 }
 
 /// The claims Streamer reads.
@@ -264,6 +266,9 @@ impl JwtVerifier {
             user_id: claims.sub,
             tenant_id: claims.tenant_id,
             permissions: claims.permissions,
+            expires_at_ms: i64::try_from(claims.exp)
+                .unwrap_or(i64::MAX / 1000)
+                .saturating_mul(1000),
         })
     }
 }

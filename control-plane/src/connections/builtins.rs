@@ -119,6 +119,48 @@ impl ControlPlane {
                 json!({ "status": "ok", "timestamp": client::timestamp_now() }),
             ),
             Builtin::Ping => Frame::pong(id),
+            Builtin::Refresh => {
+                let token = payload
+                    .get("token")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| Fault::invalid("payload.token is required"))?;
+                let identity = self.verifier.verify(token).await.map_err(|reason| {
+                    tracing::info!(connection_id = %connection.connection_id, %reason, "refresh refused");
+                    Fault::unauthenticated("the token is not valid")
+                })?;
+                if identity.user_id != *connection.user_id
+                    || identity.tenant_id != *connection.tenant_id
+                {
+                    return Err(Fault::forbidden(
+                        "the token is for another user or tenant; nothing changed",
+                    ));
+                }
+                let permissions: std::sync::Arc<[std::sync::Arc<str>]> = identity
+                    .permissions
+                    .iter()
+                    .map(|p| std::sync::Arc::<str>::from(p.as_str()))
+                    .collect();
+                let renewed = self
+                    .registry
+                    .renew(
+                        &connection.connection_id,
+                        permissions.clone(),
+                        identity.expires_at_ms,
+                    )
+                    .await?;
+                if !renewed {
+                    return Err(not_registered());
+                }
+                self.watch_token(&Connection {
+                    permissions,
+                    token_expires_ms: identity.expires_at_ms,
+                    ..connection.clone()
+                });
+                Frame::response(
+                    id,
+                    json!({ "expires_at": client::timestamp_ms(identity.expires_at_ms) }),
+                )
+            }
             Builtin::Whoami => Frame::response(
                 id,
                 json!({

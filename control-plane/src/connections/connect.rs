@@ -272,7 +272,9 @@ impl ControlPlane {
             expires_at_ms: 0,
             groups: Vec::new().into(),
             chunks: accepts_chunks(&input.query),
+            token_expires_ms: identity.expires_at_ms,
         };
+        let watched = connection.clone();
         match self
             .registry
             .insert(connection, self.limits.max_connections_per_tenant)
@@ -293,6 +295,7 @@ impl ControlPlane {
                     user_id = %identity.user_id,
                     "connected"
                 );
+                self.watch_token(&watched);
                 ConnectDecision::accept("accepted")
             }
             Err(RegistryError::AlreadyExists) => {

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod builtins;
 pub mod chunks;
 pub mod connect;
+pub mod expiry;
 pub mod groups;
 pub mod jwks;
 pub mod limits;
@@ -52,6 +53,7 @@ pub struct ControlPlane {
     clock: Clock,
     touch_interval_ms: i64,
     endpoints: crate::config::ManagementEndpoints,
+    token_warning: Duration,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -94,6 +96,9 @@ pub struct Parts {
     pub touch_interval: Duration,
     /// The Management API endpoints connects may name.
     pub endpoints: crate::config::ManagementEndpoints,
+    /// How long before a token's end its connection is told
+    /// (`token_expiring`).
+    pub token_warning: Duration,
 }
 
 impl ControlPlane {
@@ -115,6 +120,7 @@ impl ControlPlane {
             clock: parts.clock,
             touch_interval_ms: crate::clock::ms(parts.touch_interval),
             endpoints: parts.endpoints,
+            token_warning: parts.token_warning,
         }
     }
 

@@ -27,6 +27,7 @@ pub fn sample(connection_id: &str, tenant_id: &str, user_id: &str) -> Connection
         expires_at_ms: 0,
         groups: Vec::new().into(),
         chunks: true,
+        token_expires_ms: now_ms() + 3_600_000,
     }
 }
 
@@ -40,6 +41,7 @@ pub async fn run_all(registry: &dyn Registry, prefix: &str) {
     tenants_are_isolated(registry, prefix).await;
     expired_rows_are_invisible(registry, prefix).await;
     touch_refreshes_and_never_resurrects(registry, prefix).await;
+    renew_replaces_permissions_and_token_end(registry, prefix).await;
     idle_rows_are_found_for_reconcile(registry, prefix).await;
     group_membership(registry, prefix).await;
     group_pages_and_cleanup(registry, prefix).await;
@@ -276,6 +278,49 @@ pub async fn expired_rows_are_invisible(registry: &dyn Registry, prefix: &str) {
 }
 
 /// `touch` moves `last_seen` forward and cannot bring a removed row back.
+/// `renew` (a `refresh` with a new token) replaces the permissions and the
+/// token's end, reads back, and never recreates a removed row.
+pub async fn renew_replaces_permissions_and_token_end(registry: &dyn Registry, prefix: &str) {
+    let tenant = format!("{prefix}t-renew");
+    let conn = sample(&format!("{prefix}renew"), &tenant, "u");
+    registry.insert(conn.clone(), 0).await.expect("insert");
+    let got = registry
+        .get(&conn.connection_id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(got.token_expires_ms, conn.token_expires_ms, "stored");
+    let later = conn.token_expires_ms + 60_000;
+    let fewer: Arc<[Arc<str>]> = vec![Arc::<str>::from("echo")].into();
+    assert!(
+        registry
+            .renew(&conn.connection_id, fewer.clone(), later)
+            .await
+            .expect("renew")
+    );
+    let got = registry
+        .get(&conn.connection_id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!((got.token_expires_ms, got.permissions), (later, fewer));
+    registry.remove(&conn.connection_id).await.expect("remove");
+    assert!(
+        !registry
+            .renew(&conn.connection_id, Vec::new().into(), later)
+            .await
+            .expect("renew gone")
+    );
+    assert!(
+        registry
+            .get(&conn.connection_id)
+            .await
+            .expect("get")
+            .is_none(),
+        "never recreated"
+    );
+}
+
 pub async fn touch_refreshes_and_never_resurrects(registry: &dyn Registry, prefix: &str) {
     let tenant = format!("{prefix}t-touch");
     let mut conn = sample(&format!("{prefix}touch"), &tenant, "u");

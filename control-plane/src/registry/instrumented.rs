@@ -120,6 +120,20 @@ impl Registry for Instrumented {
         observe("touch", self.inner.touch(connection_id, now_ms)).await
     }
 
+    async fn renew(
+        &self,
+        connection_id: &str,
+        permissions: Arc<[Arc<str>]>,
+        token_expires_ms: i64,
+    ) -> Result<bool, RegistryError> {
+        observe(
+            "renew",
+            self.inner
+                .renew(connection_id, permissions, token_expires_ms),
+        )
+        .await
+    }
+
     async fn join(
         &self,
         connection_id: &str,

@@ -218,6 +218,8 @@ pub fn connection_of(item: &Item, ttl: Ttl, now_ms: i64) -> Result<Connection, S
         expires_at_ms,
         groups: Vec::new().into(),
         chunks: true,
+        // The Go system kept no token end.
+        token_expires_ms: 0,
     })
 }
 
@@ -487,6 +489,19 @@ impl Registry for LegacyMirror {
             }
         }
         Ok(touched)
+    }
+
+    /// The Go system's table keeps neither permissions nor a token end:
+    /// only the row of record changes.
+    async fn renew(
+        &self,
+        connection_id: &str,
+        permissions: Arc<[Arc<str>]>,
+        token_expires_ms: i64,
+    ) -> Result<bool, RegistryError> {
+        self.inner
+            .renew(connection_id, permissions, token_expires_ms)
+            .await
     }
 
     async fn join(

@@ -343,6 +343,20 @@ impl Registry for MemoryRegistry {
         Ok(true)
     }
 
+    async fn renew(
+        &self,
+        connection_id: &str,
+        permissions: Arc<[Arc<str>]>,
+        token_expires_ms: i64,
+    ) -> Result<bool, RegistryError> {
+        let Some(mut row) = self.connections.get_mut(connection_id) else {
+            return Ok(false);
+        };
+        row.permissions = permissions;
+        row.token_expires_ms = token_expires_ms;
+        Ok(true)
+    }
+
     async fn idle(
         &self,
         last_seen_before_ms: i64,

@@ -41,6 +41,10 @@ pub struct Connection {
     pub expires_at_ms: i64,
     /// The groups (rooms) the connection is in, within its tenant.
     pub groups: Arc<[Arc<str>]>,
+    /// When the client's token ends (its `exp`), milliseconds since the
+    /// epoch; 0: unknown (a row imported from the Go system). The
+    /// connection is closed then unless a `refresh` extends it.
+    pub token_expires_ms: i64,
     /// The client joins `chunk` frames (it did not connect with
     /// `chunks=false`): a frame over the delivery limit reaches it as
     /// chunks, not as a `PAYLOAD_TOO_LARGE` error.
@@ -181,6 +185,16 @@ pub trait Registry: Send + Sync + 'static {
     /// Records activity: sets `last_seen` and extends the expiry. Never
     /// recreates a removed row; `Ok(false)` when the row is gone.
     async fn touch(&self, connection_id: &str, now_ms: i64) -> Result<bool, RegistryError>;
+
+    /// A `refresh` with a new token: replaces the connection's permissions
+    /// and its token's end. Never recreates a removed row; `Ok(false)` when
+    /// the row is gone.
+    async fn renew(
+        &self,
+        connection_id: &str,
+        permissions: Arc<[Arc<str>]>,
+        token_expires_ms: i64,
+    ) -> Result<bool, RegistryError>;
 
     /// Adds a connection to a group of its tenant. `Ok(true)` when it joined,
     /// `Ok(false)` when it was a member already; `NotFound` when the

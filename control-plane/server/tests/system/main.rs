@@ -12,6 +12,7 @@ mod docs_commands;
 mod dynamodb_e2e;
 mod e2e;
 mod emulator;
+mod expiry;
 mod fanout;
 mod fleet;
 mod groups;

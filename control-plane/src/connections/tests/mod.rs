@@ -126,6 +126,7 @@ fn setup(loopback_unlimited: bool) -> Setup {
         clock,
         touch_interval: Duration::from_secs(60),
         endpoints: crate::config::ManagementEndpoints::Unset,
+        token_warning: Duration::from_secs(60),
     });
     Setup {
         control,

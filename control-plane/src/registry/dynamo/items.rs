@@ -48,6 +48,7 @@ pub fn item_of(c: &Connection, expires_at_ms: i64) -> Item {
         ("connected_at".to_owned(), n(c.connected_at_ms)),
         ("last_seen".to_owned(), n(c.last_seen_ms)),
         ("expires_at".to_owned(), n(expires_at_ms.div_euclid(1000))),
+        ("token_exp".to_owned(), n(c.token_expires_ms)),
     ])
     .into_iter()
     .chain((!c.chunks).then(|| ("no_chunks".to_owned(), AttributeValue::Bool(true))))
@@ -90,6 +91,7 @@ pub fn connection_of(item: &Item) -> Option<Connection> {
         expires_at_ms: number(item, "expires_at")?.saturating_mul(1000),
         groups: groups_of(item).into_iter().map(Arc::from).collect(),
         chunks: !matches!(item.get("no_chunks"), Some(AttributeValue::Bool(true))),
+        token_expires_ms: number(item, "token_exp").unwrap_or(0),
     })
 }
 

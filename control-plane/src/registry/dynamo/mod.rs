@@ -471,6 +471,28 @@ impl Registry for DynamoRegistry {
         applied(result)
     }
 
+    async fn renew(
+        &self,
+        connection_id: &str,
+        permissions: Arc<[Arc<str>]>,
+        token_expires_ms: i64,
+    ) -> Result<bool, RegistryError> {
+        let result = self
+            .update(connection_id)
+            .update_expression("SET token_exp = :texp, #perms = :p")
+            .expression_attribute_names("#perms", "permissions")
+            // Never recreate a removed row.
+            .condition_expression("attribute_exists(tenant_id)")
+            .expression_attribute_values(":texp", n(token_expires_ms))
+            .expression_attribute_values(
+                ":p",
+                AttributeValue::L(permissions.iter().map(|p| s(p)).collect()),
+            )
+            .send()
+            .await;
+        applied(result)
+    }
+
     async fn join(
         &self,
         connection_id: &str,

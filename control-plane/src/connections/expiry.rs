@@ -1,0 +1,71 @@
+//! A token's end is its connection's end. The replica that accepts a
+//! connection (or renews it with `refresh`) watches its token's `exp`:
+//! `STREAMER_TOKEN_EXPIRY_WARNING_SECS` before it the client gets
+//! `{"type":"token_expiring","expires_at":"…"}`, and at it the connection
+//! is closed (`DeleteConnection`; `$disconnect` follows as usual) — unless
+//! the row, read again each time, says a `refresh` moved the end (the
+//! replica that renewed it watches the new one).
+
+use std::time::Duration;
+
+use serde_json::json;
+use streamer_proto::client;
+
+use super::ControlPlane;
+use crate::{delivery::PreparedFrame, registry::Connection};
+
+impl ControlPlane {
+    /// Watches `connection`'s token end (nothing when it has none).
+    pub(super) fn watch_token(&self, connection: &Connection) {
+        let end = connection.token_expires_ms;
+        if end <= 0 {
+            return;
+        }
+        let (registry, fanout, delivery, clock) = (
+            self.registry.clone(),
+            self.fanout.clone(),
+            self.delivery.clone(),
+            self.clock,
+        );
+        let warning = crate::clock::ms(self.token_warning);
+        let id = connection.connection_id.clone();
+        let until = move |at_ms: i64| {
+            let left = at_ms - clock.now_ms();
+            tokio::time::sleep(Duration::from_millis(u64::try_from(left).unwrap_or(0)))
+        };
+        tokio::spawn(async move {
+            // Still this token's connection? (gone, or renewed: stop)
+            let current = || async {
+                match registry.get(&id).await {
+                    Ok(Some(row)) if row.token_expires_ms == end => Some(row),
+                    Ok(_) => None,
+                    Err(err) => {
+                        tracing::warn!(connection_id = %id, error = %err, "cannot read a connection to check its token's end");
+                        None
+                    }
+                }
+            };
+            until(end - warning).await;
+            let Some(row) = current().await else { return };
+            let frame = json!({
+                "type": "token_expiring",
+                "expires_at": client::timestamp_ms(end),
+            })
+            .to_string();
+            fanout.send_one(&row, &PreparedFrame::new(frame)).await;
+            until(end).await;
+            let Some(row) = current().await else { return };
+            match delivery.delete(&row.endpoint, &row.connection_id).await {
+                Ok(_) => {
+                    tracing::info!(connection_id = %id, tenant_id = %row.tenant_id, "closed at its token's end");
+                    if let Err(err) = registry.remove(&id).await {
+                        tracing::warn!(connection_id = %id, error = %err, "cannot remove a connection closed at its token's end (reconcile will)");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(connection_id = %id, error = %err, "cannot close a connection at its token's end");
+                }
+            }
+        });
+    }
+}
