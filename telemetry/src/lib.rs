@@ -86,10 +86,12 @@ pub fn init(format: LogFormat, service_name: &str) -> Telemetry {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // The audit trail is a record, not a diagnostic: `RUST_LOG` quietening
-    // the rest does not silence it.
+    // the rest does not silence it; only naming the target does
+    // (`RUST_LOG=warn,streamer::audit=off`).
+    let names_audit = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("streamer::audit"));
     let filter = match "streamer::audit=info".parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
+        Ok(directive) if !names_audit => filter.add_directive(directive),
+        _ => filter,
     };
     let fmt = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()

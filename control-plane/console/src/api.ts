@@ -99,14 +99,23 @@ export const tokenStore = {
   },
 };
 
-/** `dev`'s extras for the client panel. */
+/** `dev`'s extras for the client panel, and who the token is. */
 export interface ConsoleInfo {
   dev: boolean;
   websocket_url?: string;
+  /** The token's name (never the token). */
+  principal?: string;
+  /** `admin`, `read` or `service`. */
+  role?: string;
+  /** The one tenant a bound service token reaches. */
+  tenant_id?: string;
 }
 
-export async function consoleInfo(): Promise<ConsoleInfo> {
-  const res = await fetch("/console/info", { cache: "no-store" });
+export async function consoleInfo(token?: string): Promise<ConsoleInfo> {
+  const res = await fetch("/console/info", {
+    cache: "no-store",
+    headers: token ? { authorization: `Bearer ${token}` } : {},
+  });
   if (!res.ok) throw new Error(`console info: HTTP ${res.status}`);
   return (await res.json()) as ConsoleInfo;
 }

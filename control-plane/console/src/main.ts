@@ -16,7 +16,10 @@ import type { GetStatsResponse } from "./gen/streamer/v1/admin_pb.js";
 export interface Session {
   api: Api;
   token: string;
+  /** An operator (the admin API's reads are theirs). */
   admin: boolean;
+  /** A `read` operator: the console hides every change (the server refuses them anyway). */
+  readOnly: boolean;
   info: ConsoleInfo;
   tenants: TenantSummary[];
   /** The tenant the views show (the toolbar's field). */
@@ -90,11 +93,12 @@ async function signIn(token: string, error?: HTMLElement): Promise<void> {
   tokenStore.set(token);
   let info: ConsoleInfo = { dev: false };
   try {
-    info = await consoleInfo();
+    info = await consoleInfo(token);
   } catch {
-    // the client panel only
+    // the client panel and the name shown only
   }
-  start({ api, token, admin, info, tenants, tenant: () => tenantField.value.trim() });
+  const readOnly = info.role === "read";
+  start({ api, token, admin, readOnly, info, tenants, tenant: () => tenantField.value.trim() });
 }
 
 const tenantField = h("input", { id: "tenant", list: "tenant-list", autocomplete: "off", spellcheck: "false" });
@@ -106,7 +110,7 @@ function start(session: Session): void {
     connectionsView(session),
     groupsView(session),
     requestsView(session),
-    sendView(session),
+    ...(session.readOnly ? [] : [sendView(session)]),
     tryItView(session),
   ];
   if (!tenantField.value) {
@@ -122,7 +126,15 @@ function start(session: Session): void {
   byId("toolbar").hidden = false;
   fill(
     byId("who"),
-    h("span", {}, session.admin ? "admin" : "service token"),
+    h(
+      "span",
+      { id: "principal" },
+      session.info.principal
+        ? `${session.info.principal} (${session.info.role})`
+        : session.admin
+          ? "admin"
+          : "service token",
+    ),
     h(
       "button",
       {
@@ -229,7 +241,14 @@ function overviewView(session: Session): View {
     h("div", { class: "card" }, h("h3", {}, "Connections by tenant"), tenantsBox),
     session.admin ? h("div", { class: "card" }, h("h3", {}, "Delivery (this replica)"), deliveryBox) : null,
     session.admin
-      ? h("div", { class: "card" }, h("h3", {}, "Reconcile"), reconcileBox, runButton, reconcileResult)
+      ? h(
+          "div",
+          { class: "card" },
+          h("h3", {}, "Reconcile"),
+          reconcileBox,
+          session.readOnly ? null : runButton,
+          reconcileResult,
+        )
       : null,
   );
   let previous: { at: number; stats: GetStatsResponse } | undefined;

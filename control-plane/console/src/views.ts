@@ -116,16 +116,18 @@ export function connectionsView(session: Session): View {
                 { type: "button", "aria-label": `Details of ${c.connectionId}`, onclick: () => select(c.connectionId) },
                 "Details",
               ),
-              h(
-                "button",
-                {
-                  type: "button",
-                  class: "danger",
-                  "aria-label": `Disconnect ${c.connectionId}`,
-                  onclick: () => disconnect(c.connectionId),
-                },
-                "Disconnect",
-              ),
+              session.readOnly
+                ? null
+                : h(
+                    "button",
+                    {
+                      type: "button",
+                      class: "danger",
+                      "aria-label": `Disconnect ${c.connectionId}`,
+                      onclick: () => disconnect(c.connectionId),
+                    },
+                    "Disconnect",
+                  ),
             ),
           ),
       );
@@ -195,7 +197,9 @@ export function connectionsView(session: Session): View {
               ] as [string, string][]
             ).flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
           ),
-          h("button", { type: "button", class: "danger", onclick: () => disconnect(c.connectionId) }, "Disconnect"),
+          session.readOnly
+            ? null
+            : h("button", { type: "button", class: "danger", onclick: () => disconnect(c.connectionId) }, "Disconnect"),
         ),
       );
     } catch (err) {
@@ -457,11 +461,13 @@ export function requestsView(session: Session): View {
       h(
         "td",
         {},
-        h(
-          "button",
-          { type: "button", class: "danger", "aria-label": `Cancel ${r.requestId}`, onclick: () => cancel(tenant, r.requestId) },
-          "Cancel",
-        ),
+        session.readOnly
+          ? null
+          : h(
+              "button",
+              { type: "button", class: "danger", "aria-label": `Cancel ${r.requestId}`, onclick: () => cancel(tenant, r.requestId) },
+              "Cancel",
+            ),
       ),
     );
   }

@@ -9,7 +9,7 @@ import { mkdirSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Browser, Page } from "playwright-core";
-import { Client, type Dev, SERVICE_TENANT, SERVICE_TOKEN, clientToken, launch, startDev, stateDir, until } from "./harness.js";
+import { Client, type Dev, READ_TOKEN, SERVICE_TENANT, SERVICE_TOKEN, clientToken, launch, startDev, stateDir, until } from "./harness.js";
 
 const shots = process.env.STREAMER_CONSOLE_SCREENSHOTS ?? join(dirname(fileURLToPath(import.meta.url)), "../../../../docs/console");
 mkdirSync(shots, { recursive: true });
@@ -71,7 +71,7 @@ test("a bad token is refused with a clear message, a good one signs in", async (
   await page.getByLabel("Token").fill(dev.adminToken);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByRole("button", { name: "Sign out" }).waitFor();
-  assert.equal(await page.locator("#who span").textContent(), "admin");
+  assert.equal(await page.locator("#who span").textContent(), "admin (admin)");
   await page.close();
 });
 
@@ -215,7 +215,7 @@ test("a tenant-bound token sees only its tenant, and the server refuses another"
   await admin.close();
 
   const page = await signedIn(SERVICE_TOKEN);
-  assert.equal(await page.locator("#who span").textContent(), "service token");
+  assert.equal(await page.locator("#who span").textContent(), "acme-dashboard (service)");
   const tenants = await until("the tenant table", async () => {
     const rows = await page.locator("#tenant-table tr[data-tenant]").evaluateAll((trs) => trs.map((tr) => tr.getAttribute("data-tenant")));
     return rows.length > 0 ? rows : undefined;
@@ -390,4 +390,29 @@ test("the page's headers keep it same-origin and unframed; unknown paths are 404
   assert.equal((await post({ authorization: `Bearer ${dev.adminToken}` }, "{junk")).status, 400);
   assert.equal((await post({ authorization: `Bearer ${dev.adminToken}` }, '{"tenant_id":"bad tenant!","user_id":"u"}')).status, 400);
   assert.equal((await post({ authorization: `Bearer ${dev.adminToken}` }, JSON.stringify({ tenant_id: "dev", user_id: "u".repeat(10_000) }))).status, 413);
+});
+
+test("a read operator is named, sees everything and is offered no change", async () => {
+  const client = await Client.open(dev, "t-read", "rita");
+  const page = await signedIn(READ_TOKEN);
+  assert.equal(await page.locator("#who span").textContent(), "olivia (read)");
+  const views = await page.getByRole("navigation", { name: "Views" }).getByRole("button").allTextContents();
+  assert.ok(!views.includes("Send"), `no Send view: ${views}`);
+  assert.equal(await page.locator("#run-reconcile").count(), 0, "no reconcile button");
+  await setTenant(page, "t-read");
+  await tab(page, "Connections");
+  await page.locator(`tr[data-connection-id="${client.connectionId}"]`).waitFor();
+  assert.equal(await page.getByRole("button", { name: `Disconnect ${client.connectionId}` }).count(), 0);
+  // The server refuses it anyway: a change through gRPC-Web is PermissionDenied.
+  const api = await page.evaluate(async ([id, token]) => {
+    const r = await fetch("/streamer.v1.ConnectionService/DisconnectConnection", {
+      method: "POST",
+      headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1", authorization: `Bearer ${token}` },
+      body: new Uint8Array([0, 0, 0, 0, 2 + id.length, 10, id.length, ...new TextEncoder().encode(id)]),
+    });
+    return r.headers.get("grpc-status") ?? (await r.text());
+  }, [client.connectionId, READ_TOKEN]);
+  assert.match(String(api), /7|permission/i);
+  await client.close();
+  await page.close();
 });

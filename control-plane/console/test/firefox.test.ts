@@ -119,7 +119,7 @@ test("in Firefox: sign in, live connections over gRPC-Web, the client panel's We
   const agent = String(await firefox.eval("navigator.userAgent"));
   assert.match(agent, /Firefox\//);
   await firefox.goto(`${dev.consoleUrl}#token=${dev.adminToken}`);
-  await until("signed in", async () => (await firefox.eval(text("#who span"))) === "admin");
+  await until("signed in", async () => (await firefox.eval(text("#who span"))) === "admin (admin)");
 
   const ada = await Client.open(dev, "t-firefox", "ada");
   await until("ada's tenant in the overview", async () =>

@@ -32,6 +32,8 @@ if (!devBin) throw new Error("set STREAMER_DEV_BIN to the built streamer-control
 
 export const SERVICE_TOKEN = "acme-console-service-token-0001";
 export const SERVICE_TENANT = "acme";
+/** A named operator with the `read` role. */
+export const READ_TOKEN = "olivia-console-read-token-0001";
 
 /** A state folder and config shared by the dev processes of one file. */
 export function stateDir(): { dir: string; config: string } {
@@ -39,7 +41,8 @@ export function stateDir(): { dir: string; config: string } {
   const config = join(dir, "streamer.toml");
   writeFileSync(
     config,
-    `[[tokens.services]]\nname = "acme-dashboard"\ntoken = "${SERVICE_TOKEN}"\ntenant_id = "${SERVICE_TENANT}"\n`,
+    `[[tokens.services]]\nname = "acme-dashboard"\ntoken = "${SERVICE_TOKEN}"\ntenant_id = "${SERVICE_TENANT}"\n` +
+      `[[tokens.operators]]\nname = "olivia"\ntoken = "${READ_TOKEN}"\nrole = "read"\n`,
   );
   return { dir, config };
 }

@@ -135,12 +135,31 @@ struct Info {
     /// The gateway's WebSocket URL, under `dev`.
     #[serde(skip_serializing_if = "Option::is_none")]
     websocket_url: Option<String>,
+    /// Who the `authorization` header names (the token's name, never the
+    /// token), when it names someone of the server API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    principal: Option<String>,
+    /// Their role: `admin`, `read` or `service`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    /// The tenant a bound service token is restricted to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant_id: Option<String>,
 }
 
-async fn info(State(shared): State<Shared>) -> Json<Info> {
+async fn info(State(shared): State<Shared>, headers: HeaderMap) -> Json<Info> {
+    // Only to show who is signed in and hide what their role cannot do;
+    // the server still refuses it on every call.
+    let caller = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| shared.tokens.current().identify(Some(value), false).ok())
+        .filter(|c| !matches!(c, Caller::Edge));
     Json(Info {
         dev: shared.dev.is_some(),
         websocket_url: shared.dev.as_ref().map(|dev| dev.websocket_url()),
+        principal: caller.as_ref().map(|c| c.principal().to_owned()),
+        role: caller.as_ref().map(Caller::role),
+        tenant_id: caller.as_ref().and_then(Caller::visible_to),
     })
 }
 
@@ -194,9 +213,23 @@ fn caller(tokens: &TokenTable, headers: &HeaderMap) -> Result<Caller, Refusal> {
     {
         probe.metadata_mut().insert("authorization", value);
     }
-    tokens
-        .authenticate(&probe, Audience::Server)
-        .map_err(|fault| refusal(fault, StatusCode::UNAUTHORIZED))
+    let caller = tokens.authenticate(&probe, Audience::Server);
+    // The helper is no gRPC call, so the audit layer does not see it: its
+    // record is written here (refused or allowed; the helper's handler
+    // answers the rest).
+    let principal = tokens
+        .identify(headers.get(header::AUTHORIZATION), false)
+        .ok();
+    tracing::info!(
+        target: "streamer::audit",
+        principal = principal.as_ref().map_or("-", Caller::principal),
+        role = principal.as_ref().map_or("-", Caller::role),
+        method = "POST /console/dev/token",
+        code = if caller.is_ok() { "Ok" } else { "Unauthenticated" },
+        transport = "http",
+        "audit"
+    );
+    caller.map_err(|fault| refusal(fault, StatusCode::UNAUTHORIZED))
 }
 
 async fn dev_token(
