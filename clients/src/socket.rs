@@ -83,6 +83,41 @@ pub struct Socket {
     joiner: Reassembler,
     options: SocketOptions,
     counter: u64,
+    seen: Seen,
+}
+
+/// The last offset seen of each stream with history, with its epoch.
+#[derive(Debug, Default)]
+struct Seen(std::collections::HashMap<String, (String, u64)>);
+
+impl Seen {
+    /// Records a history message's place; whether it was seen already (at
+    /// or below the last offset of its stream, same epoch).
+    fn copy(&mut self, frame: &Value) -> bool {
+        if frame["type"] != "message" {
+            return false;
+        }
+        let (Some(stream), Some(epoch), Some(offset)) = (
+            frame["stream"].as_str(),
+            frame["epoch"].as_str(),
+            frame["offset"].as_u64(),
+        ) else {
+            return false;
+        };
+        match self.0.get_mut(stream) {
+            Some((last_epoch, last)) if last_epoch == epoch => {
+                if offset <= *last {
+                    return true;
+                }
+                *last = offset;
+                false
+            }
+            _ => {
+                self.0.insert(stream.to_owned(), (epoch.to_owned(), offset));
+                false
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Socket {
@@ -118,6 +153,7 @@ impl Socket {
             joiner: Reassembler::default(),
             options,
             counter: 0,
+            seen: Seen::default(),
         })
     }
 
@@ -155,8 +191,21 @@ impl Socket {
         Ok(id)
     }
 
-    /// The next frame from the server, chunks joined.
+    /// The next frame from the server, chunks joined. A `message` of a
+    /// stream with history at or below the last offset seen of that stream
+    /// (same epoch) is a copy — a live frame that raced a recovery, a
+    /// retried send — and is dropped, whatever caused it.
     pub async fn recv(&mut self) -> Result<Value, SocketError> {
+        loop {
+            let frame = self.recv_frame().await?;
+            if self.seen.copy(&frame) {
+                continue;
+            }
+            return Ok(frame);
+        }
+    }
+
+    async fn recv_frame(&mut self) -> Result<Value, SocketError> {
         loop {
             let message = match self.ws.next().await {
                 None => return Err(SocketError::Closed(None)),
@@ -232,4 +281,27 @@ fn encode(token: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod seen_tests {
+    use serde_json::json;
+
+    use super::Seen;
+
+    #[test]
+    fn a_history_message_at_or_below_the_last_offset_is_a_copy() {
+        let mut seen = Seen::default();
+        let at = |offset: u64, epoch: &str| json!({"type": "message", "id": format!("group:g:{epoch}:{offset}"), "stream": "group:g", "epoch": epoch, "offset": offset, "data": 1});
+        assert!(!seen.copy(&at(1, "e1")));
+        assert!(!seen.copy(&at(2, "e1")));
+        assert!(seen.copy(&at(2, "e1")), "the same message again");
+        assert!(seen.copy(&at(1, "e1")), "an older one");
+        assert!(!seen.copy(&at(1, "e2")), "a new epoch starts again");
+        // Plain broadcasts and other frames pass.
+        let plain = json!({"type": "message", "id": "m-1", "data": 1});
+        assert!(!seen.copy(&plain));
+        assert!(!seen.copy(&plain));
+        assert!(!seen.copy(&json!({"type": "response", "request_id": "r"})));
+    }
 }

@@ -140,14 +140,21 @@ impl Broadcaster {
             )
             .await?;
         // The same frame, timestamp included, as `recover` gives back.
+        let placed = position.as_ref().map(|(stream, p)| StreamPosition {
+            stream: stream.clone(),
+            offset: p.offset,
+            epoch: p.epoch.clone(),
+        });
         let frame = Frame::Message {
+            // A stream's message is named by its place, so a recovered copy
+            // has the live frame's id; a plain one gets an id of its own.
+            id: placed.as_ref().map_or_else(
+                || format!("m-{:032x}", rand::random::<u128>()),
+                StreamPosition::message_id,
+            ),
             data: message.data,
             topic: message.topic,
-            position: position.as_ref().map(|(stream, p)| StreamPosition {
-                stream: stream.clone(),
-                offset: p.offset,
-                epoch: p.epoch.clone(),
-            }),
+            position: placed,
             timestamp: timestamp_ms(now_ms),
         };
         let report = self.deliver(targets, Bytes::from(frame.to_json())).await;

@@ -107,14 +107,16 @@ pub struct Stored {
 impl Stored {
     /// The `message` frame this message was sent as.
     pub fn frame(&self, stream: &str, epoch: &str) -> Frame {
+        let position = StreamPosition {
+            stream: stream.to_owned(),
+            offset: self.offset,
+            epoch: epoch.to_owned(),
+        };
         Frame::Message {
+            id: position.message_id(),
             data: self.data.clone(),
             topic: self.topic.clone(),
-            position: Some(StreamPosition {
-                stream: stream.to_owned(),
-                offset: self.offset,
-                epoch: epoch.to_owned(),
-            }),
+            position: Some(position),
             timestamp: timestamp_ms(self.at_ms),
         }
     }
@@ -209,8 +211,10 @@ pub const PAGE_MESSAGES: usize = 4;
 /// bytes, if more, after): four messages of up to 1 MiB.
 const PAGE_RESERVE_BYTES: usize = 4 << 20;
 /// How long a recovery or read waits for room in the budget before it is
-/// refused `RATE_LIMITED`.
-const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// refused `RATE_LIMITED`: well inside a client frame's own budget
+/// (`OPERATION_BUDGET`, 4 s), so the client is told to retry later, not
+/// that the service is unavailable.
+const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// A recovery whose messages come to at most this is answered in its
 /// response (as before); a larger one goes out a page at a time.
 pub const INLINE_RECOVERY_BYTES: usize = 64 << 10;

@@ -51,6 +51,13 @@ pub struct StreamPosition {
     pub epoch: String,
 }
 
+impl StreamPosition {
+    /// The id of the message at this position: `{stream}:{epoch}:{offset}`.
+    pub fn message_id(&self) -> String {
+        format!("{}:{}:{}", self.stream, self.epoch, self.offset)
+    }
+}
+
 /// A server → client frame. Serialized as a JSON object whose `type` names
 /// the variant (`{"type":"response",...}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +123,12 @@ pub enum Frame {
     },
     /// An application message (a broadcast).
     Message {
+        /// The message's id, the same on every copy of it (a live frame, a
+        /// recovered one, a retry's): `{stream}:{epoch}:{offset}` for a
+        /// stream with history, otherwise one made per Send. A client drops
+        /// a second frame with an id it has seen.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        id: String,
         /// The body.
         data: Value,
         /// The sender's topic, for the client to dispatch on.
@@ -229,6 +242,10 @@ impl Frame {
     /// A broadcast `message`.
     pub fn message(data: Value, topic: Option<&str>, position: Option<StreamPosition>) -> Self {
         Frame::Message {
+            id: position
+                .as_ref()
+                .map(StreamPosition::message_id)
+                .unwrap_or_default(),
             data,
             topic: topic.map(str::to_owned),
             position,

@@ -106,9 +106,14 @@ async fn a_2_mb_report_and_a_500_kb_message_arrive_whole() {
     alice.close().await;
 }
 
-/// The `message` frame a broadcast of `data` makes, as the server writes it.
+/// The `message` frame a broadcast of `data` makes, as the server writes it
+/// (a plain broadcast's id is `m-` and 32 hex digits).
 fn message_len(data: &Value) -> usize {
-    Frame::message(data.clone(), None, None).to_json().len()
+    let mut frame = Frame::message(data.clone(), None, None);
+    if let Frame::Message { id, .. } = &mut frame {
+        *id = format!("m-{:032x}", 0);
+    }
+    frame.to_json().len()
 }
 
 #[tokio::test]
