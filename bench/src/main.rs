@@ -14,10 +14,12 @@ mod baselines;
 mod chunks;
 mod fleet;
 mod history;
+mod keys;
 mod processes;
 mod report;
 mod scenarios;
 mod soak;
+mod tls;
 
 use std::time::Duration;
 
@@ -71,6 +73,13 @@ enum Helper {
     /// Only the payloads-past-the-limits round trips (also part of a full
     /// run).
     Chunks,
+    /// Connect rate and echo round trips with the gateway -> control plane
+    /// hop in plaintext, TLS and mutual TLS, side by side.
+    Tls,
+    /// What an idempotency key costs a Send: latency and control-plane
+    /// CPU with and without one, at 1 and 1,000 recipients, on the
+    /// embedded store (and DynamoDB with STREAMER_BENCH_DYNAMODB_ENDPOINT).
+    Keys,
     /// A steady mixed load against `dev`: RSS, descriptors, tasks and
     /// errors at each interval, and a verdict (exit 1 when it fails).
     Soak {
@@ -159,6 +168,14 @@ async fn main() -> anyhow::Result<()> {
             procs.stop().await;
             report::print_chunks(&result?);
             return Ok(());
+        }
+        Some(Helper::Keys) => {
+            let _ = rlimit::increase_nofile_limit(u64::MAX);
+            return keys::run(&cli.args).await;
+        }
+        Some(Helper::Tls) => {
+            let _ = rlimit::increase_nofile_limit(u64::MAX);
+            return tls::run(&cli.args).await;
         }
         Some(Helper::Soak { minutes, clients }) => {
             return soak::run(Duration::from_secs_f64(minutes.max(0.1) * 60.0), clients).await;

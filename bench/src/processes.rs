@@ -93,12 +93,56 @@ pub struct Processes {
     pub gateways: Vec<Gateway>,
 }
 
+/// TLS for a run: the control plane's certificate (and client CA for
+/// mutual TLS), and what the gateways trust and present.
+#[derive(Debug, Clone)]
+pub struct BenchTls {
+    /// The CA (PEM file) that signed the control plane's certificate.
+    pub ca: String,
+    /// The control plane's certificate and key (PEM files).
+    pub server: (String, String),
+    /// Require client certificates from `ca` (mutual TLS).
+    pub mutual: bool,
+    /// The edge's client certificate and key (PEM files).
+    pub edge: (String, String),
+}
+
 impl Processes {
     /// Starts the control plane and `gateways` gateways.
     pub async fn start(args: &Args, public_pem: &str, gateways: usize) -> anyhow::Result<Self> {
+        Self::start_with(args, public_pem, gateways, None, &[]).await
+    }
+
+    /// [`Processes::start`] with the control plane on TLS when `tls` says.
+    pub async fn start_with(
+        args: &Args,
+        public_pem: &str,
+        gateways: usize,
+        tls: Option<&BenchTls>,
+        extra: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let grpc = format!("127.0.0.1:{}", free_port()?);
         let metrics = format!("127.0.0.1:{}", free_port()?);
-        let control_plane = Command::new(sibling("streamer-control-plane")?)
+        let mut control_plane = Command::new(sibling("streamer-control-plane")?);
+        let mut tls_env: Vec<(&str, &str)> = Vec::new();
+        if let Some(tls) = tls {
+            tls_env.push(("STREAMER_TLS_CERT", &tls.server.0));
+            tls_env.push(("STREAMER_TLS_KEY", &tls.server.1));
+            if tls.mutual {
+                tls_env.push(("STREAMER_TLS_CLIENT_CA", &tls.ca));
+            }
+        }
+        let (scheme, client_tls) = match tls {
+            Some(tls) => (
+                "https",
+                streamer_client::ClientTls {
+                    ca: Some(tls.ca.clone()),
+                    identity: Some(tls.edge.clone()),
+                },
+            ),
+            None => ("http", streamer_client::ClientTls::default()),
+        };
+        let control_plane = control_plane
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -125,38 +169,57 @@ impl Processes {
             .env("AWS_SECRET_ACCESS_KEY", "streamer-local-secret")
             .env("AWS_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "warn")
+            // Warnings only, and no audit trail: its record per call would
+            // drown the benchmark's output on this terminal.
+            .env("RUST_LOG", "warn,streamer::audit=off")
+            .envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(tls_env)
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .context("start the control plane")?;
         let deadline = Instant::now() + DEADLINE;
+        let mut last = String::new();
         loop {
-            if let Ok(channel) = Channel::from_shared(format!("http://{grpc}"))?
-                .connect()
-                .await
+            match streamer_proto::tls::endpoint(
+                &format!("{scheme}://{grpc}"),
+                &client_tls,
+                ("ca", "cert", "key"),
+            )?
+            .connect()
+            .await
             {
-                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                if health
-                    .check(tonic_health::pb::HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .is_ok()
-                {
-                    break;
+                Ok(channel) => {
+                    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                    match health
+                        .check(tonic_health::pb::HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(status) => last = format!("{status:?}"),
+                    }
                 }
+                Err(err) => last = format!("{err:?}"),
             }
             if Instant::now() > deadline {
-                bail!("the control plane did not become healthy");
+                bail!("the control plane did not become healthy (last: {last})");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let mut started = Vec::new();
         for _ in 0..gateways.max(1) {
-            let mut child = Command::new(sibling("streamer-gateway")?)
-                .env_clear()
-                .env("STREAMER_CONTROL_PLANE_URL", format!("http://{grpc}"))
+            let mut gateway = Command::new(sibling("streamer-gateway")?);
+            gateway.env_clear();
+            if let Some(tls) = tls {
+                gateway
+                    .env("STREAMER_CONTROL_PLANE_CA", &tls.ca)
+                    .env("STREAMER_EDGE_TLS_CERT", &tls.edge.0)
+                    .env("STREAMER_EDGE_TLS_KEY", &tls.edge.1);
+            }
+            let mut child = gateway
+                .env("STREAMER_CONTROL_PLANE_URL", format!("{scheme}://{grpc}"))
                 .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
                 .env("STREAMER_GATEWAY_ADDR", "127.0.0.1:0")
                 // The bench measures the machinery, not AWS's account

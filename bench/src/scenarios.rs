@@ -64,7 +64,7 @@ async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
 }
 
 /// Round trips on every socket for `duration`: the samples and the rate.
-async fn round_trips(
+pub async fn round_trips(
     sockets: Vec<Ws>,
     duration: Duration,
     frame: impl Fn(u64) -> String + Clone + Send + 'static,
