@@ -179,7 +179,7 @@ impl Processes {
             .spawn()
             .context("start the control plane")?;
         let deadline = Instant::now() + DEADLINE;
-        let mut last = String::new();
+        let mut last: String;
         loop {
             match streamer_proto::tls::endpoint(
                 &format!("{scheme}://{grpc}"),
