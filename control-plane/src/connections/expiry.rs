@@ -29,11 +29,12 @@ impl ControlPlane {
         );
         let warning = crate::clock::ms(self.token_warning);
         let id = connection.connection_id.clone();
+        let key = id.clone();
         let until = move |at_ms: i64| {
             let left = at_ms - clock.now_ms();
             tokio::time::sleep(Duration::from_millis(u64::try_from(left).unwrap_or(0)))
         };
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             // Still this token's connection? (gone, or renewed: stop)
             let current = || async {
                 match registry.get(&id).await {
@@ -67,5 +68,15 @@ impl ControlPlane {
                 }
             }
         });
+        // One watcher per connection: a renewal replaces the one before.
+        if let Some(previous) = self.watchers.insert(key, task.abort_handle()) {
+            previous.abort();
+        }
+    }
+
+    /// Forgets the watchers whose tasks have ended (the app calls it with
+    /// the rest of its upkeep).
+    pub fn forget_finished_watchers(&self) {
+        self.watchers.retain(|_, watcher| !watcher.is_finished());
     }
 }
