@@ -4,10 +4,7 @@
 //! `STREAMER_TOKEN`) keep working. The private key is written there too,
 //! for `streamerctl token --private-key`.
 
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rand::RngCore;
@@ -33,21 +30,6 @@ fn random_token() -> String {
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Writes `contents` to `path`, readable by its owner only.
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options
-        .open(path)
-        .and_then(|mut f| f.write_all(contents.as_bytes()))
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 impl State {
@@ -83,8 +65,8 @@ impl State {
             });
         }
         let keys = generate_rsa_key_pair()?;
-        write_private(&private, &keys.private_pem)?;
-        write_private(&public, &keys.public_pem)?;
+        streamer_listener::pki::write(&private, &keys.private_pem)?;
+        streamer_listener::pki::write(&public, &keys.public_pem)?;
         Ok(keys)
     }
 
@@ -100,7 +82,7 @@ impl State {
             edge: random_token(),
             admin: random_token(),
         };
-        write_private(&path, &serde_json::to_string_pretty(&tokens)?)?;
+        streamer_listener::pki::write(&path, &serde_json::to_string_pretty(&tokens)?)?;
         Ok(tokens)
     }
 }
