@@ -211,8 +211,9 @@ impl App {
                 Some(client) => Arc::new(crate::delivery::idempotency::DynamoKeys::new(
                     client.clone(),
                     &config.store.rate_limits_table,
+                    clock,
                 )),
-                None => Arc::new(crate::delivery::idempotency::MemoryKeys::default()),
+                None => Arc::new(crate::delivery::idempotency::MemoryKeys::new(clock)),
             };
         let fanout = Arc::new(Fanout::new(delivery.clone(), config.delivery.clone()));
         let streams = Streams::with_budget(

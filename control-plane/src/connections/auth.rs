@@ -244,10 +244,7 @@ impl JwtVerifier {
         let claims = data.claims;
         if let Some(max) = self.max_lifetime {
             // From `iat` when the token says; else what is left of it.
-            let from = claims
-                .iat
-                .unwrap_or_else(streamer_client_now)
-                .min(claims.exp);
+            let from = claims.iat.unwrap_or_else(wall_secs).min(claims.exp);
             if claims.exp - from > max.as_secs() + self.validation.leeway {
                 return Err(AuthError::TooLong);
             }
@@ -273,7 +270,9 @@ impl JwtVerifier {
     }
 }
 
-fn streamer_client_now() -> u64 {
+/// Wall-clock seconds: `jsonwebtoken` checks `exp` against the system
+/// clock, so the lifetime check reads the same one.
+fn wall_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

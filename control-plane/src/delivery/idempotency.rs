@@ -12,13 +12,14 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::{Client, primitives::Blob, types::AttributeValue};
 
 use crate::{
+    clock::Clock,
     error::Fault,
     store::dynamo::{Item, condition_failed, describe, n, number, s},
 };
@@ -59,20 +60,31 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn release(&self, key: &str) -> Result<(), Fault>;
 }
 
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+/// Whole seconds since the epoch on the control plane's clock (the one
+/// its TTLs and leases read, pausable in tests).
+fn now_secs(clock: &Clock) -> i64 {
+    clock.now_ms().div_euclid(1000)
 }
 
 /// Keys in this process's memory (the embedded store).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryKeys {
     keys: Mutex<HashMap<String, (Record, i64)>>,
+    clock: Clock,
 }
 
-/// Most keys held in memory at once; past it, the oldest expired go first
-/// and then a new key is refused `RESOURCE_EXHAUSTED`-style as unavailable.
+impl MemoryKeys {
+    /// No keys yet; windows measured on `clock`.
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            keys: Mutex::new(HashMap::new()),
+            clock,
+        }
+    }
+}
+
+/// Most keys held in memory at once; past it, the expired ones are dropped
+/// and, if it is still full, a new key is refused as unavailable.
 const MAX_MEMORY_KEYS: usize = 1_000_000;
 
 #[async_trait]
@@ -83,7 +95,7 @@ impl KeyStore for MemoryKeys {
         fingerprint: [u8; 32],
         window: Duration,
     ) -> Result<Claim, Fault> {
-        let now = now_secs();
+        let now = now_secs(&self.clock);
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         if keys.len() >= MAX_MEMORY_KEYS {
             keys.retain(|_, (_, until)| *until > now);
@@ -111,7 +123,7 @@ impl KeyStore for MemoryKeys {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Record>, Fault> {
-        let now = now_secs();
+        let now = now_secs(&self.clock);
         let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         Ok(keys
             .get(key)
@@ -142,14 +154,16 @@ impl KeyStore for MemoryKeys {
 pub struct DynamoKeys {
     client: Client,
     table: Arc<str>,
+    clock: Clock,
 }
 
 impl DynamoKeys {
-    /// Keys on `table`.
-    pub fn new(client: Client, table: &str) -> Self {
+    /// Keys on `table`, windows measured on `clock`.
+    pub fn new(client: Client, table: &str, clock: Clock) -> Self {
         Self {
             client,
             table: Arc::from(table),
+            clock,
         }
     }
 
@@ -186,7 +200,7 @@ impl KeyStore for DynamoKeys {
         fingerprint: [u8; 32],
         window: Duration,
     ) -> Result<Claim, Fault> {
-        let now = now_secs();
+        let now = now_secs(&self.clock);
         for _ in 0..3 {
             let item = Item::from([
                 ("limiter_key".to_owned(), Self::item_key(key)),
@@ -234,7 +248,7 @@ impl KeyStore for DynamoKeys {
             .send()
             .await
             .map_err(|e| unavailable(describe(&e)))?;
-        let now = now_secs();
+        let now = now_secs(&self.clock);
         Ok(found
             .item()
             .filter(|item| number(item, "expires_at").is_some_and(|until| until >= now))
@@ -274,7 +288,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_keys_claim_replay_and_release() {
-        let keys = MemoryKeys::default();
+        let keys = MemoryKeys::new(Clock::new());
         let window = Duration::from_secs(60);
         assert!(matches!(
             keys.claim("t/k", [1; 32], window).await,
@@ -305,6 +319,26 @@ mod tests {
         ));
         assert!(matches!(
             keys.claim("t/other", [2; 32], window).await,
+            Ok(Claim::Mine)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_is_free_again_when_its_window_has_passed_on_the_clock() {
+        let keys = MemoryKeys::new(Clock::new());
+        let window = Duration::from_secs(300);
+        assert!(matches!(
+            keys.claim("t/k", [1; 32], window).await,
+            Ok(Claim::Mine)
+        ));
+        tokio::time::advance(Duration::from_secs(299)).await;
+        assert!(matches!(
+            keys.claim("t/k", [2; 32], window).await,
+            Ok(Claim::Taken(_))
+        ));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(matches!(
+            keys.claim("t/k", [2; 32], window).await,
             Ok(Claim::Mine)
         ));
     }
