@@ -491,6 +491,23 @@ pub struct TokenConfig {
     pub operators: Vec<OperatorConfig>,
 }
 
+/// A `[[tokens.*]]` entry names its token or a secret holding it, exactly
+/// one: a literal token joins `all` for the length and reuse checks.
+fn token_or_secret<'a>(
+    what: &str,
+    token: &'a str,
+    from_secret: bool,
+    problems: &mut Vec<String>,
+    all: &mut Vec<(String, &'a str)>,
+) {
+    match (token.is_empty(), from_secret) {
+        (true, false) => problems.push(format!("{what}: set token or token_secret_arn")),
+        (false, true) => problems.push(format!("{what}: set token or token_secret_arn, not both")),
+        (false, false) => all.push((what.to_owned(), token)),
+        (true, true) => {}
+    }
+}
+
 /// Shortest token accepted for any role.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -573,14 +590,13 @@ impl TokenConfig {
         let mut names = HashSet::new();
         for service in &self.services {
             let what = format!("service {:?}", service.name);
-            match (service.token.is_empty(), service.token_secret_arn.is_some()) {
-                (true, false) => problems.push(format!("{what}: set token or token_secret_arn")),
-                (false, true) => {
-                    problems.push(format!("{what}: set token or token_secret_arn, not both"));
-                }
-                (false, false) => all.push((what.clone(), &service.token)),
-                (true, true) => {}
-            }
+            token_or_secret(
+                &what,
+                &service.token,
+                service.token_secret_arn.is_some(),
+                &mut problems,
+                &mut all,
+            );
             if let Some(tenant) = &service.tenant_id
                 && !streamer_proto::ids::valid_tenant_id(tenant)
             {
@@ -592,17 +608,13 @@ impl TokenConfig {
         }
         for operator in &self.operators {
             let what = format!("operator {:?}", operator.name);
-            match (
-                operator.token.is_empty(),
+            token_or_secret(
+                &what,
+                &operator.token,
                 operator.token_secret_arn.is_some(),
-            ) {
-                (true, false) => problems.push(format!("{what}: set token or token_secret_arn")),
-                (false, true) => {
-                    problems.push(format!("{what}: set token or token_secret_arn, not both"));
-                }
-                (false, false) => all.push((what.clone(), &operator.token)),
-                (true, true) => {}
-            }
+                &mut problems,
+                &mut all,
+            );
             let reserved = operator.name == "admin" && self.has_admin_token();
             if operator.name.is_empty() || reserved || !names.insert(operator.name.as_str()) {
                 problems.push(format!(
