@@ -249,6 +249,17 @@ pub struct HttpFaults {
 }
 
 impl HttpFaults {
+    /// A proxy in front of the test command's DynamoDB-compatible server
+    /// (moto): a control plane given its URL reaches the store through it.
+    pub async fn before_moto() -> Self {
+        let moto = crate::moto::endpoint();
+        let addr = moto
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap_or_else(|_| panic!("moto's endpoint {moto} is not http://host:port"));
+        Self::start(Some(addr)).await
+    }
+
     /// A proxy to `target` (set later with [`HttpFaults::set_target`] when
     /// the target must know the proxy's address first).
     pub async fn start(target: Option<SocketAddr>) -> Self {

@@ -9,8 +9,6 @@ use std::time::Duration;
 use streamer_test_kit::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const DEADLINE: Duration = Duration::from_secs(20);
-
 fn free_addr() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").to_string()
@@ -45,44 +43,19 @@ fn text(response: &[u8]) -> String {
     String::from_utf8_lossy(response).into_owned()
 }
 
-async fn serve(console: Option<&str>) -> (tokio::process::Child, String) {
-    let grpc = free_addr();
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamer-control-plane"));
-    command
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
-        .env("STREAMER_GRPC_ADDR", &grpc)
-        .env("STREAMER_JWT_PUBLIC_KEY", &keys().public_pem)
-        .env("STREAMER_JWT_ISSUER", streamer_test_kit::token::ISSUER)
-        .env("STREAMER_JWT_AUDIENCE", streamer_test_kit::token::AUDIENCE)
-        .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
-        .env("STREAMER_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("AWS_ACCESS_KEY_ID", "streamer-local")
-        .env("AWS_SECRET_ACCESS_KEY", "streamer-local-secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .kill_on_drop(true);
-    if let Some(addr) = console {
-        command.env("STREAMER_CONSOLE_ADDR", addr);
-    }
-    let child = command.spawn().expect("spawn serve");
-    // Ready once the gRPC port accepts.
-    tokio::time::timeout(DEADLINE, async {
-        while tokio::net::TcpStream::connect(&grpc).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("serve listens");
-    (child, grpc)
+/// `serve` with the console on `console` when given (off by default).
+async fn serve(console: Option<&str>) -> Serve {
+    let env: Vec<(&str, &str)> = console
+        .map(|addr| ("STREAMER_CONSOLE_ADDR", addr))
+        .into_iter()
+        .collect();
+    Serve::start(&env).await
 }
 
 #[tokio::test]
 async fn serve_has_no_console_unless_asked() {
     let console = free_addr();
-    let (_child, _grpc) = serve(None).await;
+    let _serve = serve(None).await;
     assert!(
         exchange(&console, &get(&console, "/")).await.is_err(),
         "nothing listens on a console address that was not configured"
@@ -92,7 +65,7 @@ async fn serve_has_no_console_unless_asked() {
 #[tokio::test]
 async fn serves_console_page_and_grpc_web_with_grpc_rules() {
     let console = free_addr();
-    let (_child, _grpc) = serve(Some(&console)).await;
+    let _serve = serve(Some(&console)).await;
 
     let page = text(&exchange(&console, &get(&console, "/")).await.expect("page"));
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");

@@ -8,7 +8,7 @@ use streamer_proto::v1;
 use streamer_test_kit::{
     faults::{HttpFaults, HttpMode, Injected},
     fleet::Fleet,
-    moto::{Tables, as_vars, endpoint},
+    moto::{Tables, as_vars},
     prelude::*,
     ws::{connect_many, count_messages},
 };
@@ -140,13 +140,7 @@ async fn a_retry_on_another_replica_is_still_a_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_whose_first_try_the_store_refused_is_usable_again() {
-    let proxy = HttpFaults::start(Some(
-        endpoint()
-            .trim_start_matches("http://")
-            .parse()
-            .expect("moto addr"),
-    ))
-    .await;
+    let proxy = HttpFaults::before_moto().await;
     let tables = Tables::new("idem");
     tables.create().await;
     let mut env = tables.env_at(&proxy.url());

@@ -12,7 +12,7 @@ use serde_json::json;
 use streamer_proto::v1;
 use streamer_test_kit::{
     faults::{HttpFaults, HttpMode, Injected},
-    moto::{Tables, as_vars, client, endpoint},
+    moto::{Tables, as_vars, client},
     prelude::*,
 };
 
@@ -111,13 +111,7 @@ async fn store_state(table: &str, tenant: &str) -> (usize, i64, usize) {
 #[tokio::test]
 async fn chaos_store_throttling_and_a_10_s_outage_fail_promptly_recover_fast_and_reconcile_exactly()
 {
-    let proxy = HttpFaults::start(Some(
-        endpoint()
-            .trim_start_matches("http://")
-            .parse()
-            .expect("moto addr"),
-    ))
-    .await;
+    let proxy = HttpFaults::before_moto().await;
     let tables = Tables::new("chaos-store");
     tables.create().await;
     let table = tables.connections.clone();
@@ -268,13 +262,7 @@ async fn chaos_store_throttling_and_a_10_s_outage_fail_promptly_recover_fast_and
 /// nothing.)
 #[tokio::test]
 async fn chaos_writes_whose_answers_are_lost_while_clients_leave_are_repaired_by_one_reconcile() {
-    let proxy = HttpFaults::start(Some(
-        endpoint()
-            .trim_start_matches("http://")
-            .parse()
-            .expect("moto addr"),
-    ))
-    .await;
+    let proxy = HttpFaults::before_moto().await;
     let tables = Tables::new("chaos-lost");
     tables.create().await;
     let table = tables.connections.clone();
