@@ -145,6 +145,22 @@ test("a message to a group from the form reaches a real client and the report sa
   assert.equal(message.topic, "news");
   await shot(page, "send");
 
+  // A double submit (Enter pressed twice, a double click before the button
+  // greys out) sends one key twice: the second is a replay and carol gets
+  // the frame once. The next, edited send is a new message; frames to one
+  // connection keep their order, so once it is here a copy of the first
+  // would have been too.
+  await body.fill('{"hello": "team", "n": 2}');
+  await page.locator("#send-form").evaluate((form) => {
+    (form as HTMLFormElement).requestSubmit();
+    (form as HTMLFormElement).requestSubmit();
+  });
+  await until("both answered", async () => !(await page.locator("#send-submit").isDisabled()));
+  await body.fill('{"hello": "team", "n": 3}');
+  await page.locator("#send-submit").click();
+  await carol.next((f) => f.type === "message" && f.data.n === 3);
+  assert.equal(carol.frames.filter((f) => f.type === "message" && f.data.n === 2).length, 1, "the double submit delivered once");
+
   // The server's own refusal, shown as it says it: a bad group name.
   await page.locator("#send-target").fill("no spaces allowed");
   await page.locator("#send-submit").click();

@@ -47,12 +47,12 @@ async fn a_send_cut_short_then_retried_with_its_key_reaches_every_client_once() 
     let dev = Dev::start(&[
         ("STREAMER_HISTORY", "tenant"),
         // Paced, so the first try is still running when its caller gives up.
-        ("STREAMER_DELIVERY_MAX_RPS", "1000"),
+        ("STREAMER_DELIVERY_MAX_RPS", "2000"),
         ("STREAMER_DELIVERY_BURST", "1"),
     ])
     .await;
     let url = format!("{}?token={}", dev.ws_url(), token("crowd", "pay", &[]));
-    let sockets = connect_many(&url, 1000, 64).await;
+    let sockets = connect_many(&url, 2000, 64).await;
     let data = json!({"payment": "succeeded", "id": "pay_1"});
     let (received, _readers) = count_messages(sockets, data.clone());
     let mut client = broadcast(dev.grpc_channel(), ADMIN_TOKEN);
@@ -66,7 +66,7 @@ async fn a_send_cut_short_then_retried_with_its_key_reaches_every_client_once() 
     let report = replay.report.expect("report");
     assert_eq!(
         (report.targeted, report.delivered),
-        (1000, 1000),
+        (2000, 2000),
         "{report:?}"
     );
     let position = replay.position.expect("position");
@@ -75,7 +75,7 @@ async fn a_send_cut_short_then_retried_with_its_key_reaches_every_client_once() 
     assert_eq!(again.position.expect("position").offset, position.offset);
     eventually("every client has the frame", || {
         let received = received.clone();
-        async move { received.count() == 1000 }
+        async move { received.count() == 2000 }
     })
     .await;
     // The stream is one message longer, not two: the next send is next.
@@ -86,7 +86,7 @@ async fn a_send_cut_short_then_retried_with_its_key_reaches_every_client_once() 
         .into_inner();
     assert_eq!(next.position.expect("position").offset, position.offset + 1);
     assert_eq!(received.duplicates(), 0, "nobody got the frame twice");
-    assert_eq!(received.count(), 1000);
+    assert_eq!(received.count(), 2000);
 
     // The same key with another body: refused, nothing delivered.
     let mut lone = dev.connect(&token("lone", "pay", &[])).await;
