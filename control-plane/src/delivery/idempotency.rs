@@ -8,6 +8,12 @@
 //! embedded store, one process), and DynamoDB (one conditional write per
 //! key on the rate-limits table, whose `expires_at` TTL drops it), so a
 //! retry that reaches another replica is still a replay.
+//!
+//! A claim is a lease: the Send holding it renews it every
+//! [`CLAIM_LEASE`]` / 3` while it runs. A claim left unanswered past its
+//! lease — its replica was killed, or its caller went away between the
+//! claim and the Send starting — is taken over by the next try, so a
+//! retry waits at most [`CLAIM_LEASE`], not the whole window.
 
 use std::{
     collections::HashMap,
@@ -24,6 +30,9 @@ use crate::{
     store::dynamo::{Item, condition_failed, describe, n, number, s},
 };
 
+/// How long an unanswered claim holds without being renewed.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
+
 /// A key's record: what request claimed it, and its answer once there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -31,6 +40,21 @@ pub struct Record {
     pub fingerprint: [u8; 32],
     /// The first Send's response (encoded), once it finished.
     pub response: Option<Vec<u8>>,
+    /// When the claim was made or last renewed (seconds since the epoch,
+    /// on the control plane's clock).
+    pub claimed_at: i64,
+}
+
+impl Record {
+    /// An unanswered claim whose lease ran out at `now`: the next try may
+    /// take the key over.
+    pub fn abandoned(&self, now: i64) -> bool {
+        self.response.is_none() && self.claimed_at + lease_secs() < now
+    }
+}
+
+fn lease_secs() -> i64 {
+    i64::try_from(CLAIM_LEASE.as_secs()).unwrap_or(30)
 }
 
 /// What a claim found.
@@ -58,6 +82,13 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn complete(&self, key: &str, response: Vec<u8>) -> Result<(), Fault>;
     /// Gives the key back (the Send was refused before anything happened).
     async fn release(&self, key: &str) -> Result<(), Fault>;
+    /// Renews an unanswered claim's lease (the Send holding it still runs).
+    async fn renew(&self, key: &str) -> Result<(), Fault>;
+}
+
+/// Seconds since the epoch on `clock`, for callers judging a claim's lease.
+pub fn now_on(clock: &Clock) -> i64 {
+    now_secs(clock)
 }
 
 /// Whole seconds since the epoch on the control plane's clock (the one
@@ -104,7 +135,9 @@ impl KeyStore for MemoryKeys {
             }
         }
         match keys.get(key) {
-            Some((record, until)) if *until > now => Ok(Claim::Taken(record.clone())),
+            Some((record, until)) if *until > now && !record.abandoned(now) => {
+                Ok(Claim::Taken(record.clone()))
+            }
             _ => {
                 let until = now + i64::try_from(window.as_secs()).unwrap_or(i64::MAX / 2);
                 keys.insert(
@@ -113,6 +146,7 @@ impl KeyStore for MemoryKeys {
                         Record {
                             fingerprint,
                             response: None,
+                            claimed_at: now,
                         },
                         until,
                     ),
@@ -144,6 +178,17 @@ impl KeyStore for MemoryKeys {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+        Ok(())
+    }
+
+    async fn renew(&self, key: &str) -> Result<(), Fault> {
+        let now = now_secs(&self.clock);
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((record, _)) = keys.get_mut(key)
+            && record.response.is_none()
+        {
+            record.claimed_at = now;
+        }
         Ok(())
     }
 }
@@ -184,6 +229,7 @@ fn record(item: &Item) -> Option<Record> {
     Some(Record {
         fingerprint,
         response,
+        claimed_at: number(item, "claimed_at").unwrap_or(0),
     })
 }
 
@@ -212,21 +258,30 @@ impl KeyStore for DynamoKeys {
                     "expires_at".to_owned(),
                     n(now + i64::try_from(window.as_secs()).unwrap_or(i64::MAX / 2)),
                 ),
+                ("claimed_at".to_owned(), n(now)),
             ]);
             let put = self
                 .client
                 .put_item()
                 .table_name(&*self.table)
                 .set_item(Some(item))
-                // Free, or held past its window (TTL deletes lazily).
-                .condition_expression("attribute_not_exists(limiter_key) OR expires_at < :now")
+                // Free, held past its window (TTL deletes lazily), or
+                // claimed by a Send that stopped renewing it unanswered.
+                .condition_expression(
+                    "attribute_not_exists(limiter_key) OR expires_at < :now \
+                     OR (attribute_not_exists(#r) AND claimed_at < :stale)",
+                )
+                .expression_attribute_names("#r", "response")
                 .expression_attribute_values(":now", n(now))
+                .expression_attribute_values(":stale", n(now - lease_secs()))
                 .send()
                 .await;
             match put {
                 Ok(_) => return Ok(Claim::Mine),
                 Err(err) if condition_failed(&err) => match self.get(key).await? {
-                    Some(record) => return Ok(Claim::Taken(record)),
+                    Some(record) if !record.abandoned(now) => return Ok(Claim::Taken(record)),
+                    // Abandoned between the two calls: try again.
+                    Some(_) => continue,
                     // Released or expired between the two calls: try again.
                     None => continue,
                 },
@@ -280,6 +335,25 @@ impl KeyStore for DynamoKeys {
             .map(|_| ())
             .map_err(|e| unavailable(describe(&e)))
     }
+
+    async fn renew(&self, key: &str) -> Result<(), Fault> {
+        let renewed = self
+            .client
+            .update_item()
+            .table_name(&*self.table)
+            .key("limiter_key", Self::item_key(key))
+            .update_expression("SET claimed_at = :now")
+            .condition_expression("attribute_exists(limiter_key) AND attribute_not_exists(#r)")
+            .expression_attribute_names("#r", "response")
+            .expression_attribute_values(":now", n(now_secs(&self.clock)))
+            .send()
+            .await;
+        match renewed {
+            // Answered or released meanwhile: nothing to renew.
+            Err(err) if condition_failed(&err) => Ok(()),
+            other => other.map(|_| ()).map_err(|e| unavailable(describe(&e))),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -299,7 +373,8 @@ mod tests {
             taken,
             Claim::Taken(Record {
                 fingerprint: [1; 32],
-                response: None
+                response: None,
+                claimed_at: now_secs(&Clock::new()),
             })
         );
         keys.complete("t/k", vec![7]).await.expect("complete");
@@ -331,6 +406,7 @@ mod tests {
             keys.claim("t/k", [1; 32], window).await,
             Ok(Claim::Mine)
         ));
+        keys.complete("t/k", vec![1]).await.expect("complete");
         tokio::time::advance(Duration::from_secs(299)).await;
         assert!(matches!(
             keys.claim("t/k", [2; 32], window).await,
@@ -340,6 +416,41 @@ mod tests {
         assert!(matches!(
             keys.claim("t/k", [2; 32], window).await,
             Ok(Claim::Mine)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_claim_is_taken_over_once_its_lease_runs_out_unless_renewed() {
+        let keys = MemoryKeys::new(Clock::new());
+        let window = Duration::from_secs(300);
+        assert!(matches!(
+            keys.claim("t/k", [1; 32], window).await,
+            Ok(Claim::Mine)
+        ));
+        // Renewed while it runs: held past one lease.
+        for _ in 0..3 {
+            tokio::time::advance(CLAIM_LEASE / 3).await;
+            keys.renew("t/k").await.expect("renew");
+        }
+        assert!(matches!(
+            keys.claim("t/k", [1; 32], window).await,
+            Ok(Claim::Taken(_))
+        ));
+        // Its Send died: one lease later the next try holds the key.
+        tokio::time::advance(CLAIM_LEASE + Duration::from_secs(2)).await;
+        assert!(matches!(
+            keys.claim("t/k", [1; 32], window).await,
+            Ok(Claim::Mine)
+        ));
+        // An answered claim is never taken over inside its window.
+        keys.complete("t/k", vec![9]).await.expect("complete");
+        tokio::time::advance(CLAIM_LEASE * 4).await;
+        assert!(matches!(
+            keys.claim("t/k", [1; 32], window).await,
+            Ok(Claim::Taken(Record {
+                response: Some(_),
+                ..
+            }))
         ));
     }
 }

@@ -5,5 +5,6 @@
 mod chunks_dynamodb;
 mod dynamodb;
 mod history_dynamodb;
+mod keys_dynamodb;
 mod legacy_dynamodb;
 mod support;
