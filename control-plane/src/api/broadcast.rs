@@ -17,7 +17,7 @@ use super::{auth::Caller, convert};
 use crate::{
     delivery::{
         broadcast::{Broadcaster, Message, Target},
-        idempotency::{Claim, KeyStore},
+        idempotency::{CLAIM_LEASE, Claim, KeyStore},
     },
     error::Fault,
 };
@@ -59,27 +59,48 @@ impl BroadcastApi {
     /// that refused it before anything happened. Under a `key`, the same
     /// task stores the answer (or gives the key back when refused), so a
     /// caller that went away leaves nothing half-done.
-    async fn run(&self, message: Message, key: Option<String>) -> Result<v1::SendResponse, Fault> {
+    async fn run(
+        &self,
+        mut message: Message,
+        key: Option<String>,
+    ) -> Result<v1::SendResponse, Fault> {
+        message.once = key.clone().map(|key| (key, self.window));
         let broadcaster = self.broadcaster.clone();
         let keys = self.keys.clone();
         let (done, outcome) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            let sent = broadcaster
-                .send(message)
-                .await
-                .map(|sent| v1::SendResponse {
-                    report: Some(convert::report_proto(sent.report)),
-                    position: sent.position.map(|(stream, p)| v1::StreamPosition {
-                        stream,
-                        offset: p.offset,
-                        epoch: p.epoch,
-                    }),
-                    replayed: false,
-                });
+            // Under a key, the claim's lease is renewed while the Send runs,
+            // so only a Send that died leaves its key to be taken over.
+            let renewer = key.clone().map(|key| {
+                let keys = keys.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(CLAIM_LEASE / 3).await;
+                        if let Err(err) = keys.renew(&key).await {
+                            tracing::warn!(error = %err.message(), "cannot renew an idempotency key's claim");
+                        }
+                    }
+                })
+            });
+            let sent = broadcaster.send(message).await;
+            if let Some(renewer) = renewer {
+                renewer.abort();
+            }
+            let sent = sent.map(|sent| v1::SendResponse {
+                report: Some(convert::report_proto(sent.report)),
+                position: sent.position.map(|(stream, p)| v1::StreamPosition {
+                    stream,
+                    offset: p.offset,
+                    epoch: p.epoch,
+                }),
+                replayed: false,
+            });
             match (&key, &sent) {
                 (Some(key), Ok(response)) => {
-                    if let Err(err) = keys.complete(key, response.encode_to_vec()).await {
-                        tracing::warn!(error = %err.message(), "cannot store a send's answer under its idempotency key");
+                    let encoded = response.encode_to_vec();
+                    if let Err(err) = keys.complete(key, encoded.clone()).await {
+                        tracing::warn!(error = %err.message(), "cannot store a send's answer under its idempotency key; trying again");
+                        keep_answer(keys.clone(), key.clone(), encoded);
                     }
                 }
                 (Some(key), Err(_)) => give_back(keys, key.clone()),
@@ -119,8 +140,10 @@ impl BroadcastApi {
                 Claim::Taken(_) => {}
             }
             // Taken by the same request: wait for its answer; if the first
-            // gave the key back (refused), claim it again.
-            loop {
+            // gave the key back (refused), claim it again; every second,
+            // claim again anyway, which takes over a claim whose Send died
+            // (its lease ran out unrenewed).
+            for _ in 0..(Duration::from_secs(1).as_millis() / REPLAY_POLL.as_millis()) {
                 match self.keys.get(&key).await? {
                     Some(record) if record.fingerprint != fingerprint => return Err(conflict()),
                     Some(record) => {
@@ -138,6 +161,27 @@ impl BroadcastApi {
         }
         self.run(message, Some(key)).await
     }
+}
+
+/// Stores a finished send's answer under `key` after the first try
+/// failed (the store is down): tried again, renewing the claim meanwhile,
+/// so a retry replays the answer instead of taking an unanswered key over
+/// and sending again.
+fn keep_answer(keys: Arc<dyn KeyStore>, key: String, answer: Vec<u8>) {
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        for _ in 0..12 {
+            tokio::time::sleep(pause).await;
+            if keys.complete(&key, answer.clone()).await.is_ok() {
+                return;
+            }
+            let _ = keys.renew(&key).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+        tracing::warn!(
+            "cannot store a send's answer under its idempotency key; a retry after its lease sends again"
+        );
+    });
 }
 
 /// Gives `key` back after a refused send; the store may be what refused
@@ -227,6 +271,8 @@ fn message(caller: &Caller, r: v1::SendRequest) -> Result<Message, Fault> {
         topic: (!r.topic.is_empty()).then_some(r.topic),
         exclude,
         visible_to: caller.visible_to(),
+        // Set by a keyed Send (`run`).
+        once: None,
     })
 }
 

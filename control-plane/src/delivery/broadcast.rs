@@ -4,7 +4,7 @@
 //! through the gateway with bounded concurrency, remove connections the
 //! gateway reports gone, and report what happened.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -21,6 +21,10 @@ use crate::{
     registry::{Connection, Registry, Scope, collect_all},
     streams::{Position, Stream, Streams},
 };
+
+/// How long a stored message's recipients are looked for while the store
+/// refuses to list them (a DynamoDB outage is seconds).
+const RESOLVE_STORED_FOR: Duration = Duration::from_secs(30);
 
 /// Who receives a broadcast.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +49,10 @@ pub struct Message {
     /// The only tenant the sender may reach (`None`: any). A connection
     /// target outside it resolves to nothing, as if absent.
     pub visible_to: Option<String>,
+    /// A keyed Send's tenant-scoped idempotency key: its stream stores the
+    /// message at most once whatever happens to the tries
+    /// ([`crate::streams::History::append`]).
+    pub once: Option<(String, std::time::Duration)>,
 }
 
 /// Counts of what happened to each recipient.
@@ -126,19 +134,36 @@ impl Broadcaster {
                         &message.data,
                         message.topic.as_deref(),
                         now_ms,
+                        message
+                            .once
+                            .as_ref()
+                            .map(|(key, window)| (key.as_str(), *window)),
                     )
                     .await?
                     .map(|position| (stream, position))
             }
             Target::Connection(_) => None,
         };
-        let targets = self
+        let targets = match self
             .resolve(
                 &message.target,
                 &message.exclude,
                 message.visible_to.as_deref(),
             )
-            .await?;
+            .await
+        {
+            Ok(targets) => targets,
+            // Nothing stored, nothing sent: refused as it stands (a keyed
+            // Send gives its key back).
+            Err(err) if position.is_none() => return Err(err),
+            // The message is in its stream: the Send is accepted whatever
+            // the store says now (refusing it would have a retry store it
+            // twice). Listing its recipients is tried again for a while;
+            // past that, the report targets nobody and clients following
+            // the stream get the message by recovery (their next message
+            // shows the gap).
+            Err(err) => self.resolve_stored(&message, err).await,
+        };
         // The same frame, timestamp included, as `recover` gives back.
         let placed = position.as_ref().map(|(stream, p)| StreamPosition {
             stream: stream.clone(),
@@ -168,6 +193,35 @@ impl Broadcaster {
             "broadcast"
         );
         Ok(Sent { report, position })
+    }
+
+    /// [`Broadcaster::resolve`] for a message already stored, after `first`
+    /// failed: tried again with backoff for up to [`RESOLVE_STORED_FOR`];
+    /// nobody if the store stays down.
+    async fn resolve_stored(&self, message: &Message, first: Fault) -> Vec<Connection> {
+        let deadline = tokio::time::Instant::now() + RESOLVE_STORED_FOR;
+        let mut pause = Duration::from_millis(200);
+        let mut last = first;
+        while tokio::time::Instant::now() + pause < deadline {
+            tokio::time::sleep(pause).await;
+            match self
+                .resolve(
+                    &message.target,
+                    &message.exclude,
+                    message.visible_to.as_deref(),
+                )
+                .await
+            {
+                Ok(targets) => return targets,
+                Err(err) => last = err,
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+        tracing::warn!(
+            error = %last.message(),
+            "a stored message's recipients could not be listed; it reaches them by recovery"
+        );
+        Vec::new()
     }
 
     /// The connections `target` covers, minus `exclude`. A connection target
@@ -304,6 +358,7 @@ mod tests {
             topic: Some("news".into()),
             exclude: HashSet::new(),
             visible_to: None,
+            once: None,
         }
     }
 

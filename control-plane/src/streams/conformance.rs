@@ -55,7 +55,7 @@ pub async fn offsets_are_gapless_and_read_back_in_order(make: Factory<'_>, prefi
         let data = json!({"i": i, "text": "héllo \"quoted\"", "nested": [1, {"x": null}]});
         let topic = (i == 2).then_some("chat");
         let position = history
-            .append(&tenant, "group:room", &data, topic, T0 + i as i64)
+            .append(&tenant, "group:room", &data, topic, T0 + i as i64, None)
             .await
             .expect("append");
         assert_eq!(position.offset, i);
@@ -118,17 +118,17 @@ pub async fn tenants_and_streams_are_separate(make: Factory<'_>, prefix: &str) {
     let b = format!("{prefix}sep-b");
     for _ in 0..3 {
         history
-            .append(&a, "tenant", &json!("a"), None, T0)
+            .append(&a, "tenant", &json!("a"), None, T0, None)
             .await
             .expect("append");
     }
     let first_b = history
-        .append(&b, "tenant", &json!("b"), None, T0)
+        .append(&b, "tenant", &json!("b"), None, T0, None)
         .await
         .expect("append");
     assert_eq!(first_b.offset, 1);
     let user = history
-        .append(&a, "user:alice", &json!("u"), None, T0)
+        .append(&a, "user:alice", &json!("u"), None, T0, None)
         .await
         .expect("append");
     assert_eq!(user.offset, 1);
@@ -144,7 +144,7 @@ pub async fn retention_by_count(make: Factory<'_>, prefix: &str) {
     let tenant = format!("{prefix}count");
     for i in 1..=12i64 {
         history
-            .append(&tenant, "tenant", &json!(i), None, T0 + i)
+            .append(&tenant, "tenant", &json!(i), None, T0 + i, None)
             .await
             .expect("append");
     }
@@ -177,7 +177,7 @@ pub async fn retention_by_age(make: Factory<'_>, prefix: &str) {
     let tenant = format!("{prefix}age");
     for i in 1..=3i64 {
         history
-            .append(&tenant, "tenant", &json!(i), None, T0 + i * 1000)
+            .append(&tenant, "tenant", &json!(i), None, T0 + i * 1000, None)
             .await
             .expect("append");
     }
@@ -209,7 +209,7 @@ pub async fn retention_by_age(make: Factory<'_>, prefix: &str) {
         .expect("read");
     assert!(read.complete, "nothing was missed after 3");
     let next = history
-        .append(&tenant, "tenant", &json!(4), None, much_later)
+        .append(&tenant, "tenant", &json!(4), None, much_later, None)
         .await
         .expect("append");
     assert_eq!(next.offset, 4);
@@ -230,7 +230,14 @@ pub async fn concurrent_appenders_share_one_sequence(make: Factory<'_>, prefix: 
                 let mut mine = Vec::new();
                 for i in 0..EACH {
                     let position = history
-                        .append(&tenant, "group:hot", &json!({"w": w, "i": i}), None, T0)
+                        .append(
+                            &tenant,
+                            "group:hot",
+                            &json!({"w": w, "i": i}),
+                            None,
+                            T0,
+                            None,
+                        )
                         .await
                         .expect("append");
                     mine.push((position.offset, w, i));

@@ -140,6 +140,7 @@ impl DynamoHistory {
         stream_key: &str,
         seen: Option<&Position>,
         message: &Stored,
+        once: Option<&Once>,
     ) -> Result<Option<Position>, HistoryError> {
         let next = seen.map_or(1, |p| p.offset + 1);
         let epoch = seen.map_or_else(
@@ -180,6 +181,35 @@ impl DynamoHistory {
             .expression_attribute_names("#offset", "offset")
             .build()
             .map_err(build)?;
+        let marker = once
+            .map(|once| {
+                Put::builder()
+                    .table_name(&*self.table)
+                    .set_item(Some(HashMap::from([
+                        ("stream_key".to_owned(), s(stream_key)),
+                        ("offset".to_owned(), n(once.offset)),
+                        ("at".to_owned(), offset_value(next)),
+                        ("epoch".to_owned(), s(&epoch)),
+                        ("expires_at".to_owned(), n(once.expires_at)),
+                    ])))
+                    // Free, or a marker past its window.
+                    .condition_expression("attribute_not_exists(#offset) OR expires_at < :now")
+                    .expression_attribute_names("#offset", "offset")
+                    .expression_attribute_values(":now", n(once.now))
+                    .build()
+                    .map_err(build)
+            })
+            .transpose()?;
+        let mut items = vec![
+            TransactWriteItem::builder().update(update).build(),
+            TransactWriteItem::builder().put(put).build(),
+        ];
+        // A keyed Send's marker, in the same transaction: of all the tries
+        // of one Send, whichever lands first stores the message; any other
+        // (its retry, or itself arriving late after a timeout) is cancelled.
+        if let Some(marker) = marker {
+            items.push(TransactWriteItem::builder().put(marker).build());
+        }
         let written = self
             .client
             .transact_write_items()
@@ -187,8 +217,7 @@ impl DynamoHistory {
             // answer was lost (a timeout under load) is not applied twice
             // by its retry (which would store the message at two offsets).
             .client_request_token(uuid::Uuid::new_v4().simple().to_string())
-            .transact_items(TransactWriteItem::builder().update(update).build())
-            .transact_items(TransactWriteItem::builder().put(put).build())
+            .set_transact_items(Some(items))
             .send()
             .await;
         match written {
@@ -216,6 +245,54 @@ impl DynamoHistory {
     }
 }
 
+/// A keyed Send's marker in its stream's partition: at a negative offset
+/// (messages are above 0, the head at 0), naming where the message went.
+struct Once {
+    offset: i64,
+    /// Seconds since the epoch when this try began.
+    now: i64,
+    expires_at: i64,
+}
+
+/// The marker's offset for `token`: a negative number from its SHA-256.
+fn once_offset(token: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(token.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    -1 - i64::from_be_bytes(first).rem_euclid(i64::MAX)
+}
+
+impl DynamoHistory {
+    /// Where an earlier try of the same Send stored its message, if one did.
+    async fn appended(
+        &self,
+        stream_key: &str,
+        once: &Once,
+    ) -> Result<Option<Position>, HistoryError> {
+        let found = self
+            .client
+            .get_item()
+            .table_name(&*self.table)
+            .key("stream_key", s(stream_key))
+            .key("offset", n(once.offset))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| HistoryError(describe(&e)))?;
+        Ok(found.item().and_then(|item| {
+            // Past its window (TTL deletes lazily): the key is free again.
+            if number(item, "expires_at")? < once.now {
+                return None;
+            }
+            Some(Position {
+                offset: u64::try_from(number(item, "at")?).ok()?,
+                epoch: text(item, "epoch")?.to_owned(),
+            })
+        }))
+    }
+}
+
 fn stored_of(item: &Item) -> Option<Stored> {
     Some(Stored {
         offset: u64::try_from(number(item, "offset")?).ok()?,
@@ -234,8 +311,20 @@ impl History for DynamoHistory {
         data: &Value,
         topic: Option<&str>,
         now_ms: i64,
+        once: Option<(&str, Duration)>,
     ) -> Result<Position, HistoryError> {
         let stream_key = key(tenant, stream);
+        let once = once.map(|(token, window)| Once {
+            offset: once_offset(token),
+            now: now_ms / 1000,
+            expires_at: now_ms / 1000 + i64::try_from(window.as_secs()).unwrap_or(86_400),
+        });
+        // Stored already by an earlier try whose answer was lost.
+        if let Some(once) = &once
+            && let Some(position) = self.appended(&stream_key, once).await?
+        {
+            return Ok(position);
+        }
         let message = Stored {
             offset: 0,
             data: data.clone(),
@@ -248,10 +337,17 @@ impl History for DynamoHistory {
         };
         for attempt in 0..APPEND_ATTEMPTS {
             if let Some(position) = self
-                .try_append(&stream_key, seen.as_ref(), &message)
+                .try_append(&stream_key, seen.as_ref(), &message, once.as_ref())
                 .await?
             {
                 self.remember(&stream_key, position.clone());
+                return Ok(position);
+            }
+            // Cancelled: a race on the head, or the message's marker is
+            // there (another try of the same Send landed meanwhile).
+            if let Some(once) = &once
+                && let Some(position) = self.appended(&stream_key, once).await?
+            {
                 return Ok(position);
             }
             if attempt > 2 {

@@ -71,6 +71,9 @@ impl History for MemoryHistory {
         data: &Value,
         topic: Option<&str>,
         now_ms: i64,
+        // In one process an append always answers what it did: a retry
+        // after a refusal stored nothing, so the Send's key is enough.
+        _once: Option<(&str, std::time::Duration)>,
     ) -> Result<Position, HistoryError> {
         let mut streams = self.streams.lock().map_err(poisoned)?;
         let ring = streams

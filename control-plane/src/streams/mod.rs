@@ -151,7 +151,12 @@ impl From<HistoryError> for Fault {
 pub trait History: Send + Sync + 'static {
     /// Appends a message to `stream` of `tenant`; the message's offset and
     /// the stream's epoch. Offsets are gapless and strictly increasing per
-    /// stream, whichever replica appends.
+    /// stream, whichever replica appends. With `once` (a keyed Send's
+    /// tenant-scoped idempotency key and its window), the message is
+    /// appended at most once per stream within the window: an append whose
+    /// answer was lost but which landed (before or even after its retry)
+    /// is never stored again; the retry answers the first append's
+    /// position.
     async fn append(
         &self,
         tenant: &str,
@@ -159,6 +164,7 @@ pub trait History: Send + Sync + 'static {
         data: &Value,
         topic: Option<&str>,
         now_ms: i64,
+        once: Option<(&str, std::time::Duration)>,
     ) -> Result<Position, HistoryError>;
 
     /// The stream's position.
@@ -407,12 +413,13 @@ impl Streams {
         data: &Value,
         topic: Option<&str>,
         now_ms: i64,
+        once: Option<(&str, std::time::Duration)>,
     ) -> Result<Option<Position>, HistoryError> {
         if !self.keeps(stream) {
             return Ok(None);
         }
         self.history
-            .append(tenant, stream, data, topic, now_ms)
+            .append(tenant, stream, data, topic, now_ms, once)
             .await
             .map(Some)
     }
@@ -651,12 +658,12 @@ mod tests {
         let data = serde_json::json!(1);
         let first = memory::MemoryHistory::new(Retention::default());
         let before = first
-            .append("t", "tenant", &data, None, 1)
+            .append("t", "tenant", &data, None, 1, None)
             .await
             .expect("append");
         let restarted = memory::MemoryHistory::new(Retention::default());
         let after = restarted
-            .append("t", "tenant", &data, None, 2)
+            .append("t", "tenant", &data, None, 2, None)
             .await
             .expect("append");
         assert_ne!(before.epoch, after.epoch);

@@ -39,7 +39,7 @@ async fn the_epoch_and_the_sequence_outlive_a_restart() {
     for i in 0..3 {
         positions.push(
             before
-                .append("acme", "group:room-1", &json!(i), None, now)
+                .append("acme", "group:room-1", &json!(i), None, now, None)
                 .await
                 .expect("append"),
         );
@@ -48,7 +48,7 @@ async fn the_epoch_and_the_sequence_outlive_a_restart() {
     // A new process: nothing cached, the head read back from the table.
     let after = Arc::new(DynamoHistory::new(client(), &table, Retention::default()));
     let next = after
-        .append("acme", "group:room-1", &json!(3), None, now + 1)
+        .append("acme", "group:room-1", &json!(3), None, now + 1, None)
         .await
         .expect("append");
     assert_eq!(next.offset, 4);
@@ -118,4 +118,56 @@ async fn the_history_table_has_the_stream_key_the_offset_and_a_ttl() {
             .and_then(|d| d.attribute_name()),
         Some("expires_at")
     );
+}
+
+/// A keyed Send's message is stored once per stream, whichever of its
+/// tries lands: the retry of an append whose answer was lost (it landed)
+/// answers the first's position; another replica's try too; another key is
+/// another message; past the key's window the key stores again. Found by
+/// `streamer-bench slo`: under a DynamoDB outage, an append that timed out
+/// but landed later was stored a second time by the Send's retry.
+#[tokio::test]
+async fn a_keyed_append_is_stored_once_whatever_its_tries_do() {
+    let table = table("history-once").await;
+    let first = DynamoHistory::new(client(), &table, Retention::default());
+    let other_replica = DynamoHistory::new(client(), &table, Retention::default());
+    let now = chrono::Utc::now().timestamp_millis();
+    let window = std::time::Duration::from_secs(300);
+    let once = Some(("t/acme/pay_1", window));
+    let stored = first
+        .append("acme", "tenant", &json!({"pay": 1}), None, now, once)
+        .await
+        .expect("append");
+    for history in [&first, &other_replica] {
+        let again = history
+            .append("acme", "tenant", &json!({"pay": 1}), None, now + 50, once)
+            .await
+            .expect("retry");
+        assert_eq!(again, stored, "a retry answers the first's position");
+    }
+    let next = first
+        .append(
+            "acme",
+            "tenant",
+            &json!({"pay": 2}),
+            None,
+            now + 100,
+            Some(("t/acme/pay_2", window)),
+        )
+        .await
+        .expect("another key");
+    assert_eq!(next.offset, stored.offset + 1);
+    let read = first
+        .read("acme", "tenant", 0, 100, now + 200)
+        .await
+        .expect("read");
+    let offsets: Vec<u64> = read.messages.iter().map(|m| m.offset).collect();
+    assert_eq!(offsets, vec![stored.offset, next.offset], "one copy each");
+    // Past its window the key is a new message.
+    let later = now + 301_000;
+    let reused = other_replica
+        .append("acme", "tenant", &json!({"pay": 1}), None, later, once)
+        .await
+        .expect("reuse");
+    assert_eq!(reused.offset, next.offset + 1);
 }

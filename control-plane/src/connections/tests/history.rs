@@ -19,6 +19,7 @@ async fn publish(broadcaster: &Broadcaster, scope: Scope, data: Value) -> u64 {
             topic: None,
             exclude: Default::default(),
             visible_to: None,
+            once: None,
         })
         .await
         .expect("send")
