@@ -63,6 +63,12 @@ impl<S> tower::Layer<S> for Audit {
     }
 }
 
+/// The `log_group` field every audit record carries: the deployment's
+/// log router sends records with it to the audit log group
+/// (`/streamer/<stack>/audit`), every other line to the control plane's
+/// (`deploy/template.yaml`, FireLens `log_group_template`).
+pub const AUDIT_LOG_GROUP: &str = "audit";
+
 /// The service of [`Audit`].
 #[derive(Debug, Clone)]
 pub struct AuditService<S> {
@@ -86,6 +92,7 @@ impl Record {
     fn write(&self, code: &str) {
         tracing::info!(
             target: "streamer::audit",
+            log_group = AUDIT_LOG_GROUP,
             principal = %self.principal,
             role = self.role,
             method = %self.method,

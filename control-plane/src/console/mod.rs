@@ -222,6 +222,7 @@ fn caller(tokens: &TokenTable, headers: &HeaderMap) -> Result<Caller, Refusal> {
         .ok();
     tracing::info!(
         target: "streamer::audit",
+        log_group = crate::api::audit::AUDIT_LOG_GROUP,
         principal = principal.as_ref().map_or("-", Caller::principal),
         role = principal.as_ref().map_or("-", Caller::role),
         method = "POST /console/dev/token",

@@ -156,6 +156,19 @@ async fn every_call_and_every_refused_credential_leaves_one_audit_record_without
         "{alice}"
     );
     assert!(alice["duration_ms"].is_u64(), "{alice}");
+    // What the deployment's log router sends to the audit log group.
+    assert!(
+        serve.audit().iter().all(|r| r["log_group"] == "audit"),
+        "every audit record names its log group"
+    );
+    assert!(
+        serve
+            .logs()
+            .iter()
+            .filter(|l| l["target"] != "streamer::audit")
+            .all(|l| l.get("log_group").is_none()),
+        "no other line does"
+    );
     let bob = by("bob");
     assert_eq!(
         (&bob["role"], &bob["code"]),
