@@ -247,23 +247,32 @@ printf '{"telemetryEnabled": false, "lastVersionCheck": %s.0}\n' "$(date +%s)" >
 __SAM_CLI_APP_DIR=$sam_dir SAM_CLI_TELEMETRY=0 AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 \
     sam validate --lint -t deploy/template.yaml
 
+# Starts moto on a free loopback port, logging to $1; sets moto_port and
+# adds its pid to moto_pids (all stopped on exit).
+moto_pids=()
+start_moto() {
+    local log=$1 port
+    port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+    "$venv/bin/python" "$root/scripts/moto_server.py" 127.0.0.1 "$port" > "$log" 2>&1 &
+    local pid=$!
+    moto_pids+=("$pid")
+    for _ in $(seq 1 100); do
+        if "$venv/bin/python" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" 2>/dev/null; then
+            break
+        fi
+        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "moto_server exited; see its log above"; }
+        sleep 0.2
+    done
+    "$venv/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" \
+        || { cat "$log" >&2; die "moto_server did not answer on 127.0.0.1:$port"; }
+    echo "moto listening on 127.0.0.1:$port (log: $log)"
+    moto_port=$port
+}
+
 step "DynamoDB-compatible server (moto)"
-port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-log=$root/.build/moto.log
-"$venv/bin/python" "$root/scripts/moto_server.py" 127.0.0.1 "$port" > "$log" 2>&1 &
-moto_pid=$!
-trap 'status=$?; kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; summary $status' EXIT
-for _ in $(seq 1 100); do
-    if "$venv/bin/python" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" 2>/dev/null; then
-        break
-    fi
-    kill -0 "$moto_pid" 2>/dev/null || { cat "$log" >&2; die "moto_server exited; see its log above"; }
-    sleep 0.2
-done
-"$venv/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" \
-    || { cat "$log" >&2; die "moto_server did not answer on 127.0.0.1:$port"; }
-echo "moto listening on 127.0.0.1:$port (log: $log)"
-export STREAMER_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$port"
+trap 'status=$?; for pid in "${moto_pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; summary $status' EXIT
+start_moto "$root/.build/moto.log"
+export STREAMER_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$moto_port"
 
 finish_job browsers
 finish_job web
@@ -279,6 +288,18 @@ step "cargo nextest run (every Rust test, the chaos suite included)"
 cargo nextest run --workspace --locked
 
 finish_job soak
+
+# The seed's targets under the seed's chaos, two minutes of it: a fleet of
+# two replicas on a moto of its own (one Python process: the tests' tables
+# would slow it), faults injected window by window. A debug build on a
+# loaded CI machine says nothing about speed, so this run fails only on a
+# correctness guarantee (each message once and in order, each accepted
+# request completed once, no connection dropped, reports exact) and prints
+# the rest; the 15-minute release figures are in docs/performance.md.
+step "streamer-bench slo --minutes 2 (the seed's targets under its chaos)"
+start_moto "$root/.build/moto-slo.log"
+"$root/target/debug/streamer-bench" slo --minutes 2 --correctness-only --recipients 200 --followers 20 \
+    --dynamodb "http://127.0.0.1:$moto_port"
 
 step "TypeScript client and console: tests against the real dev (Node; headless Chromium and Firefox)"
 test_web

@@ -45,7 +45,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let keys = generate_rsa_key_pair()?;
     let mut stores: Vec<(&'static str, Vec<(String, String)>)> = vec![("embedded", Vec::new())];
     if let Ok(endpoint) = std::env::var("STREAMER_BENCH_DYNAMODB_ENDPOINT") {
-        stores.push(("dynamodb", dynamodb_env(&endpoint).await?));
+        stores.push(("dynamodb", dynamodb_env(&endpoint, "keys").await?));
     }
     let mut rows = Vec::new();
     for (store, env) in &stores {
@@ -82,8 +82,8 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
 
 /// Fresh tables on the server at `endpoint`, made by the control plane's
 /// own `tables create`; the settings that name them.
-async fn dynamodb_env(endpoint: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let tag = format!("bench-keys-{:x}", rand::random::<u32>());
+pub async fn dynamodb_env(endpoint: &str, what: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let tag = format!("bench-{what}-{:x}", rand::random::<u32>());
     let env: Vec<(String, String)> = [
         ("STREAMER_STORE", "dynamodb".to_owned()),
         ("STREAMER_CONNECTIONS_TABLE", format!("{tag}-connections")),

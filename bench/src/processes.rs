@@ -35,7 +35,7 @@ pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -56,7 +56,7 @@ pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// Reads the first line of a child's stdout that starts with `prefix`, as JSON.
-async fn ready_line(child: &mut Child, prefix: &str) -> anyhow::Result<Value> {
+pub async fn ready_line(child: &mut Child, prefix: &str) -> anyhow::Result<Value> {
     let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
     let ready: Value = tokio::time::timeout(DEADLINE, async {
         while let Some(line) = lines.next_line().await? {
@@ -178,36 +178,7 @@ impl Processes {
             .kill_on_drop(true)
             .spawn()
             .context("start the control plane")?;
-        let deadline = Instant::now() + DEADLINE;
-        let mut last: String;
-        loop {
-            match streamer_proto::tls::endpoint(
-                &format!("{scheme}://{grpc}"),
-                &client_tls,
-                ("ca", "cert", "key"),
-            )?
-            .connect()
-            .await
-            {
-                Ok(channel) => {
-                    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                    match health
-                        .check(tonic_health::pb::HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await
-                    {
-                        Ok(_) => break,
-                        Err(status) => last = format!("{status:?}"),
-                    }
-                }
-                Err(err) => last = format!("{err:?}"),
-            }
-            if Instant::now() > deadline {
-                bail!("the control plane did not become healthy (last: {last})");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        healthy(&format!("{scheme}://{grpc}"), &client_tls).await?;
         let mut started = Vec::new();
         for _ in 0..gateways.max(1) {
             let mut gateway = Command::new(sibling("streamer-gateway")?);
@@ -290,6 +261,37 @@ impl Processes {
         }
         let _ = self.control_plane.kill().await;
     }
+}
+
+/// Waits until the control plane at `url` answers its health check.
+pub async fn healthy(url: &str, client_tls: &streamer_client::ClientTls) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut last: String;
+    loop {
+        match streamer_proto::tls::endpoint(url, client_tls, ("ca", "cert", "key"))?
+            .connect()
+            .await
+        {
+            Ok(channel) => {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                match health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(status) => last = format!("{status:?}"),
+                }
+            }
+            Err(err) => last = format!("{err:?}"),
+        }
+        if Instant::now() > deadline {
+            bail!("the control plane did not become healthy (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// `GET url` with a plain HTTP/1.1 client.

@@ -9,7 +9,9 @@
 //! / `_KEY`), `STREAMER_EDGE_TOKEN` (or `_SECRET_ARN`; not needed when the
 //! client certificate names the edge),
 //! `STREAMER_GATEWAY_ADDR` (default `127.0.0.1:8080`), `STREAMER_STAGE`
-//! (default `local`), and the emulator's limits under the names `dev` reads
+//! (default `local`), `STREAMER_GATEWAY_PUBLIC_ENDPOINT` (the Management
+//! API URL, with the stage, the control plane is told to call: default
+//! this listener's own), and the emulator's limits under the names `dev` reads
 //! (`STREAMER_GATEWAY_MAX_MESSAGE_BYTES`, `_MAX_FRAME_BYTES`,
 //! `_IDLE_TIMEOUT_SECS`, `_MAX_DURATION_SECS`, `_HEADER_TIMEOUT_MS`,
 //! `_CONNECTS_PER_SECOND`, `_MANAGEMENT_RPS`, `_MANAGEMENT_BURST`), plus
@@ -121,7 +123,19 @@ async fn run() -> anyhow::Result<()> {
     if clients.is_empty() {
         anyhow::bail!("STREAMER_CONTROL_PLANE_URL names no address");
     }
-    let handler = EdgeHandler::spread(clients, Some(format!("http://{local}/{stage}")));
+    // The Management API endpoint the control plane is told to call back:
+    // this listener, unless it is reached another way (a load balancer, a
+    // fault-injecting proxy in front of it).
+    let endpoint = match var("STREAMER_GATEWAY_PUBLIC_ENDPOINT") {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            url.trim_end_matches('/').to_owned()
+        }
+        Some(url) => anyhow::bail!(
+            "STREAMER_GATEWAY_PUBLIC_ENDPOINT must be an http:// or https:// URL with the stage, not {url:?}"
+        ),
+        None => format!("http://{local}/{stage}"),
+    };
+    let handler = EdgeHandler::spread(clients, Some(endpoint));
     let options = options(&var, &stage)?;
     let gateway = Gateway::with_heap_meter(
         handler,
