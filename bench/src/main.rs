@@ -84,33 +84,7 @@ enum Helper {
     /// The seed's targets under the seed's chaos: a fleet on DynamoDB with
     /// faults injected between its processes, window by window; each
     /// figure against its target (exit 1 when one is missed).
-    Slo {
-        /// How long to run, in minutes (eight equal fault windows).
-        #[arg(long, default_value_t = 15.0)]
-        minutes: f64,
-        /// Control-plane replicas.
-        #[arg(long, default_value_t = 2)]
-        replicas: usize,
-        /// Clients following a history stream.
-        #[arg(long, default_value_t = 50)]
-        followers: usize,
-        /// Connections each plain broadcast reaches.
-        #[arg(long, default_value_t = 1000)]
-        recipients: usize,
-        /// Clients making async requests.
-        #[arg(long, default_value_t = 8)]
-        requesters: usize,
-        /// The DynamoDB-compatible server (moto) the fleet uses.
-        #[arg(long, env = "STREAMER_BENCH_DYNAMODB_ENDPOINT")]
-        dynamodb: String,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Fail only on a missed correctness guarantee (exactly once,
-        /// nothing dropped, reports exact); speed targets are printed.
-        #[arg(long)]
-        correctness_only: bool,
-    },
+    Slo(slo::SloArgs),
     /// A steady mixed load against `dev`: RSS, descriptors, tasks and
     /// errors at each interval, and a verdict (exit 1 when it fails).
     Soak {
@@ -208,28 +182,7 @@ async fn main() -> anyhow::Result<()> {
             let _ = rlimit::increase_nofile_limit(u64::MAX);
             return tls::run(&cli.args).await;
         }
-        Some(Helper::Slo {
-            minutes,
-            replicas,
-            followers,
-            recipients,
-            requesters,
-            dynamodb,
-            json,
-            correctness_only,
-        }) => {
-            return slo::run(&slo::SloArgs {
-                duration: Duration::from_secs_f64(minutes.max(0.5) * 60.0),
-                replicas,
-                followers,
-                recipients,
-                requesters,
-                dynamodb,
-                json,
-                correctness_only,
-            })
-            .await;
-        }
+        Some(Helper::Slo(slo)) => return slo::run(&slo).await,
         Some(Helper::Soak { minutes, clients }) => {
             return soak::run(Duration::from_secs_f64(minutes.max(0.1) * 60.0), clients).await;
         }

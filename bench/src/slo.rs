@@ -82,25 +82,40 @@ const BROADCAST_EVERY: Duration = Duration::from_secs(2);
 const ANSWER: Duration = Duration::from_secs(15);
 
 /// What `slo` is asked.
-#[derive(Debug, Clone)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct SloArgs {
-    /// The run's length.
-    pub duration: Duration,
+    /// How long to run, in minutes (eight equal fault windows).
+    #[arg(long, default_value_t = 15.0)]
+    pub minutes: f64,
     /// Control-plane replicas.
+    #[arg(long, default_value_t = 2)]
     pub replicas: usize,
-    /// History followers.
+    /// Clients following a history stream.
+    #[arg(long, default_value_t = 50)]
     pub followers: usize,
-    /// Connections the plain broadcasts reach.
+    /// Connections each plain broadcast reaches.
+    #[arg(long, default_value_t = 1000)]
     pub recipients: usize,
     /// Clients making async requests.
+    #[arg(long, default_value_t = 8)]
     pub requesters: usize,
-    /// The DynamoDB-compatible server.
+    /// The DynamoDB-compatible server (moto) the fleet uses.
+    #[arg(long, env = "STREAMER_BENCH_DYNAMODB_ENDPOINT")]
     pub dynamodb: String,
-    /// JSON instead of tables.
+    /// Print JSON instead of a table.
+    #[arg(long)]
     pub json: bool,
-    /// Exit 1 only when a correctness guarantee is missed (a debug build,
-    /// a loaded machine: speed targets are reported, not enforced).
+    /// Fail only on a missed correctness guarantee (exactly once, nothing
+    /// dropped, reports exact); speed targets are printed, not enforced (a
+    /// debug build, a loaded machine).
+    #[arg(long)]
     pub correctness_only: bool,
+}
+
+impl SloArgs {
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.minutes.max(0.5) * 60.0)
+    }
 }
 
 /// The eight parts of a run.
@@ -456,6 +471,29 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// A tick every period until the run is over (a late tick is delayed, not
+/// bunched up).
+struct Ticks {
+    tick: tokio::time::Interval,
+    stop: watch::Receiver<bool>,
+}
+
+impl Ticks {
+    fn new(period: Duration, stop: watch::Receiver<bool>) -> Self {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { tick, stop }
+    }
+
+    /// Waits for the next tick; false once the run is over.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.tick.tick() => true,
+            () = stopped(&mut self.stop) => false,
+        }
+    }
+}
+
 /// Opens a WebSocket, counting the attempt.
 async fn open(board: &Board, url: &str) -> Option<Ws> {
     let opened = tokio::time::timeout(ANSWER, tokio_tungstenite::connect_async(url)).await;
@@ -664,16 +702,11 @@ async fn publish(
     services: Arc<Services>,
     outcomes: Arc<Mutex<Outcomes>>,
     run: u32,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let mut seq = 0u64;
-    let mut tick = tokio::time::interval(PUBLISH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped(&mut stop) => return,
-        }
+    let mut ticks = Ticks::new(PUBLISH_EVERY, stop);
+    while ticks.next().await {
         seq += 1;
         let window = board.now();
         let request = v1::SendRequest {
@@ -762,16 +795,11 @@ async fn broadcast(
     board: Arc<Board>,
     services: Arc<Services>,
     outcomes: Arc<Mutex<Outcomes>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let mut id = 0u64;
-    let mut tick = tokio::time::interval(BROADCAST_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped(&mut stop) => return,
-        }
+    let mut ticks = Ticks::new(BROADCAST_EVERY, stop);
+    while ticks.next().await {
         id += 1;
         let window = board.now();
         let request = v1::SendRequest {
@@ -913,14 +941,9 @@ async fn request(
 }
 
 /// Connect, echo, leave, again and again.
-async fn churn(board: Arc<Board>, url: String, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped(&mut stop) => return,
-        }
+async fn churn(board: Arc<Board>, url: String, stop: watch::Receiver<bool>) {
+    let mut ticks = Ticks::new(Duration::from_millis(100), stop);
+    while ticks.next().await {
         let Some(mut ws) = open(&board, &url).await else {
             continue;
         };
@@ -1483,7 +1506,7 @@ pub async fn run(args: &SloArgs) -> anyhow::Result<()> {
         senders_stopped,
     ));
     let started = Instant::now();
-    inject(&mut fleet, &board, args.duration / WINDOWS.len() as u32).await?;
+    inject(&mut fleet, &board, args.duration() / WINDOWS.len() as u32).await?;
     // The end: the services finish what they started (a message is
     // retried for at most a minute), the last frames get 3 s to land, then
     // followers make a last recover and every client leaves.
@@ -1565,7 +1588,7 @@ pub async fn run(args: &SloArgs) -> anyhow::Result<()> {
     }
     let verdicts = verdicts(&windows, &outside, &overall, asked, args.recipients);
     let report = SloReport {
-        minutes: args.duration.as_secs_f64() / 60.0,
+        minutes: args.duration().as_secs_f64() / 60.0,
         replicas: args.replicas,
         followers: args.followers,
         recipients: args.recipients,
