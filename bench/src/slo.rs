@@ -923,7 +923,17 @@ async fn request(
                             _ => {}
                         }
                     }
-                    Some("error") if about == id || about == subscription => {
+                    // A refused `subscribe` (the store or the edge down) is
+                    // asked again a little later, as a client does, until
+                    // the request's deadline.
+                    Some("error") if about == subscription => {
+                        board.fail(format!(
+                            "subscribe: {}",
+                            frame["error"]["code"].as_str().unwrap_or("?")
+                        ));
+                        ask_at = Instant::now() + Duration::from_secs(2);
+                    }
+                    Some("error") if about == id => {
                         board.fail(format!(
                             "request: {}",
                             frame["error"]["code"].as_str().unwrap_or("?")
