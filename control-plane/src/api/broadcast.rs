@@ -169,18 +169,21 @@ impl BroadcastApi {
 /// and sending again.
 fn keep_answer(keys: Arc<dyn KeyStore>, key: String, answer: Vec<u8>) {
     tokio::spawn(async move {
-        let mut pause = Duration::from_millis(100);
-        for _ in 0..12 {
-            tokio::time::sleep(pause).await;
+        // The first try has just failed.
+        tokio::time::sleep(FIRST_PAUSE).await;
+        let kept = keep_trying(|| async {
             if keys.complete(&key, answer.clone()).await.is_ok() {
-                return;
+                return true;
             }
             let _ = keys.renew(&key).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
+            false
+        })
+        .await;
+        if !kept {
+            tracing::warn!(
+                "cannot store a send's answer under its idempotency key; a retry after its lease sends again"
+            );
         }
-        tracing::warn!(
-            "cannot store a send's answer under its idempotency key; a retry after its lease sends again"
-        );
     });
 }
 
@@ -188,18 +191,33 @@ fn keep_answer(keys: Arc<dyn KeyStore>, key: String, answer: Vec<u8>) {
 /// it, so this keeps trying for a while, letting a retry use the key.
 fn give_back(keys: Arc<dyn KeyStore>, key: String) {
     tokio::spawn(async move {
-        let mut pause = Duration::from_millis(100);
-        for _ in 0..12 {
-            if keys.release(&key).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
+        if !keep_trying(|| async { keys.release(&key).await.is_ok() }).await {
+            tracing::warn!(
+                "cannot give back an idempotency key; it frees itself at the end of its window"
+            );
         }
-        tracing::warn!(
-            "cannot give back an idempotency key; it frees itself at the end of its window"
-        );
     });
+}
+
+/// The pause after a key store call failed, doubled after each failure.
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+
+/// Calls `op` until it succeeds, 12 times at most with doubling pauses
+/// (capped at 5 s: about 40 s in all); whether it did.
+async fn keep_trying<F, Fut>(mut op: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut pause = FIRST_PAUSE;
+    for _ in 0..12 {
+        if op().await {
+            return true;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+    false
 }
 
 fn conflict() -> Fault {

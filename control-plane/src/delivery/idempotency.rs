@@ -86,11 +86,6 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn renew(&self, key: &str) -> Result<(), Fault>;
 }
 
-/// Seconds since the epoch on `clock`, for callers judging a claim's lease.
-pub fn now_on(clock: &Clock) -> i64 {
-    now_secs(clock)
-}
-
 /// Whole seconds since the epoch on the control plane's clock (the one
 /// its TTLs and leases read, pausable in tests).
 fn now_secs(clock: &Clock) -> i64 {
