@@ -319,12 +319,6 @@ impl History for DynamoHistory {
             now: now_ms / 1000,
             expires_at: now_ms / 1000 + i64::try_from(window.as_secs()).unwrap_or(86_400),
         });
-        // Stored already by an earlier try whose answer was lost.
-        if let Some(once) = &once
-            && let Some(position) = self.appended(&stream_key, once).await?
-        {
-            return Ok(position);
-        }
         let message = Stored {
             offset: 0,
             data: data.clone(),
@@ -344,7 +338,8 @@ impl History for DynamoHistory {
                 return Ok(position);
             }
             // Cancelled: a race on the head, or the message's marker is
-            // there (another try of the same Send landed meanwhile).
+            // there (another try of the same Send landed, before or
+            // meanwhile): then that try's position is the answer.
             if let Some(once) = &once
                 && let Some(position) = self.appended(&stream_key, once).await?
             {
