@@ -46,10 +46,13 @@ pub struct Record {
 }
 
 impl Record {
-    /// An unanswered claim whose lease ran out at `now`: the next try may
-    /// take the key over.
-    pub fn abandoned(&self, now: i64) -> bool {
-        self.response.is_none() && self.claimed_at + lease_secs() < now
+    /// An unanswered claim whose lease ran out at `now`, that a try of
+    /// the same request (`fingerprint`) may take over; another request
+    /// under the key stays refused for the whole window.
+    pub fn abandoned_to(&self, fingerprint: [u8; 32], now: i64) -> bool {
+        self.fingerprint == fingerprint
+            && self.response.is_none()
+            && self.claimed_at + lease_secs() < now
     }
 }
 
@@ -130,7 +133,7 @@ impl KeyStore for MemoryKeys {
             }
         }
         match keys.get(key) {
-            Some((record, until)) if *until > now && !record.abandoned(now) => {
+            Some((record, until)) if *until > now && !record.abandoned_to(fingerprint, now) => {
                 Ok(Claim::Taken(record.clone()))
             }
             _ => {
@@ -264,9 +267,13 @@ impl KeyStore for DynamoKeys {
                 // claimed by a Send that stopped renewing it unanswered.
                 .condition_expression(
                     "attribute_not_exists(limiter_key) OR expires_at < :now \
-                     OR (attribute_not_exists(#r) AND claimed_at < :stale)",
+                     OR (attribute_not_exists(#r) AND claimed_at < :stale AND fingerprint = :fp)",
                 )
                 .expression_attribute_names("#r", "response")
+                .expression_attribute_values(
+                    ":fp",
+                    AttributeValue::B(Blob::new(fingerprint.to_vec())),
+                )
                 .expression_attribute_values(":now", n(now))
                 .expression_attribute_values(":stale", n(now - lease_secs()))
                 .send()
@@ -274,7 +281,9 @@ impl KeyStore for DynamoKeys {
             match put {
                 Ok(_) => return Ok(Claim::Mine),
                 Err(err) if condition_failed(&err) => match self.get(key).await? {
-                    Some(record) if !record.abandoned(now) => return Ok(Claim::Taken(record)),
+                    Some(record) if !record.abandoned_to(fingerprint, now) => {
+                        return Ok(Claim::Taken(record));
+                    }
                     // Abandoned between the two calls: try again.
                     Some(_) => continue,
                     // Released or expired between the two calls: try again.
@@ -431,8 +440,13 @@ mod tests {
             keys.claim("t/k", [1; 32], window).await,
             Ok(Claim::Taken(_))
         ));
-        // Its Send died: one lease later the next try holds the key.
+        // Its Send died: one lease later another request under the key is
+        // still refused, and the next try of the same request holds it.
         tokio::time::advance(CLAIM_LEASE + Duration::from_secs(2)).await;
+        assert!(matches!(
+            keys.claim("t/k", [2; 32], window).await,
+            Ok(Claim::Taken(record)) if record.fingerprint == [1; 32]
+        ));
         assert!(matches!(
             keys.claim("t/k", [1; 32], window).await,
             Ok(Claim::Mine)

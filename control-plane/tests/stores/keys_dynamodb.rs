@@ -67,6 +67,11 @@ async fn a_claim_holds_across_replicas_while_renewed_and_is_taken_over_when_its_
     // the next try holds the key.
     let later = Duration::from_secs(20) + CLAIM_LEASE + Duration::from_secs(2);
     let taker = replica(&table, start, later);
+    // Another request under the key never takes it over.
+    match taker.claim(key, [2; 32], WINDOW).await.expect("claim") {
+        Claim::Taken(record) => assert_eq!(record.fingerprint, [1; 32]),
+        Claim::Mine => panic!("another request took over an abandoned key"),
+    }
     assert_eq!(
         taker.claim(key, [1; 32], WINDOW).await.expect("claim"),
         Claim::Mine
