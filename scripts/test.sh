@@ -177,11 +177,13 @@ build_web() {
     )
 }
 
-# The TypeScript client's tests, then the console's browser tests (headless
-# Chromium and Firefox), each against the real `dev` the build made.
+# The TypeScript client's tests (in Node and in headless Chromium), then the
+# console's browser tests (headless Chromium and Firefox), each against the
+# real `dev` the build made.
 test_web() {
     (
         cd clients/typescript
+        STREAMER_CHROMIUM=$chromium \
         STREAMER_DEV_BIN="$root/target/debug/streamer-control-plane" \
         STREAMER_CTL_BIN="$root/target/debug/streamerctl" \
             npm test

@@ -3,79 +3,23 @@
 // through the real `streamerctl`.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { createInterface } from "node:readline";
-import { promisify } from "node:util";
 import { WebSocket } from "ws";
 import { ChunkJoiner, splitMessage, StreamerClient, StreamerError, type Progress, type StreamReset } from "../src/index.js";
+import { type Dev, startDev } from "./dev.js";
 
-const devBin = process.env.STREAMER_DEV_BIN;
-const ctlBin = process.env.STREAMER_CTL_BIN;
-if (!devBin || !ctlBin) {
-  throw new Error("set STREAMER_DEV_BIN and STREAMER_CTL_BIN to the built binaries (bash scripts/test.sh does)");
-}
-
-let dev: ChildProcess;
+let dev: Dev;
 let wsUrl = "";
-let grpc = "";
 let token = "";
-let adminToken = "";
-const stateDir = mkdtempSync(join(tmpdir(), "streamer-ts-"));
 
 before(async () => {
-  dev = spawn(devBin, ["dev"], {
-    env: {
-      PATH: process.env.PATH ?? "",
-      RUST_LOG: "warn",
-      STREAMER_STATE_DIR: stateDir,
-      STREAMER_GRPC_ADDR: "127.0.0.1:0",
-      STREAMER_GATEWAY_ADDR: "127.0.0.1:0",
-      STREAMER_CONSOLE_ADDR: "127.0.0.1:0",
-      STREAMER_DEMO_DURATION_MS: "1600",
-      STREAMER_CONNECTS_PER_MINUTE_PER_IP: "100000",
-      STREAMER_MESSAGES_PER_MINUTE: "100000",
-      STREAMER_MESSAGE_BURST: "10000",
-      STREAMER_HISTORY: "group:room-*",
-    },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const lines = createInterface({ input: dev.stdout! });
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("dev did not start in time")), 30_000);
-    lines.on("line", (line) => {
-      const wscat = line.match(/token=([^']+)'/);
-      if (wscat) token = wscat[1];
-      const exported = line.match(/STREAMER_TOKEN=([0-9a-f]+)/);
-      if (exported) adminToken = exported[1];
-      if (line.startsWith("STREAMER_DEV_READY ")) {
-        const ready = JSON.parse(line.slice("STREAMER_DEV_READY ".length));
-        wsUrl = `ws://${ready.gateway}/${ready.stage}`;
-        grpc = ready.grpc;
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    dev.on("exit", (code) => reject(new Error(`dev exited (${code})`)));
-  });
-  assert.ok(token && adminToken, "dev printed a client token and the admin token");
+  dev = await startDev();
+  ({ wsUrl, token } = dev);
 });
 
-after(() => {
-  dev.kill("SIGTERM");
-  rmSync(stateDir, { recursive: true, force: true });
-});
+after(() => dev.stop());
 
-const exec = promisify(execFile);
-
-async function ctl(...args: string[]): Promise<any> {
-  const { stdout } = await exec(ctlBin!, [...args, "--output", "json"], {
-    env: { STREAMER_ADDR: `http://${grpc}`, STREAMER_TOKEN: adminToken },
-  });
-  return JSON.parse(stdout);
-}
+const ctl = (...args: string[]) => dev.ctl(...args);
+const mint = (sub: string, secs: number) => dev.mint(sub, secs);
 
 function client(): StreamerClient {
   return new StreamerClient(wsUrl, { token, WebSocket, minReconnectDelayMs: 50, maxReconnectDelayMs: 400 });
@@ -296,26 +240,6 @@ test("five clients dropped twice each get all 500 broadcasts once, in order, by 
   data.forEach((d) => assert.deepEqual(d, data[0]));
   for (const c of clients) c.close();
 });
-
-/** A client token of `sub` (tenant dev) from dev's key, ending in `secs`. */
-async function mint(sub: string, secs: number): Promise<string> {
-  const { stdout } = await exec(ctlBin!, [
-    "token",
-    "--private-key",
-    join(stateDir, "jwt-private.pem"),
-    "--sub",
-    sub,
-    "--tenant",
-    "dev",
-    "--permission",
-    "*",
-    "--expires-in",
-    String(secs),
-    "--output",
-    "json",
-  ]);
-  return JSON.parse(stdout).token;
-}
 
 test("told its token is ending, the client refreshes it and the connection outlives the old token", async () => {
   // The first token ends in 6 s (dev warns 60 s ahead: at once); every
