@@ -38,7 +38,7 @@ pub struct KeyCost {
 }
 
 /// Sends per row.
-const SENDS: usize = 200;
+pub const SENDS: usize = 200;
 
 /// Runs every row and prints them.
 pub async fn run(args: &Args) -> anyhow::Result<()> {
@@ -124,58 +124,103 @@ async fn measure(
     let mut rows = Vec::new();
     for recipients in [1usize, 1000] {
         let tenant = format!("bench-keys-{recipients}");
-        let url = format!(
-            "{}?token={}",
-            procs.gateways[0].ws,
-            token(private_pem, "u", &tenant)?
-        );
-        let (sockets, _, _) = scenarios::connect_here(&url, recipients, 64).await?;
-        // Read and drop what arrives, so no socket's buffer fills.
-        let readers: Vec<_> = sockets
-            .into_iter()
-            .map(|mut ws| tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }))
-            .collect();
-        let mut client = BroadcastServiceClient::with_interceptor(
-            procs.channel().await?,
-            BearerToken::new(ADMIN_TOKEN)?,
-        );
+        let listeners = Listeners::connect(procs, private_pem, &tenant, recipients).await?;
         for keyed in [false, true] {
-            let pid = procs.control_plane_pid()?;
-            let cpu_before = cpu_ns(pid)?;
-            let mut samples = Vec::with_capacity(SENDS);
-            for i in 0..SENDS {
-                let request = v1::SendRequest {
-                    target: Some(v1::send_request::Target::TenantId(tenant.clone())),
-                    payload: Some(v1::send_request::Payload::DataJson(format!(
-                        "{{\"n\":{i}}}"
-                    ))),
-                    idempotency_key: if keyed {
-                        format!("bench-{store}-{recipients}-{i}-{:x}", rand::random::<u64>())
-                    } else {
-                        String::new()
-                    },
-                    ..Default::default()
-                };
-                let t = Instant::now();
-                let sent = client.send(request).await?.into_inner();
-                samples.push(t.elapsed());
-                let delivered = sent.report.map_or(0, |r| r.delivered) as usize;
-                if delivered != recipients {
-                    anyhow::bail!("delivered {delivered} of {recipients}");
+            let (latency, cpu_us_per_send) = time_sends(procs, &tenant, recipients, |i| {
+                if keyed {
+                    format!("bench-{store}-{recipients}-{i}-{:x}", rand::random::<u64>())
+                } else {
+                    String::new()
                 }
-            }
-            let cpu = cpu_ns(pid)? - cpu_before;
+            })
+            .await?;
             rows.push(KeyCost {
                 store,
                 recipients,
                 keyed,
-                latency: percentiles(&mut samples),
-                cpu_us_per_send: cpu as f64 / 1000.0 / SENDS as f64,
+                latency,
+                cpu_us_per_send,
             });
         }
-        for reader in readers {
+        drop(listeners);
+    }
+    Ok(rows)
+}
+
+/// `n` connections of `tenant` that read and drop what arrives, so no
+/// socket's buffer fills; closed when dropped.
+pub struct Listeners(Vec<tokio::task::JoinHandle<()>>);
+
+impl Listeners {
+    /// Connects them through the run's first gateway.
+    pub async fn connect(
+        procs: &Processes,
+        private_pem: &str,
+        tenant: &str,
+        n: usize,
+    ) -> anyhow::Result<Self> {
+        let url = format!(
+            "{}?token={}",
+            procs.gateways[0].ws,
+            token(private_pem, "u", tenant)?
+        );
+        let (sockets, _, _) = scenarios::connect_here(&url, n, 64).await?;
+        Ok(Self(
+            sockets
+                .into_iter()
+                .map(|mut ws| {
+                    tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} })
+                })
+                .collect(),
+        ))
+    }
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        for reader in &self.0 {
             reader.abort();
         }
     }
-    Ok(rows)
+}
+
+/// [`SENDS`] Sends to `tenant` one after another (the `i`th with the
+/// idempotency key `key(i)`, empty for none), each checked to reach all
+/// `recipients`: their latency and the control plane's CPU per Send,
+/// microseconds.
+pub async fn time_sends(
+    procs: &Processes,
+    tenant: &str,
+    recipients: usize,
+    key: impl Fn(usize) -> String,
+) -> anyhow::Result<(Percentiles, f64)> {
+    let mut client = BroadcastServiceClient::with_interceptor(
+        procs.channel().await?,
+        BearerToken::new(ADMIN_TOKEN)?,
+    );
+    let pid = procs.control_plane_pid()?;
+    let cpu_before = cpu_ns(pid)?;
+    let mut samples = Vec::with_capacity(SENDS);
+    for i in 0..SENDS {
+        let request = v1::SendRequest {
+            target: Some(v1::send_request::Target::TenantId(tenant.to_owned())),
+            payload: Some(v1::send_request::Payload::DataJson(format!(
+                "{{\"n\":{i}}}"
+            ))),
+            idempotency_key: key(i),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let sent = client.send(request).await?.into_inner();
+        samples.push(t.elapsed());
+        let delivered = sent.report.map_or(0, |r| r.delivered) as usize;
+        if delivered != recipients {
+            anyhow::bail!("delivered {delivered} of {recipients}");
+        }
+    }
+    let cpu = cpu_ns(pid)? - cpu_before;
+    Ok((
+        percentiles(&mut samples),
+        cpu as f64 / 1000.0 / SENDS as f64,
+    ))
 }

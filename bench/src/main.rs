@@ -10,6 +10,7 @@
 //! per idle connection as the processes' own allocators count it. Bounded
 //! in time; the processes it starts are killed when it ends.
 
+mod auth;
 mod baselines;
 mod chunks;
 mod fleet;
@@ -77,6 +78,10 @@ enum Helper {
     /// Connect rate and echo round trips with the gateway -> control plane
     /// hop in plaintext, TLS and mutual TLS, side by side.
     Tls,
+    /// What the access controls cost: connect rate with client keys from
+    /// a JWKS document against one static key, and echo / Send figures
+    /// with the audit record per server-API call against without.
+    Auth,
     /// What an idempotency key costs a Send: latency and control-plane
     /// CPU with and without one, at 1 and 1,000 recipients, on the
     /// embedded store (and DynamoDB with STREAMER_BENCH_DYNAMODB_ENDPOINT).
@@ -177,6 +182,10 @@ async fn main() -> anyhow::Result<()> {
         Some(Helper::Keys) => {
             let _ = rlimit::increase_nofile_limit(u64::MAX);
             return keys::run(&cli.args).await;
+        }
+        Some(Helper::Auth) => {
+            let _ = rlimit::increase_nofile_limit(u64::MAX);
+            return auth::run(&cli.args).await;
         }
         Some(Helper::Tls) => {
             let _ = rlimit::increase_nofile_limit(u64::MAX);

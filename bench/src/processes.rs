@@ -175,6 +175,14 @@ impl Processes {
             .envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(tls_env)
             .stdout(Stdio::null())
+            // A run that sets its own log filter measures what the log
+            // costs (`streamer-bench auth`): the lines go nowhere, as they
+            // would go to a log router, not to this terminal.
+            .stderr(if extra.iter().any(|(k, _)| k == "RUST_LOG") {
+                Stdio::null()
+            } else {
+                Stdio::inherit()
+            })
             .kill_on_drop(true)
             .spawn()
             .context("start the control plane")?;

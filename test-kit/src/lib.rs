@@ -13,6 +13,7 @@ pub mod faults;
 pub mod fleet;
 pub mod grpc;
 pub mod history;
+pub mod jwks;
 pub mod moto;
 pub mod serve;
 pub mod token;
