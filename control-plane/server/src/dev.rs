@@ -158,6 +158,7 @@ pub fn gateway_options(config: &Config) -> GatewayOptions {
         connects_per_second: gateway.connects_per_second,
         management_rps: gateway.management_rps,
         management_burst: gateway.management_burst,
+        batch: gateway.batch,
         credentials: LocalCredentials::default(),
         verify_signatures: true,
     }

@@ -130,6 +130,8 @@ pub struct DeliveryConfig {
     pub connecting_grace: Duration,
     /// Largest frame posted whole; larger ones are cut into `chunk` frames.
     pub max_frame_bytes: usize,
+    /// Most ids per batch call to a gateway that offers one (0: never).
+    pub batch_size: usize,
     /// The Management API endpoints this deployment may call.
     pub endpoints: ManagementEndpoints,
     /// How long a Send's idempotency key is remembered.
@@ -225,6 +227,7 @@ impl Default for DeliveryConfig {
             deadline: Duration::from_secs(60),
             connecting_grace: Duration::from_secs(10),
             max_frame_bytes: 128_000,
+            batch_size: 1000,
             endpoints: ManagementEndpoints::Unset,
             idempotency_window: Duration::from_secs(300),
             token_expiry_warning: Duration::from_secs(60),
@@ -248,6 +251,7 @@ impl DeliveryConfig {
             deadline: millis(src.at_least(&s::DELIVERY_DEADLINE_MS, 1)),
             connecting_grace: millis(src.get(&s::DELIVERY_CONNECTING_GRACE_MS)),
             max_frame_bytes: src.at_least(&s::DELIVERY_MAX_FRAME_BYTES, 512),
+            batch_size: src.get(&s::DELIVERY_BATCH_SIZE),
             endpoints: ManagementEndpoints::resolve(src),
             idempotency_window: secs(src.at_least(&s::IDEMPOTENCY_WINDOW_SECS, 1)),
             token_expiry_warning: secs(src.get(&s::TOKEN_EXPIRY_WARNING_SECS)),

@@ -252,6 +252,8 @@ pub struct GatewayConfig {
     pub management_rps: u32,
     /// Management API requests allowed at once.
     pub management_burst: u32,
+    /// Serve the batch call beside the Management API.
+    pub batch: bool,
     /// The Management API URL the gateway reports in connect events (a
     /// proxy in front of it, for fault injection); `None`: its own.
     pub management_endpoint: Option<String>,
@@ -287,6 +289,7 @@ impl GatewayConfig {
             connects_per_second: src.get(&s::GATEWAY_CONNECTS_PER_SECOND),
             management_rps: src.get(&s::GATEWAY_MANAGEMENT_RPS),
             management_burst: src.get(&s::GATEWAY_MANAGEMENT_BURST),
+            batch: src.get(&s::GATEWAY_BATCH),
             management_endpoint: src.opt(&s::GATEWAY_MANAGEMENT_ENDPOINT),
             control_plane_url: src.opt(&s::GATEWAY_CONTROL_PLANE_URL),
             edge_timeout: millis(src.at_least(&s::GATEWAY_EDGE_TIMEOUT_MS, 1)),

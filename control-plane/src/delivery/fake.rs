@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
 
-use super::{Attempt, Delivery, DeliveryError, Endpoint, Outcome, PreparedFrame};
+use std::sync::Arc;
+
+use super::{Attempt, BatchAttempt, Delivery, DeliveryError, Endpoint, Outcome, PreparedFrame};
 
 /// A fake Management API.
 #[derive(Debug, Default)]
@@ -16,6 +18,12 @@ pub struct FakeGateway {
     unreachable: Mutex<bool>,
     deleted: Mutex<Vec<String>>,
     calls: std::sync::atomic::AtomicUsize,
+    /// Ids per batch call it offers (0: none, as API Gateway).
+    batch: std::sync::atomic::AtomicUsize,
+    /// Ids named by each batch call made.
+    batches: Mutex<Vec<usize>>,
+    /// Answer every batch call with this instead (a throttle, say).
+    batch_answer: Mutex<Option<Attempt>>,
 }
 
 impl FakeGateway {
@@ -68,6 +76,24 @@ impl FakeGateway {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Offers a batch call of at most `ids` ids (0: none).
+    pub fn offer_batches(&self, ids: usize) {
+        self.batch.store(ids, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Answers every post and batch call with `attempt` (`None`: per id,
+    /// as the connections are).
+    pub fn answer_all_with(&self, attempt: Option<Attempt>) {
+        if let Ok(mut a) = self.batch_answer.lock() {
+            *a = attempt;
+        }
+    }
+
+    /// How many ids each batch call named, in order.
+    pub fn batches(&self) -> Vec<usize> {
+        self.batches.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
     /// Connections closed through `delete`.
     pub fn deleted(&self) -> Vec<String> {
         self.deleted.lock().map(|d| d.clone()).unwrap_or_default()
@@ -86,6 +112,9 @@ impl Delivery for FakeGateway {
         if self.unreachable() {
             return Attempt::Retryable;
         }
+        if let Some(attempt) = self.batch_answer.lock().ok().and_then(|a| *a) {
+            return attempt;
+        }
         match self.open.get_mut(connection_id) {
             Some(mut frames) => {
                 frames.push(frame.bytes.clone());
@@ -93,6 +122,39 @@ impl Delivery for FakeGateway {
             }
             None => Attempt::Done(Outcome::Gone),
         }
+    }
+
+    async fn batch_limit(&self, _endpoint: &Endpoint) -> usize {
+        self.batch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn post_batch(
+        &self,
+        _endpoint: &Endpoint,
+        connection_ids: &[Arc<str>],
+        frame: &PreparedFrame,
+    ) -> BatchAttempt {
+        self.called();
+        if let Ok(mut b) = self.batches.lock() {
+            b.push(connection_ids.len());
+        }
+        if self.unreachable() {
+            return BatchAttempt::Whole(Attempt::Retryable);
+        }
+        if connection_ids.len() > self.batch.load(std::sync::atomic::Ordering::Relaxed) {
+            return BatchAttempt::Whole(Attempt::Done(Outcome::Failed));
+        }
+        if let Some(attempt) = self.batch_answer.lock().ok().and_then(|a| *a) {
+            return BatchAttempt::Whole(attempt);
+        }
+        let mut gone = Vec::new();
+        for id in connection_ids {
+            match self.open.get_mut(&**id) {
+                Some(mut frames) => frames.push(frame.bytes.clone()),
+                None => gone.push(id.to_string()),
+            }
+        }
+        BatchAttempt::Answered { gone }
     }
 
     async fn delete(&self, _endpoint: &str, connection_id: &str) -> Result<bool, DeliveryError> {

@@ -39,7 +39,7 @@ use tokio::{
 
 use streamer_proto::client::{ClientError, ErrorCode, Frame, chunk};
 
-use super::{Attempt, Delivery, Endpoint, Outcome, PreparedFrame};
+use super::{Attempt, BatchAttempt, Delivery, Endpoint, Outcome, PreparedFrame};
 use crate::{
     config::DeliveryConfig,
     metrics::{OperationLabel, metrics},
@@ -493,14 +493,34 @@ impl Fanout {
                 outcome: None,
             });
         }
-        let histogram = metrics()
+        // Where the endpoint is Streamer's own gateway, one call carries
+        // many recipients: slots sorted by endpoint so a call's recipients
+        // are neighbours.
+        let mut batch_limits = Vec::with_capacity(endpoints.len());
+        for endpoint in &endpoints {
+            batch_limits.push(self.delivery.batch_limit(endpoint).await);
+        }
+        if batch_limits.iter().any(|&limit| limit > 1) && endpoints.len() > 1 {
+            slots.sort_by_key(|slot| slot.endpoint);
+        }
+        // One statement each: the family's read guard must be gone before
+        // the next lookup may need its write lock.
+        let per_post = metrics()
             .management_api_duration
             .get_or_create(&OperationLabel {
                 operation: "post_to_connection",
             })
             .clone();
+        let per_batch = metrics()
+            .management_api_duration
+            .get_or_create(&OperationLabel {
+                operation: "post_batch",
+            })
+            .clone();
+        let histograms = [per_post, per_batch];
+        let histogram = &histograms;
         let frame = Arc::new(frame.clone());
-        let mut in_flight: JoinSet<(usize, Attempt, Duration)> = JoinSet::new();
+        let mut in_flight: JoinSet<(Vec<(usize, Attempt)>, Duration)> = JoinSet::new();
         let mut retries: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
         let mut next_fresh = 0usize;
         loop {
@@ -511,7 +531,7 @@ impl Fanout {
                     &mut retries,
                     &mut sent,
                     deadline,
-                    &histogram,
+                    histogram,
                 );
             }
             let now = Instant::now();
@@ -529,7 +549,7 @@ impl Fanout {
                     .min(deadline);
                 tokio::select! {
                     Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                        self.settle(done, &mut slots, &mut retries, &mut sent, deadline, &histogram);
+                        self.settle(done, &mut slots, &mut retries, &mut sent, deadline, histogram);
                     }
                     () = tokio::time::sleep_until(wake) => {}
                 }
@@ -546,38 +566,107 @@ impl Fanout {
             {
                 continue;
             }
-            let slot = if retries
+            let from_retries = retries
                 .peek()
                 .is_some_and(|Reverse((at, _))| *at <= Instant::now())
-            {
+                || next_fresh >= slots.len();
+            let slot = if from_retries {
                 retries.pop().map(|Reverse((_, i))| i)
-            } else if next_fresh < slots.len() {
+            } else {
                 next_fresh += 1;
                 Some(next_fresh - 1)
-            } else {
-                retries.pop().map(|Reverse((_, i))| i)
             };
-            let Some(i) = slot else { continue };
-            slots[i].attempts += 1;
+            let Some(first) = slot else { continue };
+            let endpoint_index = slots[first].endpoint;
+            let limit = batch_limits[endpoint_index as usize];
+            // The call's recipients: this one, and while the endpoint takes
+            // batches, its neighbours of the same endpoint (fresh ones, or
+            // retries already due).
+            let mut call = vec![first];
+            if limit > 1 {
+                if from_retries {
+                    let now = Instant::now();
+                    let mut other = Vec::new();
+                    while call.len() < limit
+                        && let Some(Reverse((at, i))) = retries.peek().copied()
+                        && at <= now
+                    {
+                        retries.pop();
+                        if slots[i].endpoint == endpoint_index {
+                            call.push(i);
+                        } else {
+                            other.push(Reverse((at, i)));
+                        }
+                    }
+                    retries.extend(other);
+                } else {
+                    while call.len() < limit
+                        && next_fresh < slots.len()
+                        && slots[next_fresh].endpoint == endpoint_index
+                    {
+                        call.push(next_fresh);
+                        next_fresh += 1;
+                    }
+                }
+            }
+            for &i in &call {
+                slots[i].attempts += 1;
+            }
             let delivery = self.delivery.clone();
-            let endpoint = endpoints[slots[i].endpoint as usize].clone();
-            let id = slots[i].recipient.connection_id.clone();
+            let endpoint = endpoints[endpoint_index as usize].clone();
+            let ids: Vec<Arc<str>> = call
+                .iter()
+                .map(|&i| slots[i].recipient.connection_id.clone())
+                .collect();
             let frame = frame.clone();
             let call_timeout = self.config.call_timeout;
             let health = self.health.clone();
             in_flight.spawn(async move {
                 let started = Instant::now();
+                let whole = |attempt: Attempt| call.iter().map(|&i| (i, attempt)).collect();
                 if !health.allows(&endpoint.raw) {
                     drop(permit);
-                    return (i, Attempt::Done(Outcome::Failed), started.elapsed());
+                    return (whole(Attempt::Done(Outcome::Failed)), started.elapsed());
                 }
-                let attempt =
-                    tokio::time::timeout(call_timeout, delivery.post(&endpoint, &id, &frame))
-                        .await
-                        .unwrap_or(Attempt::Retryable);
-                health.record(&endpoint.raw, attempt);
+                let attempts = if let [id] = ids.as_slice() {
+                    let attempt =
+                        tokio::time::timeout(call_timeout, delivery.post(&endpoint, id, &frame))
+                            .await
+                            .unwrap_or(Attempt::Retryable);
+                    health.record(&endpoint.raw, attempt);
+                    vec![(call[0], attempt)]
+                } else {
+                    let answer = tokio::time::timeout(
+                        call_timeout,
+                        delivery.post_batch(&endpoint, &ids, &frame),
+                    )
+                    .await
+                    .unwrap_or(BatchAttempt::Whole(Attempt::Retryable));
+                    match answer {
+                        BatchAttempt::Answered { gone } => {
+                            health.record(&endpoint.raw, Attempt::Done(Outcome::Delivered));
+                            let gone: std::collections::HashSet<&str> =
+                                gone.iter().map(String::as_str).collect();
+                            call.iter()
+                                .zip(&ids)
+                                .map(|(&i, id)| {
+                                    let outcome = if gone.contains(&**id) {
+                                        Outcome::Gone
+                                    } else {
+                                        Outcome::Delivered
+                                    };
+                                    (i, Attempt::Done(outcome))
+                                })
+                                .collect()
+                        }
+                        BatchAttempt::Whole(attempt) => {
+                            health.record(&endpoint.raw, attempt);
+                            whole(attempt)
+                        }
+                    }
+                };
                 drop(permit);
-                (i, attempt, started.elapsed())
+                (attempts, started.elapsed())
             });
         }
         // The deadline: what is still in flight or waiting counts as what it
@@ -591,7 +680,7 @@ impl Fanout {
                     &mut retries,
                     &mut sent,
                     deadline,
-                    &histogram,
+                    histogram,
                 );
             }
         }
@@ -613,30 +702,52 @@ impl Fanout {
         (sent, outcomes(slots))
     }
 
+    /// Settles one call: each of its recipients' attempts. The adaptive
+    /// limit hears once per call (it counts calls in flight, whatever
+    /// their size).
     fn settle(
         &self,
-        done: Result<(usize, Attempt, Duration), tokio::task::JoinError>,
+        done: Result<(Vec<(usize, Attempt)>, Duration), tokio::task::JoinError>,
         slots: &mut [Slot],
         retries: &mut BinaryHeap<Reverse<(Instant, usize)>>,
         sent: &mut Sent,
         deadline: Instant,
-        histogram: &crate::metrics::AtomicHistogram,
+        histograms: &[crate::metrics::AtomicHistogram; 2],
     ) {
-        let Ok((i, attempt, took)) = done else {
+        let Ok((attempts, took)) = done else {
             return;
         };
-        histogram.observe(took);
+        histograms[usize::from(attempts.len() > 1)].observe(took);
+        if attempts
+            .iter()
+            .any(|(_, a)| matches!(a, Attempt::Done(Outcome::Delivered | Outcome::Gone)))
+        {
+            self.limit.on_success();
+        }
+        if attempts.iter().any(|(_, a)| *a == Attempt::Throttled) {
+            self.limit.on_throttle();
+        }
+        for (i, attempt) in attempts {
+            self.settle_one(i, attempt, slots, retries, sent, deadline);
+        }
+    }
+
+    fn settle_one(
+        &self,
+        i: usize,
+        attempt: Attempt,
+        slots: &mut [Slot],
+        retries: &mut BinaryHeap<Reverse<(Instant, usize)>>,
+        sent: &mut Sent,
+        deadline: Instant,
+    ) {
         let slot = &mut slots[i];
         match attempt {
             Attempt::Done(outcome) => {
-                if matches!(outcome, Outcome::Delivered | Outcome::Gone) {
-                    self.limit.on_success();
-                }
                 slot.outcome = Some(outcome);
                 sent.count(outcome, &slot.recipient.connection_id);
             }
             Attempt::Throttled => {
-                self.limit.on_throttle();
                 slot.throttled_last = true;
                 let at = Instant::now() + self.backoff(slot.attempts);
                 if at < deadline {
@@ -656,6 +767,135 @@ impl Fanout {
                     sent.failed += 1;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::fake::FakeGateway;
+
+    const ENDPOINT: &str = "http://127.0.0.1:9/local";
+
+    fn recipients(ids: impl IntoIterator<Item = String>) -> Vec<Recipient> {
+        ids.into_iter()
+            .map(|id| Recipient {
+                endpoint: Arc::from(ENDPOINT),
+                connection_id: Arc::from(id.as_str()),
+                chunks: true,
+            })
+            .collect()
+    }
+
+    /// 250 open connections and 5 the gateway does not have.
+    fn gateway(batch: usize) -> (Arc<FakeGateway>, Vec<Recipient>) {
+        let gateway = Arc::new(FakeGateway::new());
+        gateway.offer_batches(batch);
+        let mut ids = Vec::new();
+        for i in 0..250 {
+            gateway.open(&format!("c{i}"));
+            ids.push(format!("c{i}"));
+        }
+        ids.extend((0..5).map(|i| format!("gone{i}")));
+        (gateway, recipients(ids))
+    }
+
+    #[tokio::test]
+    async fn a_gateway_taking_batches_gets_one_call_per_batch_and_the_report_stays_exact() {
+        let (gateway, to) = gateway(100);
+        let fanout = Arc::new(Fanout::new(gateway.clone(), DeliveryConfig::default()));
+        let sent = fanout.send(to, &PreparedFrame::new("hello")).await;
+        assert_eq!((sent.delivered, sent.gone.len()), (250, 5));
+        let mut batches = gateway.batches();
+        batches.sort_unstable();
+        assert_eq!(
+            batches,
+            vec![55, 100, 100],
+            "three calls for 255 recipients"
+        );
+        assert_eq!(gateway.calls(), 3);
+        for i in 0..250 {
+            assert_eq!(
+                gateway.received(&format!("c{i}")),
+                vec!["hello"],
+                "c{i} once"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_batch_call_each_recipient_is_one_post() {
+        let (gateway, to) = gateway(0);
+        let fanout = Arc::new(Fanout::new(gateway.clone(), DeliveryConfig::default()));
+        let sent = fanout.send(to, &PreparedFrame::new("hello")).await;
+        assert_eq!((sent.delivered, sent.gone.len()), (250, 5));
+        assert!(gateway.batches().is_empty());
+        assert_eq!(gateway.calls(), 255);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_batch_is_retried_until_taken_and_the_limit_backs_off() {
+        let (gateway, to) = gateway(100);
+        let config = DeliveryConfig {
+            concurrency: 8,
+            ..DeliveryConfig::default()
+        };
+        let fanout = Arc::new(Fanout::new(gateway.clone(), config));
+        gateway.answer_all_with(Some(Attempt::Throttled));
+        let sending = tokio::spawn({
+            let fanout = fanout.clone();
+            async move { fanout.send(to, &PreparedFrame::new("hello")).await }
+        });
+        while gateway.calls() < 20 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            fanout.concurrency() < 8,
+            "a throttled batch halves the calls in flight"
+        );
+        gateway.answer_all_with(None);
+        let sent = sending.await.expect("send");
+        assert_eq!(
+            (sent.delivered, sent.gone.len(), sent.throttled),
+            (250, 5, 0)
+        );
+        for i in 0..250 {
+            assert_eq!(gateway.received(&format!("c{i}")).len(), 1, "c{i} once");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_past_the_deadline_counts_throttled() {
+        let (gateway, to) = gateway(100);
+        let config = DeliveryConfig {
+            deadline: Duration::from_secs(2),
+            ..DeliveryConfig::default()
+        };
+        let fanout = Arc::new(Fanout::new(gateway.clone(), config));
+        gateway.answer_all_with(Some(Attempt::Throttled));
+        let sent = fanout.send(to, &PreparedFrame::new("hello")).await;
+        assert_eq!((sent.delivered, sent.throttled), (0, 255));
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_limit_goes_as_chunks_each_piece_batched() {
+        let (gateway, to) = gateway(100);
+        let config = DeliveryConfig {
+            max_frame_bytes: 1000,
+            ..DeliveryConfig::default()
+        };
+        let fanout = Arc::new(Fanout::new(gateway.clone(), config));
+        let big = serde_json::json!({"type": "message", "data": "x".repeat(3000)}).to_string();
+        let sent = fanout.send(to, &PreparedFrame::new(big)).await;
+        assert_eq!((sent.delivered, sent.gone.len()), (250, 5));
+        let pieces = gateway.received("c0").len();
+        assert!(pieces >= 3, "cut into pieces: {pieces}");
+        // Each piece: 255 recipients in 3 calls; the gone ones drop out
+        // after the first piece (250 in 3 calls).
+        assert_eq!(gateway.calls(), 3 + 3 * (pieces - 1));
+        for i in 0..250 {
+            assert_eq!(gateway.received(&format!("c{i}")).len(), pieces);
         }
     }
 }

@@ -26,7 +26,10 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-use super::{Attempt, Delivery, DeliveryError, Endpoint, Outcome, PreparedFrame, signer::Signer};
+use super::{
+    Attempt, BatchAttempt, Delivery, DeliveryError, Endpoint, Outcome, PreparedFrame,
+    signer::Signer,
+};
 use crate::{
     config::DeliveryConfig,
     metrics::{OperationLabel, metrics},
@@ -45,6 +48,22 @@ pub struct ManagementApi {
     http: HttpClient<Connector, Full<Bytes>>,
     signer: Signer,
     config: DeliveryConfig,
+    /// Each endpoint's batch limit (0: none) and until when it holds.
+    batch_limits: DashMap<Arc<str>, (usize, std::time::Instant)>,
+}
+
+/// The batch call's body type (`streamer-gateway`'s `@batch`).
+const BATCH_CONTENT_TYPE: &str = "application/x-streamer-batch";
+/// How long what an endpoint announced is trusted.
+const CAPABILITIES_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+/// How soon an endpoint that could not be asked is asked again.
+const UNKNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether `authority` is an AWS endpoint (API Gateway has no batch call:
+/// never asked).
+fn is_aws(authority: &str) -> bool {
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    host.to_ascii_lowercase().ends_with(".amazonaws.com")
 }
 
 impl std::fmt::Debug for ManagementApi {
@@ -95,7 +114,92 @@ impl ManagementApi {
             clients: DashMap::new(),
             http,
             config,
+            batch_limits: DashMap::new(),
         }
+    }
+
+    /// A signed request for `method` on `path` (the whole wire path),
+    /// carrying `body` (hashed as `hash`) of `content_type`; public for the
+    /// tests that send what this client never would.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn signed(
+        &self,
+        endpoint: &Endpoint,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+        hash: &str,
+        time: SystemTime,
+    ) -> Result<http::Request<Full<Bytes>>, DeliveryError> {
+        let credentials = self.signer.credentials().await?;
+        let length = body.len().to_string();
+        let signature = self.signer.sign(
+            &credentials,
+            time,
+            method,
+            path,
+            &[
+                ("content-length", &length),
+                ("content-type", content_type),
+                ("host", &endpoint.authority),
+            ],
+            hash,
+        );
+        let scheme = if endpoint.https { "https" } else { "http" };
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("{scheme}://{}{path}", endpoint.authority))
+            .header(http::header::HOST, &endpoint.authority)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::CONTENT_LENGTH, length)
+            .header("x-amz-date", &signature.amz_date)
+            .header(http::header::AUTHORIZATION, &signature.authorization)
+            .header(http::header::USER_AGENT, USER_AGENT);
+        if let Some(token) = &signature.session_token {
+            request = request.header("x-amz-security-token", token);
+        }
+        request
+            .body(Full::new(body))
+            .map_err(|err| DeliveryError(format!("cannot build the request: {err}")))
+    }
+
+    /// Asks the endpoint what it offers: `Some(ids per batch call)` (0 when
+    /// it answers but offers none), `None` when it could not be asked.
+    async fn ask_batch_limit(&self, endpoint: &Endpoint) -> Option<usize> {
+        let path = format!("{}/@capabilities", endpoint.base_path);
+        let empty = super::signer::payload_hash(b"");
+        let request = self
+            .signed(
+                endpoint,
+                "GET",
+                &path,
+                "application/json",
+                Bytes::new(),
+                &empty,
+                SystemTime::now(),
+            )
+            .await
+            .ok()?;
+        let response = tokio::time::timeout(self.config.call_timeout, self.http.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        if status >= 500 || status == 429 {
+            return None;
+        }
+        if status != 200 {
+            return Some(0);
+        }
+        let announced: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let max_ids = announced
+            .pointer("/batch/max_ids")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0);
+        Some(max_ids)
     }
 
     fn client(&self, endpoint: &str) -> Client {
@@ -222,6 +326,104 @@ impl Delivery for ManagementApi {
             // Refused, reset or timed out: another attempt may get through.
             Err(_) => Attempt::Retryable,
         }
+    }
+
+    async fn batch_limit(&self, endpoint: &Endpoint) -> usize {
+        if self.config.batch_size == 0 || is_aws(&endpoint.authority) {
+            return 0;
+        }
+        let now = std::time::Instant::now();
+        if let Some(known) = self.batch_limits.get(&endpoint.raw)
+            && known.1 > now
+        {
+            return known.0;
+        }
+        let (limit, for_how_long) = match self.ask_batch_limit(endpoint).await {
+            Some(limit) => (limit.min(self.config.batch_size), CAPABILITIES_FOR),
+            None => (0, UNKNOWN_FOR),
+        };
+        if limit > 0 {
+            tracing::debug!(endpoint = %endpoint.raw, limit, "the endpoint takes batch calls");
+        }
+        self.batch_limits
+            .insert(endpoint.raw.clone(), (limit, now + for_how_long));
+        limit
+    }
+
+    async fn post_batch(
+        &self,
+        endpoint: &Endpoint,
+        connection_ids: &[Arc<str>],
+        frame: &PreparedFrame,
+    ) -> BatchAttempt {
+        let ids_len: usize = connection_ids.iter().map(|id| id.len() + 1).sum();
+        let mut body = bytes::BytesMut::with_capacity(ids_len + 1 + frame.bytes.len());
+        for id in connection_ids {
+            body.extend_from_slice(id.as_bytes());
+            body.extend_from_slice(b"\n");
+        }
+        body.extend_from_slice(b"\n");
+        body.extend_from_slice(&frame.bytes);
+        let body = body.freeze();
+        let hash = super::signer::payload_hash(&body);
+        let path = format!("{}/@batch", endpoint.base_path);
+        let request = match self
+            .signed(
+                endpoint,
+                "POST",
+                &path,
+                BATCH_CONTENT_TYPE,
+                body,
+                &hash,
+                SystemTime::now(),
+            )
+            .await
+        {
+            Ok(request) => request,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot sign a batch call");
+                return BatchAttempt::Whole(Attempt::Done(Outcome::Failed));
+            }
+        };
+        let response = match self.http.request(request).await {
+            Ok(response) => response,
+            Err(_) => return BatchAttempt::Whole(Attempt::Retryable),
+        };
+        let status = response.status().as_u16();
+        let error_type = response
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(':').next().unwrap_or(v).to_owned());
+        let Ok(body) = response.into_body().collect().await.map(|b| b.to_bytes()) else {
+            return BatchAttempt::Whole(Attempt::Retryable);
+        };
+        if status == 200 {
+            #[derive(serde::Deserialize)]
+            struct Answer {
+                gone: Vec<String>,
+            }
+            return match serde_json::from_slice::<Answer>(&body) {
+                Ok(answer) => BatchAttempt::Answered { gone: answer.gone },
+                Err(_) => {
+                    tracing::warn!(endpoint = %endpoint.raw, "a batch call's answer did not parse");
+                    BatchAttempt::Whole(Attempt::Done(Outcome::Failed))
+                }
+            };
+        }
+        if status == 404 {
+            // The gateway no longer offers it (an older one took over the
+            // address): one PostToConnection each from now on.
+            self.batch_limits.insert(
+                endpoint.raw.clone(),
+                (0, std::time::Instant::now() + CAPABILITIES_FOR),
+            );
+            return BatchAttempt::Whole(Attempt::Retryable);
+        }
+        if status == 403 {
+            tracing::warn!(endpoint = %endpoint.raw, "the gateway refused the batch call's signature or credentials");
+        }
+        BatchAttempt::Whole(classify(status, error_type.as_deref()))
     }
 
     async fn delete(&self, endpoint: &str, connection_id: &str) -> Result<bool, DeliveryError> {

@@ -68,6 +68,20 @@ pub enum Attempt {
     Retryable,
 }
 
+/// What one batch call gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchAttempt {
+    /// The gateway answered for each id: these are gone, every other id
+    /// named was delivered.
+    Answered {
+        /// Ids the gateway does not have.
+        gone: Vec<String>,
+    },
+    /// The call as a whole gave this, for every id it named (throttled,
+    /// retryable, too large, refused).
+    Whole(Attempt),
+}
+
 /// A Management API endpoint (`https://{domain}/{stage}`), parsed once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -136,6 +150,22 @@ pub trait Delivery: Send + Sync + 'static {
         connection_id: &str,
         frame: &PreparedFrame,
     ) -> Attempt;
+
+    /// How many connection ids one [`Delivery::post_batch`] to `endpoint`
+    /// may name: 0 when the endpoint has no batch call (API Gateway; or
+    /// batching is off), else what its gateway announced, capped by
+    /// `STREAMER_DELIVERY_BATCH_SIZE`. Found out once per endpoint.
+    async fn batch_limit(&self, endpoint: &Endpoint) -> usize;
+
+    /// One attempt to post `frame` to every connection of `connection_ids`
+    /// at `endpoint` in a single call (Streamer's own gateway's batch
+    /// call).
+    async fn post_batch(
+        &self,
+        endpoint: &Endpoint,
+        connection_ids: &[Arc<str>],
+        frame: &PreparedFrame,
+    ) -> BatchAttempt;
 
     /// Closes a connection at the gateway; `Ok(false)` when the gateway had
     /// already forgotten it.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Attempt, Delivery, DeliveryError, Endpoint, Outcome, PreparedFrame};
+use super::{Attempt, BatchAttempt, Delivery, DeliveryError, Endpoint, Outcome, PreparedFrame};
 use crate::{
     config::ManagementEndpoints,
     metrics::{OperationLabel, metrics},
@@ -76,6 +76,26 @@ impl Delivery for OwnEndpoints {
         self.inner.post(endpoint, connection_id, frame).await
     }
 
+    async fn batch_limit(&self, endpoint: &Endpoint) -> usize {
+        // Not even asked: a foreign endpoint hears nothing from us.
+        if !self.allowed.allows(&endpoint.raw) {
+            return 0;
+        }
+        self.inner.batch_limit(endpoint).await
+    }
+
+    async fn post_batch(
+        &self,
+        endpoint: &Endpoint,
+        connection_ids: &[Arc<str>],
+        frame: &PreparedFrame,
+    ) -> BatchAttempt {
+        if !self.allows(&endpoint.raw, "post") {
+            return BatchAttempt::Whole(Attempt::Done(Outcome::Failed));
+        }
+        self.inner.post_batch(endpoint, connection_ids, frame).await
+    }
+
     async fn delete(&self, endpoint: &str, connection_id: &str) -> Result<bool, DeliveryError> {
         if !self.allows(endpoint, "delete") {
             return Err(refused(endpoint));
@@ -103,6 +123,7 @@ mod tests {
     #[tokio::test]
     async fn only_the_listed_endpoints_are_called() {
         let gateway = Arc::new(FakeGateway::default());
+        gateway.offer_batches(10);
         let own = "https://abc.execute-api.eu-west-1.amazonaws.com/prod";
         let guarded = OwnEndpoints::new(
             gateway.clone(),
@@ -134,6 +155,21 @@ mod tests {
                     attempt != Attempt::Done(Outcome::Failed),
                     expected,
                     "{raw}: {attempt:?}"
+                );
+                // The batch call too: a foreign endpoint is neither asked
+                // what it offers nor sent a batch.
+                assert_eq!(
+                    guarded.batch_limit(&endpoint).await,
+                    if expected { 10 } else { 0 },
+                    "{raw}"
+                );
+                let batch = guarded
+                    .post_batch(&endpoint, &[Arc::from("c1"), Arc::from("c2")], &frame)
+                    .await;
+                assert_eq!(
+                    batch != BatchAttempt::Whole(Attempt::Done(Outcome::Failed)),
+                    expected,
+                    "{raw}: {batch:?}"
                 );
             }
             assert_eq!(

@@ -79,6 +79,8 @@ fn options(var: &dyn Fn(&str) -> Option<String>, stage: &str) -> anyhow::Result<
             defaults.management_burst,
         )?,
         verify_signatures: var("STREAMER_GATEWAY_VERIFY_SIGNATURES").as_deref() != Some("false"),
+        // Streamer's own gateway serves its batch call unless told not to.
+        batch: var("STREAMER_GATEWAY_BATCH").as_deref() != Some("false"),
         ..defaults
     })
 }

@@ -63,6 +63,11 @@ fn refuse(
     None
 }
 
+/// A path this gateway does not serve.
+fn not_found() -> Response {
+    aws_error(StatusCode::NOT_FOUND, "NotFoundException", None)
+}
+
 fn gone() -> Response {
     aws_error(StatusCode::GONE, "GoneException", None)
 }
@@ -214,6 +219,164 @@ pub(super) async fn local_stats(
         "connections": gateway.inner.conns.len(),
         "throttled": gateway.inner.throttled.load(Ordering::Relaxed),
         "heap_bytes": heap,
+    });
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Most connection ids one batch call may name.
+pub const BATCH_MAX_IDS: usize = 1_000;
+
+/// The batch call's body type: the connection ids, one per line, an empty
+/// line, then the frame's bytes as they are (no re-encoding, so the frame
+/// is never escaped or copied per recipient).
+pub const BATCH_CONTENT_TYPE: &str = "application/x-streamer-batch";
+
+/// Streamer's own call, beside the Management API (API Gateway has no
+/// equivalent): one frame to many connections of this gateway in one
+/// request, signed as every Management API call is. It answers
+/// `{"delivered": n, "gone": [ids]}`: every id named once is either
+/// written to its socket's queue or gone (unknown, or closed meanwhile).
+/// Refused whole: an unsigned or badly signed call (403), a body that is
+/// not ids + empty line + frame (400 `BadRequestException`), more than
+/// [`BATCH_MAX_IDS`] ids (413 `BatchTooLargeException`), a frame over the
+/// message limit (413 `PayloadTooLargeException`), over the Management
+/// API's request rate (429; a batch is one request).
+pub(super) async fn post_batch(
+    State(gateway): State<Gateway>,
+    Path(stage): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !gateway.inner.options.batch {
+        return not_found();
+    }
+    if let Some(response) = refuse(&gateway, &stage, &method, &uri, &headers, &body) {
+        return response;
+    }
+    let Some((ids, frame)) = split_batch(&body) else {
+        return aws_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequestException",
+            Some("expected connection ids, one per line, an empty line, then the frame"),
+        );
+    };
+    if ids.len() > BATCH_MAX_IDS {
+        return aws_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BatchTooLargeException",
+            Some("too many connection ids in one batch"),
+        );
+    }
+    if frame.len() > gateway.inner.options.max_message_bytes {
+        return aws_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLargeException",
+            Some("Message too long"),
+        );
+    }
+    // One buffer shared by every socket's queue.
+    let message = if std::str::from_utf8(&frame).is_ok() {
+        match Utf8Bytes::try_from(frame) {
+            Ok(text) => Message::Text(text),
+            Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+        }
+    } else {
+        Message::Binary(frame)
+    };
+    let now = now_ms();
+    let mut gone: Vec<&str> = Vec::new();
+    let mut waiting = Vec::new();
+    let mut delivered = 0u64;
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    for id in ids {
+        if !seen.insert(id) {
+            continue;
+        }
+        let Some(conn) = gateway.inner.conns.get(id).map(|c| c.clone()) else {
+            gone.push(id);
+            continue;
+        };
+        // A full queue (a slow reader) waits, as its own PostToConnection
+        // would, without holding up the rest of the batch.
+        match conn.tx.try_send(Outbound::Frame(message.clone())) {
+            Ok(()) => {
+                conn.last_active_ms.store(now, Ordering::Relaxed);
+                delivered += 1;
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => gone.push(id),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(frame)) => {
+                waiting.push(async move {
+                    let sent = conn.tx.send(frame).await.is_ok();
+                    if sent {
+                        conn.last_active_ms.store(now_ms(), Ordering::Relaxed);
+                    }
+                    (id, sent)
+                });
+            }
+        }
+    }
+    for (id, sent) in futures_util::future::join_all(waiting).await {
+        if sent {
+            delivered += 1;
+        } else {
+            gone.push(id);
+        }
+    }
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        json!({ "delivered": delivered, "gone": gone }).to_string(),
+    )
+        .into_response()
+}
+
+/// `ids\n…\n\nframe` into the ids and the frame; `None` when malformed (no
+/// empty line, no id, an empty or non-UTF-8 id, an empty frame).
+fn split_batch(body: &Bytes) -> Option<(Vec<&str>, Bytes)> {
+    let end = body.windows(2).position(|w| w == b"\n\n")?;
+    let head = std::str::from_utf8(&body[..end]).ok()?;
+    let ids: Vec<&str> = head.split('\n').collect();
+    if ids.iter().any(|id| id.is_empty() || id.len() > 128) {
+        return None;
+    }
+    let frame = body.slice(end + 2..);
+    (!frame.is_empty()).then_some((ids, frame))
+}
+
+/// What this gateway offers beyond the Management API, for the control
+/// plane to find out (signed like every call): the batch call and its
+/// limits.
+pub(super) async fn capabilities(
+    State(gateway): State<Gateway>,
+    Path(stage): Path<String>,
+    call: Parts,
+) -> Response {
+    if !gateway.inner.options.batch {
+        return not_found();
+    }
+    if let Some(response) = refuse(
+        &gateway,
+        &stage,
+        &call.method,
+        &call.uri,
+        &call.headers,
+        b"",
+    ) {
+        return response;
+    }
+    let body = json!({
+        "batch": {
+            "max_ids": BATCH_MAX_IDS,
+            "max_message_bytes": gateway.inner.options.max_message_bytes,
+            "content_type": BATCH_CONTENT_TYPE,
+        }
     });
     (
         StatusCode::OK,

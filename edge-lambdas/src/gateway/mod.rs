@@ -14,6 +14,8 @@
 
 mod limits;
 mod management;
+
+pub use self::management::{BATCH_CONTENT_TYPE, BATCH_MAX_IDS};
 pub mod sigv4;
 mod socket;
 
@@ -83,6 +85,10 @@ pub struct GatewayOptions {
     /// Whether Management API signatures are checked (only the benchmark's
     /// unsigned floor turns this off).
     pub verify_signatures: bool,
+    /// Serve Streamer's batch call (`POST /{stage}/@batch`) and announce it
+    /// at `GET /{stage}/@capabilities`; off (API Gateway's way) both
+    /// answer 404.
+    pub batch: bool,
 }
 
 impl Default for GatewayOptions {
@@ -99,6 +105,7 @@ impl Default for GatewayOptions {
             management_burst: 5_000,
             credentials: LocalCredentials::default(),
             verify_signatures: true,
+            batch: false,
         }
     }
 }
@@ -221,6 +228,8 @@ impl Gateway {
                 post(management::local_broadcast),
             )
             .route("/{stage}/@local/stats", get(management::local_stats))
+            .route("/{stage}/@batch", post(management::post_batch))
+            .route("/{stage}/@capabilities", get(management::capabilities))
             .route(
                 "/{stage}/@connections/{id}",
                 post(management::post_to_connection)

@@ -4,6 +4,7 @@
 //! whole dependency graph once, not once per file); a module per subject.
 //! The chaos suite is the `chaos` module (test names start with `chaos_`).
 
+mod batch;
 mod chaos;
 mod chunks;
 mod claims;

@@ -1,0 +1,149 @@
+//! The gateway's batch call (`POST /{stage}/@batch`), Streamer's own
+//! addition beside the Management API: one frame to many connections,
+//! signed as every Management API call; and what it refuses whole.
+
+use std::{sync::Arc, time::SystemTime};
+
+use aws_credential_types::{Credentials, provider::SharedCredentialsProvider};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use streamer_control_plane::{
+    config::DeliveryConfig,
+    delivery::{
+        Attempt, BatchAttempt, Delivery, Endpoint, Outcome, PreparedFrame,
+        management_api::ManagementApi, signer::payload_hash,
+    },
+};
+use streamer_test_kit::prelude::*;
+
+fn api(secret: &str) -> ManagementApi {
+    let sdk = aws_config::SdkConfig::builder()
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "streamer-local",
+            secret,
+            None,
+            None,
+            "test",
+        )))
+        .region(aws_config::Region::new("us-east-1"))
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .build();
+    ManagementApi::new(sdk, DeliveryConfig::default())
+}
+
+/// A signed batch call carrying `body` as it is: the status and error type.
+async fn raw(api: &ManagementApi, endpoint: &Endpoint, body: Vec<u8>) -> (u16, String) {
+    let body = Bytes::from(body);
+    let request = api
+        .signed(
+            endpoint,
+            "POST",
+            &format!("{}/@batch", endpoint.base_path),
+            "application/x-streamer-batch",
+            body.clone(),
+            &payload_hash(&body),
+            SystemTime::now(),
+        )
+        .await
+        .expect("sign");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let response = client.request(request).await.expect("call");
+    let status = response.status().as_u16();
+    let kind = response
+        .headers()
+        .get("x-amzn-errortype")
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    let _ = response.into_body().collect().await;
+    (status, kind)
+}
+
+#[tokio::test]
+async fn one_batch_call_reaches_every_named_connection_and_names_the_gone() {
+    let dev = Dev::start(&[("STREAMER_GATEWAY_BATCH", "true")]).await;
+    let endpoint = Endpoint::parse(&dev.management_endpoint()).expect("endpoint");
+    let (mut a, mut b, mut c) = (
+        dev.connect(&token("ann", "acme", &[])).await,
+        dev.connect(&token("ben", "acme", &[])).await,
+        dev.connect(&token("cat", "acme", &[])).await,
+    );
+    let (ida, idb) = (whoami(&mut a).await, whoami(&mut b).await);
+    let api = api("streamer-local-secret");
+    assert_eq!(
+        api.batch_limit(&endpoint).await,
+        1000,
+        "the gateway announces its batch call"
+    );
+
+    let ids: Vec<Arc<str>> = vec![
+        Arc::from(ida.as_str()),
+        Arc::from("not-a-connection"),
+        Arc::from(idb.as_str()),
+        Arc::from(ida.as_str()),
+    ];
+    let answer = api
+        .post_batch(&endpoint, &ids, &PreparedFrame::new(r#"{"hello":"batch"}"#))
+        .await;
+    assert_eq!(
+        answer,
+        BatchAttempt::Answered {
+            gone: vec!["not-a-connection".to_owned()]
+        }
+    );
+    for ws in [&mut a, &mut b] {
+        let frame: Value = recv(ws).await;
+        assert_eq!(frame["hello"], "batch");
+        // Named twice, written once.
+        nothing_pending(ws).await;
+    }
+    nothing_pending(&mut c).await;
+
+    // Signed with the wrong secret: refused whole, nothing delivered.
+    let forged = api_forged(&endpoint, &ids).await;
+    assert_eq!(forged, BatchAttempt::Whole(Attempt::Done(Outcome::Failed)));
+    nothing_pending(&mut a).await;
+
+    // Bad input, each refused whole with AWS's shape of answer.
+    let id_lines = |n: usize| {
+        let mut body = String::new();
+        for i in 0..n {
+            body.push_str(&format!("id{i}\n"));
+        }
+        body
+    };
+    for (what, body, expected) in [
+        (
+            "no empty line between the ids and the frame",
+            format!("{ida}\n{{}}").into_bytes(),
+            (400, "BadRequestException"),
+        ),
+        ("no ids", b"\n\n{}".to_vec(), (400, "BadRequestException")),
+        (
+            "no frame",
+            format!("{ida}\n\n").into_bytes(),
+            (400, "BadRequestException"),
+        ),
+        (
+            "1,001 ids",
+            format!("{}\n{{}}", id_lines(1001)).into_bytes(),
+            (413, "BatchTooLargeException"),
+        ),
+        (
+            "a frame over the 128 KB message limit",
+            format!("{ida}\n\n\"{}\"", "x".repeat(128 * 1024)).into_bytes(),
+            (413, "PayloadTooLargeException"),
+        ),
+    ] {
+        let (status, kind) = raw(&api, &endpoint, body).await;
+        assert_eq!((status, kind.as_str()), expected, "{what}");
+    }
+    nothing_pending(&mut a).await;
+}
+
+async fn api_forged(endpoint: &Endpoint, ids: &[Arc<str>]) -> BatchAttempt {
+    api("not-the-secret")
+        .post_batch(endpoint, ids, &PreparedFrame::new(r#"{"forged":true}"#))
+        .await
+}
