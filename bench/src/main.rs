@@ -13,7 +13,9 @@
 mod auth;
 mod baselines;
 mod chunks;
+mod cost;
 mod fleet;
+mod gateways;
 mod history;
 mod keys;
 mod processes;
@@ -82,6 +84,14 @@ enum Helper {
     /// a JWKS document against one static key, and echo / Send figures
     /// with the audit record per server-API call against without.
     Auth,
+    /// A month of three workloads priced three ways (API Gateway + edge
+    /// Lambdas, Streamer's own gateways, the Go all-Lambda design) from
+    /// this machine's measured CPU per operation.
+    Cost,
+    /// Broadcast through Streamer's own gateways (batched delivery)
+    /// against the per-recipient PostToConnection path, beside both
+    /// floors, at every --broadcast-sizes.
+    Gateways,
     /// What an idempotency key costs a Send: latency and control-plane
     /// CPU with and without one, at 1 and 1,000 recipients, on the
     /// embedded store (and DynamoDB with STREAMER_BENCH_DYNAMODB_ENDPOINT).
@@ -186,6 +196,14 @@ async fn main() -> anyhow::Result<()> {
         Some(Helper::Auth) => {
             let _ = rlimit::increase_nofile_limit(u64::MAX);
             return auth::run(&cli.args).await;
+        }
+        Some(Helper::Cost) => {
+            let _ = rlimit::increase_nofile_limit(u64::MAX);
+            return cost::run(&cli.args).await;
+        }
+        Some(Helper::Gateways) => {
+            let _ = rlimit::increase_nofile_limit(u64::MAX);
+            return gateways::run(&cli.args).await;
         }
         Some(Helper::Tls) => {
             let _ = rlimit::increase_nofile_limit(u64::MAX);

@@ -162,6 +162,10 @@ impl Processes {
                 args.delivery_concurrency.to_string(),
             )
             .env("STREAMER_RECONCILE_INTERVAL_SECS", "0")
+            // API Gateway's path, one PostToConnection per recipient, unless
+            // a run says otherwise (`streamer-bench gateways` batches): the
+            // goals against the Management-API floor keep their meaning.
+            .env("STREAMER_DELIVERY_BATCH_SIZE", "0")
             .env("STREAMER_GRPC_IDLE_TIMEOUT_SECS", "0")
             // Only the history scenario's groups keep history.
             .env("STREAMER_HISTORY", "group:hist-*")

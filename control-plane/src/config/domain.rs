@@ -132,6 +132,9 @@ pub struct DeliveryConfig {
     pub max_frame_bytes: usize,
     /// Most ids per batch call to a gateway that offers one (0: never).
     pub batch_size: usize,
+    /// What calls to Streamer's own gateways are signed with (else the
+    /// AWS credential chain).
+    pub gateway_signing: Option<GatewaySigning>,
     /// The Management API endpoints this deployment may call.
     pub endpoints: ManagementEndpoints,
     /// How long a Send's idempotency key is remembered.
@@ -228,6 +231,7 @@ impl Default for DeliveryConfig {
             connecting_grace: Duration::from_secs(10),
             max_frame_bytes: 128_000,
             batch_size: 1000,
+            gateway_signing: None,
             endpoints: ManagementEndpoints::Unset,
             idempotency_window: Duration::from_secs(300),
             token_expiry_warning: Duration::from_secs(60),
@@ -252,9 +256,63 @@ impl DeliveryConfig {
             connecting_grace: millis(src.get(&s::DELIVERY_CONNECTING_GRACE_MS)),
             max_frame_bytes: src.at_least(&s::DELIVERY_MAX_FRAME_BYTES, 512),
             batch_size: src.get(&s::DELIVERY_BATCH_SIZE),
+            gateway_signing: GatewaySigning::resolve(src),
             endpoints: ManagementEndpoints::resolve(src),
             idempotency_window: secs(src.at_least(&s::IDEMPOTENCY_WINDOW_SECS, 1)),
             token_expiry_warning: secs(src.get(&s::TOKEN_EXPIRY_WARNING_SECS)),
+        }
+    }
+}
+
+/// The key pair calls to Streamer's own gateways are signed with (SigV4,
+/// as API Gateway's Management API is): the gateways cannot verify an IAM
+/// role's signature, so both sides share this pair.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GatewaySigning {
+    /// The key id.
+    pub access_key_id: String,
+    /// The secret.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for GatewaySigning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewaySigning")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewaySigning {
+    fn resolve(src: &mut Source<'_>) -> Option<Self> {
+        let id: Option<String> = src.opt(&s::GATEWAY_SIGNING_ACCESS_KEY_ID);
+        let secret: Option<String> = src.opt(&s::GATEWAY_SIGNING_SECRET_ACCESS_KEY);
+        match (id, secret) {
+            (None, None) => None,
+            (Some(access_key_id), Some(secret_access_key)) if secret_access_key.len() >= 32 => {
+                Some(Self {
+                    access_key_id,
+                    secret_access_key,
+                })
+            }
+            (Some(_), Some(_)) => {
+                src.problem(
+                    &s::GATEWAY_SIGNING_SECRET_ACCESS_KEY,
+                    "use at least 32 characters",
+                );
+                None
+            }
+            (id, _) => {
+                src.problem(
+                    if id.is_some() {
+                        &s::GATEWAY_SIGNING_SECRET_ACCESS_KEY
+                    } else {
+                        &s::GATEWAY_SIGNING_ACCESS_KEY_ID
+                    },
+                    "set both STREAMER_GATEWAY_SIGNING_ACCESS_KEY_ID and STREAMER_GATEWAY_SIGNING_SECRET_ACCESS_KEY",
+                );
+                None
+            }
         }
     }
 }

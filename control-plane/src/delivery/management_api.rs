@@ -47,6 +47,9 @@ pub struct ManagementApi {
     clients: DashMap<Arc<str>, Client>,
     http: HttpClient<Connector, Full<Bytes>>,
     signer: Signer,
+    /// Signs calls to Streamer's own gateways, when they have a key pair
+    /// of their own (`STREAMER_GATEWAY_SIGNING_*`).
+    gateway_signer: Option<Signer>,
     config: DeliveryConfig,
     /// Each endpoint's batch limit (0: none) and until when it holds.
     batch_limits: DashMap<Arc<str>, (usize, std::time::Instant)>,
@@ -108,13 +111,37 @@ impl ManagementApi {
         let http = HttpClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.concurrency.max(1))
             .build(connector());
+        let gateway_signer = config.gateway_signing.as_ref().map(|pair| {
+            Signer::new(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    aws_credential_types::Credentials::new(
+                        pair.access_key_id.clone(),
+                        pair.secret_access_key.clone(),
+                        None,
+                        None,
+                        "streamer-gateway-signing",
+                    ),
+                ),
+                &region,
+            )
+        });
         Self {
+            gateway_signer,
             signer: Signer::new(provider, &region),
             sdk,
             clients: DashMap::new(),
             http,
             config,
             batch_limits: DashMap::new(),
+        }
+    }
+
+    /// The signer for `endpoint`: AWS's credentials for AWS, the gateways'
+    /// pair (when set) for Streamer's own gateways.
+    fn signer_for(&self, endpoint: &Endpoint) -> &Signer {
+        match &self.gateway_signer {
+            Some(own) if !is_aws(&endpoint.authority) => own,
+            _ => &self.signer,
         }
     }
 
@@ -132,9 +159,10 @@ impl ManagementApi {
         hash: &str,
         time: SystemTime,
     ) -> Result<http::Request<Full<Bytes>>, DeliveryError> {
-        let credentials = self.signer.credentials().await?;
+        let signer = self.signer_for(endpoint);
+        let credentials = signer.credentials().await?;
         let length = body.len().to_string();
-        let signature = self.signer.sign(
+        let signature = signer.sign(
             &credentials,
             time,
             method,
@@ -206,7 +234,19 @@ impl ManagementApi {
         if let Some(client) = self.clients.get(endpoint) {
             return client.clone();
         }
-        let config = aws_sdk_apigatewaymanagement::config::Builder::from(&self.sdk)
+        let mut builder = aws_sdk_apigatewaymanagement::config::Builder::from(&self.sdk);
+        if let Some(pair) = &self.config.gateway_signing
+            && Endpoint::parse(endpoint).is_some_and(|e| !is_aws(&e.authority))
+        {
+            builder = builder.credentials_provider(aws_credential_types::Credentials::new(
+                pair.access_key_id.clone(),
+                pair.secret_access_key.clone(),
+                None,
+                None,
+                "streamer-gateway-signing",
+            ));
+        }
+        let config = builder
             .endpoint_url(endpoint.to_string())
             .retry_config(RetryConfig::disabled())
             .timeout_config(
@@ -245,10 +285,11 @@ impl ManagementApi {
         frame: &PreparedFrame,
         time: SystemTime,
     ) -> Result<http::Request<Full<Bytes>>, DeliveryError> {
-        let credentials = self.signer.credentials().await?;
+        let signer = self.signer_for(endpoint);
+        let credentials = signer.credentials().await?;
         let path = super::signer::connection_path(&endpoint.base_path, connection_id);
         let length = frame.bytes.len().to_string();
-        let signature = self.signer.sign(
+        let signature = signer.sign(
             &credentials,
             time,
             "POST",

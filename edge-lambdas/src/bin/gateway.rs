@@ -16,7 +16,12 @@
 //! `_IDLE_TIMEOUT_SECS`, `_MAX_DURATION_SECS`, `_HEADER_TIMEOUT_MS`,
 //! `_CONNECTS_PER_SECOND`, `_MANAGEMENT_RPS`, `_MANAGEMENT_BURST`), plus
 //! `STREAMER_GATEWAY_VERIFY_SIGNATURES=false` for the benchmark's unsigned
-//! floor. It counts its heap allocations and reports them on
+//! floor, `STREAMER_GATEWAY_BATCH=false` to serve no batch call (API
+//! Gateway's way; on by default here), and the key pair Management API and
+//! batch calls must be signed with, `STREAMER_GATEWAY_ACCESS_KEY_ID` /
+//! `STREAMER_GATEWAY_SECRET_ACCESS_KEY` (the control plane's
+//! `STREAMER_GATEWAY_SIGNING_*`; required off loopback, where the
+//! emulator's well-known local pair would let anyone post). It counts its heap allocations and reports them on
 //! `/{stage}/@local/stats`, so memory per connection is measured exactly.
 
 use std::{process::ExitCode, time::Duration};
@@ -138,7 +143,34 @@ async fn run() -> anyhow::Result<()> {
         None => format!("http://{local}/{stage}"),
     };
     let handler = EdgeHandler::spread(clients, Some(endpoint));
-    let options = options(&var, &stage)?;
+    let mut options = options(&var, &stage)?;
+    // What Management API and batch calls must be signed with: the pair
+    // the control plane holds (STREAMER_GATEWAY_SIGNING_*). The emulator's
+    // well-known local pair is allowed on a loopback address only.
+    match (
+        var("STREAMER_GATEWAY_ACCESS_KEY_ID"),
+        var("STREAMER_GATEWAY_SECRET_ACCESS_KEY"),
+    ) {
+        (Some(access_key), Some(secret_key)) => {
+            if secret_key.len() < 32 {
+                anyhow::bail!("STREAMER_GATEWAY_SECRET_ACCESS_KEY: use at least 32 characters");
+            }
+            options.credentials = streamer_edge::gateway::LocalCredentials {
+                access_key,
+                secret_key,
+                region: var("STREAMER_GATEWAY_REGION")
+                    .or_else(|| var("AWS_REGION"))
+                    .unwrap_or_else(|| "us-east-1".into()),
+            };
+        }
+        (None, None) if local.ip().is_loopback() => {}
+        (None, None) => anyhow::bail!(
+            "listening on {local}, not loopback: set STREAMER_GATEWAY_ACCESS_KEY_ID and STREAMER_GATEWAY_SECRET_ACCESS_KEY (the pair the control plane signs with, STREAMER_GATEWAY_SIGNING_*), or anyone reaching this port could post to every connection"
+        ),
+        _ => anyhow::bail!(
+            "set both STREAMER_GATEWAY_ACCESS_KEY_ID and STREAMER_GATEWAY_SECRET_ACCESS_KEY"
+        ),
+    }
     let gateway = Gateway::with_heap_meter(
         handler,
         options,

@@ -147,3 +147,95 @@ async fn api_forged(endpoint: &Endpoint, ids: &[Arc<str>]) -> BatchAttempt {
         .post_batch(endpoint, ids, &PreparedFrame::new(r#"{"forged":true}"#))
         .await
 }
+
+const PAIR_SECRET: &str = "gateway-secret-0123456789abcdef-0123";
+
+async fn tenant_send(serve: &Serve, tenant: &str) -> streamer_proto::v1::DeliveryReport {
+    broadcast(channel(serve.grpc), ADMIN_TOKEN)
+        .send(streamer_proto::v1::SendRequest {
+            target: Some(streamer_proto::v1::send_request::Target::TenantId(
+                tenant.into(),
+            )),
+            payload: Some(streamer_proto::v1::send_request::Payload::DataJson(
+                r#"{"to":"all"}"#.into(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .reported()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_gateways_take_only_calls_signed_with_their_pair_and_batch_them() {
+    let gateway_pair = [
+        ("STREAMER_GATEWAY_ACCESS_KEY_ID", "streamer-gateways"),
+        ("STREAMER_GATEWAY_SECRET_ACCESS_KEY", PAIR_SECRET),
+    ];
+    // The control plane holds the pair: its broadcasts reach every client,
+    // through the batch call (the gateway binary serves it by default).
+    let serve = Serve::start(&[
+        (
+            "STREAMER_GATEWAY_SIGNING_ACCESS_KEY_ID",
+            "streamer-gateways",
+        ),
+        ("STREAMER_GATEWAY_SIGNING_SECRET_ACCESS_KEY", PAIR_SECRET),
+    ])
+    .await;
+    let (_gateway, ws) = streamer_test_kit::fleet::gateway_with(
+        &format!("http://{}", serve.grpc),
+        "127.0.0.1:0".parse().expect("addr"),
+        &gateway_pair,
+    )
+    .await;
+    let mut clients = Vec::new();
+    for user in ["u1", "u2", "u3"] {
+        let (mut client, _) =
+            tokio_tungstenite::connect_async(format!("{ws}?token={}", token(user, "own", &[])))
+                .await
+                .expect("connect");
+        whoami(&mut client).await;
+        clients.push(client);
+    }
+    let report = tenant_send(&serve, "own").await;
+    assert_eq!((report.delivered, report.failed), (3, 0), "{report:?}");
+    for client in &mut clients {
+        let frame: Value = recv(client).await;
+        assert_eq!(frame["data"]["to"], "all");
+    }
+
+    // A control plane signing with anything else (here the AWS chain's
+    // keys) is refused by the gateway: nothing reaches its clients.
+    let stranger = Serve::start(&[]).await;
+    let (_other, ws) = streamer_test_kit::fleet::gateway_with(
+        &format!("http://{}", stranger.grpc),
+        "127.0.0.1:0".parse().expect("addr"),
+        &gateway_pair,
+    )
+    .await;
+    let (mut client, _) =
+        tokio_tungstenite::connect_async(format!("{ws}?token={}", token("u4", "own", &[])))
+            .await
+            .expect("connect");
+    whoami(&mut client).await;
+    let report = tenant_send(&stranger, "own").await;
+    assert_eq!((report.delivered, report.failed), (0, 1), "{report:?}");
+    nothing_pending(&mut client).await;
+}
+
+#[tokio::test]
+async fn a_gateway_off_loopback_without_a_pair_refuses_to_start() {
+    let output = tokio::process::Command::new(streamer_test_kit::dev::binary("streamer-gateway"))
+        .env_clear()
+        .env("STREAMER_CONTROL_PLANE_URL", "http://127.0.0.1:9")
+        .env("STREAMER_EDGE_TOKEN", EDGE_TOKEN)
+        .env("STREAMER_GATEWAY_ADDR", "0.0.0.0:0")
+        .output()
+        .await
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("STREAMER_GATEWAY_ACCESS_KEY_ID"),
+        "{stderr}"
+    );
+}
