@@ -189,8 +189,32 @@ impl ManagementEndpoints {
     pub fn allows(&self, raw: &str) -> bool {
         match self {
             Self::Unset | Self::Any => true,
-            Self::Only(list) => Self::normalise(raw).is_some_and(|e| list.contains(&e)),
+            Self::Only(list) => Self::normalise(raw).is_some_and(|e| {
+                list.iter()
+                    .any(|allowed| allowed == &e || Self::wildcard_matches(allowed, &e))
+            }),
         }
+    }
+
+    /// `scheme://*.rest` matches `scheme://label.rest` for one DNS label
+    /// (letters, digits, `-`): self-hosted gateways, each registered under
+    /// its own name in one private zone.
+    fn wildcard_matches(allowed: &str, endpoint: &str) -> bool {
+        let Some((scheme, rest)) = allowed.split_once("://*.") else {
+            return false;
+        };
+        let Some(candidate) = endpoint
+            .strip_prefix(scheme)
+            .and_then(|e| e.strip_prefix("://"))
+        else {
+            return false;
+        };
+        let Some((label, tail)) = candidate.split_once('.') else {
+            return false;
+        };
+        !label.is_empty()
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && tail == rest
     }
 
     fn resolve(src: &mut Source<'_>) -> Self {

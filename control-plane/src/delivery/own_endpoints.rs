@@ -120,6 +120,26 @@ mod tests {
     use super::*;
     use crate::delivery::fake::FakeGateway;
 
+    #[test]
+    fn a_wildcard_admits_one_label_of_its_zone_and_nothing_else() {
+        let allowed = ManagementEndpoints::Only(vec![
+            ManagementEndpoints::normalise("https://*.gateways.internal:8443/prod").expect("ok"),
+        ]);
+        for (raw, expected) in [
+            ("https://gw-1.gateways.internal:8443/prod", true),
+            ("https://GW-2.gateways.internal:8443/prod/", true),
+            ("https://a.b.gateways.internal:8443/prod", false),
+            ("https://.gateways.internal:8443/prod", false),
+            ("https://gw.gateways.internal:8443/other", false),
+            ("http://gw.gateways.internal:8443/prod", false),
+            ("https://gw.gateways.internal.evil:8443/prod", false),
+            ("https://gw.gateways.internal:9443/prod", false),
+            ("https://evil/x.gateways.internal:8443/prod", false),
+        ] {
+            assert_eq!(allowed.allows(raw), expected, "{raw}");
+        }
+    }
+
     #[tokio::test]
     async fn only_the_listed_endpoints_are_called() {
         let gateway = Arc::new(FakeGateway::default());

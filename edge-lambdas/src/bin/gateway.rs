@@ -179,8 +179,15 @@ async fn run() -> anyhow::Result<()> {
         })),
     );
     println!("STREAMER_GATEWAY_READY {{\"gateway\":\"{local}\",\"stage\":\"{stage}\"}}");
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+    // SIGTERM (ECS stopping the task, a deploy) or Ctrl-C: stop accepting,
+    // close every socket with 1001 "Going away" (clients reconnect, through
+    // the load balancer, to another gateway) and let each `$disconnect` run.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
     };
     gateway.serve(listener, shutdown).await?;
     Ok(())

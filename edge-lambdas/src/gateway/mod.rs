@@ -128,6 +128,10 @@ struct Inner {
     management: Option<Throttle>,
     throttled: AtomicU64,
     heap_meter: Option<HeapMeter>,
+    /// Sockets whose task has not ended (their `$disconnect` included).
+    live: std::sync::atomic::AtomicUsize,
+    /// Told when the last one ends.
+    all_ended: Notify,
 }
 
 /// Reads the heap bytes in use (a binary that counts its allocations
@@ -210,6 +214,8 @@ impl Gateway {
                 api_id: "local".into(),
                 throttled: AtomicU64::new(0),
                 heap_meter,
+                live: std::sync::atomic::AtomicUsize::new(0),
+                all_ended: Notify::new(),
             }),
         }
     }
@@ -297,7 +303,22 @@ impl Gateway {
             let _ = conn.tx.try_send(Outbound::Close(1001, "Going away"));
             conn.closing.notify_one();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+        // Upgraded sockets are no longer hyper's: wait for each socket's
+        // close frame and `$disconnect` as well, 10 s at most.
+        let live = async {
+            loop {
+                let ended = self.inner.all_ended.notified();
+                if self.inner.live.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    return;
+                }
+                ended.await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            graceful.shutdown().await;
+            live.await;
+        })
+        .await;
         Ok(())
     }
 

@@ -203,6 +203,9 @@ async fn run(
     mut rx: mpsc::Receiver<Outbound>,
     socket: WebSocket,
 ) {
+    // Counted until its `$disconnect` has run, so a stopping gateway can
+    // wait for every socket's end.
+    let _live = Live::enter(&gateway);
     let (mut sink, mut stream) = socket.split();
     let writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
@@ -305,6 +308,24 @@ async fn run(
         identity,
     ))
     .await;
+}
+
+/// One socket still running (see [`Gateway::serve`]'s drain).
+struct Live(Gateway);
+
+impl Live {
+    fn enter(gateway: &Gateway) -> Self {
+        gateway.inner.live.fetch_add(1, Ordering::SeqCst);
+        Self(gateway.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if self.0.inner.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.inner.all_ended.notify_waiters();
+        }
+    }
 }
 
 /// What the `$disconnect` event reports about the client.

@@ -239,3 +239,44 @@ async fn a_gateway_off_loopback_without_a_pair_refuses_to_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stopped_by_sigterm_sends_its_clients_elsewhere_and_disconnects_each() {
+    let serve = Serve::start(&[]).await;
+    let (gateway, ws) = streamer_test_kit::fleet::gateway(&format!("http://{}", serve.grpc)).await;
+    let mut clients = Vec::new();
+    for user in ["d1", "d2", "d3"] {
+        let (mut client, _) =
+            tokio_tungstenite::connect_async(format!("{ws}?token={}", token(user, "drain", &[])))
+                .await
+                .expect("connect");
+        whoami(&mut client).await;
+        clients.push(client);
+    }
+    streamer_test_kit::dev::sigterm(&gateway);
+    for client in &mut clients {
+        let frame = closed(client).await.expect("a close frame");
+        assert_eq!(
+            u16::from(frame.code),
+            1001,
+            "Going away: reconnect elsewhere"
+        );
+    }
+    let admin = connections(channel(serve.grpc), ADMIN_TOKEN);
+    eventually("every $disconnect reached the control plane", || {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .count_connections(streamer_proto::v1::CountConnectionsRequest {
+                    tenant_id: "drain".into(),
+                    user_id: String::new(),
+                })
+                .await
+                .expect("count")
+                .into_inner()
+                .count
+                == 0
+        }
+    })
+    .await;
+}
