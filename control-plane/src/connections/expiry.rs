@@ -5,6 +5,12 @@
 //! is closed (`DeleteConnection`; `$disconnect` follows as usual) — unless
 //! the row, read again each time, says a `refresh` moved the end (the
 //! replica that renewed it watches the new one).
+//!
+//! A watch lives in its replica: when that replica stops (a deploy, a
+//! crash) before the end, the connection is closed instead by whoever sees
+//! it first past the end (plus `TOKEN_END_GRACE`): the route of its next
+//! frame ([`ControlPlane::close_ended`], the frame answered `UNAUTHORIZED`)
+//! or the reconcile pass, for an idle one.
 
 use std::time::Duration;
 
@@ -72,6 +78,30 @@ impl ControlPlane {
         if let Some(previous) = self.watchers.insert(key, task.abort_handle()) {
             previous.abort();
         }
+    }
+
+    /// Closes `connection`, whose token ended with no watcher closing it
+    /// (the replica that watched it stopped), in the background.
+    pub(super) fn close_ended(&self, connection: &Connection) {
+        let (registry, delivery) = (self.registry.clone(), self.delivery.clone());
+        let (endpoint, id, tenant) = (
+            connection.endpoint.clone(),
+            connection.connection_id.clone(),
+            connection.tenant_id.clone(),
+        );
+        tokio::spawn(async move {
+            match delivery.delete(&endpoint, &id).await {
+                Ok(_) => {
+                    tracing::info!(connection_id = %id, tenant_id = %tenant, "closed a connection found past its token's end");
+                    if let Err(err) = registry.remove(&id).await {
+                        tracing::warn!(connection_id = %id, error = %err, "cannot remove a connection past its token's end (reconcile will)");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(connection_id = %id, error = %err, "cannot close a connection past its token's end (reconcile will)");
+                }
+            }
+        });
     }
 
     /// Forgets the watchers whose tasks have ended (the app calls it with

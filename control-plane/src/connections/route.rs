@@ -127,6 +127,21 @@ impl ControlPlane {
             }
         };
         tracing::Span::current().record("tenant_id", &*connection.tenant_id);
+        if connection.token_ended(
+            self.clock.now_ms(),
+            crate::delivery::reconcile::TOKEN_END_GRACE,
+        ) {
+            // The replica that watched its token stopped before the end:
+            // nothing past it may be served; close it as the watcher would.
+            self.close_ended(&connection);
+            return failed(
+                client::peek_request_id(body),
+                Fault::unauthenticated(
+                    "the connection's token has ended; connect again with a fresh one",
+                ),
+                INVALID_ACTION_LABEL,
+            );
+        }
         self.touch_if_due(&connection);
         let decoded;
         let text = if is_base64 {

@@ -30,6 +30,10 @@ const LEASE_TTL: Duration = Duration::from_secs(300);
 
 /// Most rows checked in one run (the rest wait for the next run).
 const MAX_PER_RUN: usize = 10_000;
+/// How long after a token's end its watcher may still be closing it;
+/// past it, reconcile (and a frame from the client) closes it instead.
+pub const TOKEN_END_GRACE: Duration = Duration::from_secs(5);
+
 /// `GetConnection` calls in flight during a run.
 const CONCURRENCY: usize = 16;
 
@@ -203,6 +207,16 @@ impl Reconciler {
             .map(|row| async move {
                 let gone = if row.expired(now) {
                     Ok(true)
+                } else if row.token_ended(now, TOKEN_END_GRACE) {
+                    // Its token ended and the replica that watched it is
+                    // gone: close the socket now (then the row goes).
+                    match self.delivery.delete(&row.endpoint, &row.connection_id).await {
+                        Ok(_) => {
+                            tracing::info!(connection_id = %row.connection_id, tenant_id = %row.tenant_id, "reconcile closed a connection past its token's end");
+                            Ok(true)
+                        }
+                        Err(err) => Err(err),
+                    }
                 } else {
                     match self.delivery.is_connected(&row.endpoint, &row.connection_id).await {
                         Ok(alive) => {
@@ -218,7 +232,7 @@ impl Reconciler {
                 };
                 match gone {
                     // Still inside its `$connect`: the gateway does not know it yet.
-                    Ok(true) if !row.expired(now) && !super::gone_for_good(row.connected_at_ms, now, self.connecting_grace) && !self.unreachable_since_long(&row.endpoint, now) => {
+                    Ok(true) if !row.expired(now) && !row.token_ended(now, TOKEN_END_GRACE) && !super::gone_for_good(row.connected_at_ms, now, self.connecting_grace) && !self.unreachable_since_long(&row.endpoint, now) => {
                         Verdict::Alive
                     }
                     Ok(true) => match self.registry.remove(&row.connection_id).await {
@@ -321,6 +335,49 @@ mod tests {
             1
         );
         assert_eq!(reconciler.last().await, Some(report));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_past_its_tokens_end_whose_watcher_is_gone_is_closed() {
+        let clock = Clock::new();
+        let registry = Arc::new(MemoryRegistry::with_ttl(Ttl::default(), clock));
+        let gateway = Arc::new(FakeGateway::new());
+        for (id, ends_in_secs) in [("ended", 10), ("valid", 3600), ("no-token", 0)] {
+            let mut row = sample(id, "acme", "u");
+            row.connected_at_ms = clock.now_ms();
+            row.last_seen_ms = clock.now_ms();
+            row.token_expires_ms = if ends_in_secs == 0 {
+                0
+            } else {
+                clock.now_ms() + ends_in_secs * 1000
+            };
+            registry.insert(row, 0).await.expect("insert");
+            gateway.open(id);
+        }
+        // No replica watches them (the one that accepted them stopped).
+        let reconciler = Reconciler::new(
+            registry.clone(),
+            gateway.clone(),
+            clock,
+            Duration::ZERO,
+            Duration::from_secs(10),
+        );
+        tokio::time::advance(Duration::from_secs(12)).await;
+        let report = reconciler.run_once().await.expect("run");
+        assert_eq!(
+            report.removed, 0,
+            "inside the grace its watcher may still close it"
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let report = reconciler.run_once().await.expect("run");
+        assert_eq!((report.removed, report.alive), (1, 2), "{report:?}");
+        assert_eq!(
+            gateway.deleted(),
+            vec!["ended".to_owned()],
+            "its socket closed"
+        );
+        assert!(registry.get("ended").await.expect("get").is_none());
+        assert!(registry.get("valid").await.expect("get").is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -56,6 +56,14 @@ impl Connection {
     pub fn expired(&self, now_ms: i64) -> bool {
         self.expires_at_ms <= now_ms
     }
+
+    /// Whether its client token ended more than `grace` before `now_ms`
+    /// (the replica watching it closes it at the end; past the grace no
+    /// one did — that replica stopped — and whoever sees the row must).
+    pub fn token_ended(&self, now_ms: i64, grace: std::time::Duration) -> bool {
+        self.token_expires_ms > 0
+            && self.token_expires_ms < now_ms.saturating_sub(crate::clock::ms(grace))
+    }
 }
 
 /// How long a row lives without being refreshed. API Gateway closes idle

@@ -407,3 +407,54 @@ async fn force_disconnect_closes_at_the_gateway_and_forgets_the_row() {
 }
 
 mod history;
+
+#[tokio::test(start_paused = true)]
+async fn a_frame_from_a_connection_past_its_tokens_end_with_no_watcher_closes_it() {
+    let Setup {
+        control,
+        registry,
+        gateway,
+        ..
+    } = setup(false);
+    // Registered by a replica that stopped before the token's end: no one
+    // here watches it.
+    let mut row = crate::registry::conformance::sample("orphan", "acme", "alice");
+    row.token_expires_ms = control.clock.now_ms() + 1_000;
+    registry.insert(row, 0).await.expect("insert");
+    gateway.open("orphan");
+    let answer = route(
+        &control,
+        "orphan",
+        json!({"id": "r1", "action": "echo", "payload": 1}),
+    )
+    .await;
+    assert_eq!(
+        answer["type"], "response",
+        "still inside its token: {answer}"
+    );
+
+    tokio::time::advance(Duration::from_secs(7)).await;
+    let answer = route(
+        &control,
+        "orphan",
+        json!({"id": "r2", "action": "echo", "payload": 2}),
+    )
+    .await;
+    assert_eq!(answer["error"]["code"], "UNAUTHORIZED", "{answer}");
+    assert_eq!(answer["request_id"], "r2");
+    for _ in 0..100 {
+        if registry.get("orphan").await.expect("get").is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        registry.get("orphan").await.expect("get").is_none(),
+        "forgotten"
+    );
+    assert_eq!(
+        gateway.deleted(),
+        vec!["orphan".to_owned()],
+        "its socket closed"
+    );
+}
