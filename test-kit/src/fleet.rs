@@ -212,6 +212,22 @@ pub async fn gateway_with(
     addr: SocketAddr,
     env: &[(&str, &str)],
 ) -> (Child, String) {
+    let (child, ready) = gateway_ready(control_planes, addr, env).await;
+    let ws = format!(
+        "ws://{}/{}",
+        ready["gateway"].as_str().expect("gateway"),
+        ready["stage"].as_str().expect("stage")
+    );
+    (child, ws)
+}
+
+/// [`gateway_with`], answering the gateway's ready line (`gateway`,
+/// `stage`, `metrics`) instead of its WebSocket URL.
+pub async fn gateway_ready(
+    control_planes: &str,
+    addr: SocketAddr,
+    env: &[(&str, &str)],
+) -> (Child, Value) {
     let mut child = Command::new(binary("streamer-gateway"))
         .env_clear()
         .env("RUST_LOG", "warn")
@@ -236,10 +252,5 @@ pub async fn gateway_with(
     })
     .await
     .expect("gateway ready");
-    let ws = format!(
-        "ws://{}/{}",
-        ready["gateway"].as_str().expect("gateway"),
-        ready["stage"].as_str().expect("stage")
-    );
-    (child, ws)
+    (child, ready)
 }

@@ -285,36 +285,17 @@ impl ManagementApi {
         frame: &PreparedFrame,
         time: SystemTime,
     ) -> Result<http::Request<Full<Bytes>>, DeliveryError> {
-        let signer = self.signer_for(endpoint);
-        let credentials = signer.credentials().await?;
         let path = super::signer::connection_path(&endpoint.base_path, connection_id);
-        let length = frame.bytes.len().to_string();
-        let signature = signer.sign(
-            &credentials,
-            time,
+        self.signed(
+            endpoint,
             "POST",
             &path,
-            &[
-                ("content-length", &length),
-                ("content-type", "application/octet-stream"),
-                ("host", &endpoint.authority),
-            ],
+            "application/octet-stream",
+            frame.bytes.clone(),
             &frame.hash,
-        );
-        let scheme = if endpoint.https { "https" } else { "http" };
-        let mut request = http::Request::post(format!("{scheme}://{}{path}", endpoint.authority))
-            .header(http::header::HOST, &endpoint.authority)
-            .header(http::header::CONTENT_TYPE, "application/octet-stream")
-            .header(http::header::CONTENT_LENGTH, length)
-            .header("x-amz-date", &signature.amz_date)
-            .header(http::header::AUTHORIZATION, &signature.authorization)
-            .header(http::header::USER_AGENT, USER_AGENT);
-        if let Some(token) = &signature.session_token {
-            request = request.header("x-amz-security-token", token);
-        }
-        request
-            .body(Full::new(frame.bytes.clone()))
-            .map_err(|err| DeliveryError(format!("cannot build the request: {err}")))
+            time,
+        )
+        .await
     }
 }
 

@@ -21,7 +21,10 @@
 //! batch calls must be signed with, `STREAMER_GATEWAY_ACCESS_KEY_ID` /
 //! `STREAMER_GATEWAY_SECRET_ACCESS_KEY` (the control plane's
 //! `STREAMER_GATEWAY_SIGNING_*`; required off loopback, where the
-//! emulator's well-known local pair would let anyone post). It counts its heap allocations and reports them on
+//! emulator's well-known local pair would let anyone post), and
+//! `STREAMER_GATEWAY_METRICS_ADDR` (Prometheus `/metrics` on a port of its
+//! own: connects by outcome, calls, frames, throttles, open connections,
+//! heap). It counts its heap allocations and reports them on
 //! `/{stage}/@local/stats`, so memory per connection is measured exactly.
 
 use std::{process::ExitCode, time::Duration};
@@ -178,7 +181,33 @@ async fn run() -> anyhow::Result<()> {
             u64::try_from(ALLOCATOR.allocated()).unwrap_or(u64::MAX)
         })),
     );
-    println!("STREAMER_GATEWAY_READY {{\"gateway\":\"{local}\",\"stage\":\"{stage}\"}}");
+    // Its own metrics on a port of their own (never the public listener).
+    let mut metrics_at = String::new();
+    if let Some(addr) = var("STREAMER_GATEWAY_METRICS_ADDR") {
+        let listener = tokio::net::TcpListener::bind(&addr).await?;
+        metrics_at = listener.local_addr()?.to_string();
+        let gateway = gateway.clone();
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let gateway = gateway.clone();
+                async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4")],
+                        gateway.metrics_text(),
+                    )
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, router).await {
+                tracing::error!(error = %err, "the metrics listener stopped");
+            }
+        });
+    }
+    println!(
+        "STREAMER_GATEWAY_READY {{\"gateway\":\"{local}\",\"stage\":\"{stage}\",\"metrics\":\"{metrics_at}\"}}"
+    );
     // SIGTERM (ECS stopping the task, a deploy) or Ctrl-C: stop accepting,
     // close every socket with 1001 "Going away" (clients reconnect, through
     // the load balancer, to another gateway) and let each `$disconnect` run.

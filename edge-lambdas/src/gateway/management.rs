@@ -54,6 +54,7 @@ fn refuse(
         && !throttle.try_take()
     {
         gateway.inner.throttled.fetch_add(1, Ordering::Relaxed);
+        gateway.inner.metrics.throttled.inc();
         return Some(aws_error(
             StatusCode::TOO_MANY_REQUESTS,
             "LimitExceededException",
@@ -61,6 +62,25 @@ fn refuse(
         ));
     }
     None
+}
+
+fn called(gateway: &Gateway, call: &'static str) {
+    gateway
+        .inner
+        .metrics
+        .calls
+        .get_or_create(&super::metrics::CallLabel { call })
+        .inc();
+}
+
+/// `200` with a JSON body.
+fn json_ok(body: &serde_json::Value) -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// A path this gateway does not serve.
@@ -99,6 +119,7 @@ pub(super) async fn post_to_connection(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    called(&gateway, "post");
     if let Some(response) = refuse(&gateway, &stage, &method, &uri, &headers, &body) {
         return response;
     }
@@ -119,6 +140,7 @@ pub(super) async fn post_to_connection(
     if conn.tx.send(Outbound::Frame(message)).await.is_err() {
         return gone();
     }
+    gateway.inner.metrics.frames.inc();
     conn.last_active_ms.store(now_ms(), Ordering::Relaxed);
     StatusCode::OK.into_response()
 }
@@ -128,6 +150,7 @@ pub(super) async fn get_connection(
     Path((stage, id)): Path<(String, String)>,
     call: Parts,
 ) -> Response {
+    called(&gateway, "get");
     let conn = match addressed(&gateway, &stage, &id, &call) {
         Ok(conn) => conn,
         Err(refused) => return *refused,
@@ -142,12 +165,7 @@ pub(super) async fn get_connection(
         "lastActiveAt": iso(conn.last_active_ms.load(Ordering::Relaxed)),
         "identity": { "sourceIp": conn.source_ip, "userAgent": conn.user_agent },
     });
-    (
-        StatusCode::OK,
-        [("content-type", "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    json_ok(&body)
 }
 
 pub(super) async fn delete_connection(
@@ -155,6 +173,7 @@ pub(super) async fn delete_connection(
     Path((stage, id)): Path<(String, String)>,
     call: Parts,
 ) -> Response {
+    called(&gateway, "delete");
     let conn = match addressed(&gateway, &stage, &id, &call) {
         Ok(conn) => conn,
         Err(refused) => return *refused,
@@ -220,12 +239,7 @@ pub(super) async fn local_stats(
         "throttled": gateway.inner.throttled.load(Ordering::Relaxed),
         "heap_bytes": heap,
     });
-    (
-        StatusCode::OK,
-        [("content-type", "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    json_ok(&body)
 }
 
 /// Most connection ids one batch call may name.
@@ -257,6 +271,7 @@ pub(super) async fn post_batch(
     if !gateway.inner.options.batch {
         return not_found();
     }
+    called(&gateway, "batch");
     if let Some(response) = refuse(&gateway, &stage, &method, &uri, &headers, &body) {
         return response;
     }
@@ -329,12 +344,8 @@ pub(super) async fn post_batch(
             gone.push(id);
         }
     }
-    (
-        StatusCode::OK,
-        [("content-type", "application/json")],
-        json!({ "delivered": delivered, "gone": gone }).to_string(),
-    )
-        .into_response()
+    gateway.inner.metrics.frames.inc_by(delivered);
+    json_ok(&json!({ "delivered": delivered, "gone": gone }))
 }
 
 /// `ids\n…\n\nframe` into the ids and the frame; `None` when malformed (no
@@ -378,10 +389,5 @@ pub(super) async fn capabilities(
             "content_type": BATCH_CONTENT_TYPE,
         }
     });
-    (
-        StatusCode::OK,
-        [("content-type", "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    json_ok(&body)
 }

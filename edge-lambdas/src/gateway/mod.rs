@@ -14,6 +14,7 @@
 
 mod limits;
 mod management;
+pub mod metrics;
 
 pub use self::management::{BATCH_CONTENT_TYPE, BATCH_MAX_IDS};
 pub mod sigv4;
@@ -127,6 +128,7 @@ struct Inner {
     connects: Option<Throttle>,
     management: Option<Throttle>,
     throttled: AtomicU64,
+    metrics: metrics::GatewayMetrics,
     heap_meter: Option<HeapMeter>,
     /// Sockets whose task has not ended (their `$disconnect` included).
     live: std::sync::atomic::AtomicUsize,
@@ -213,6 +215,7 @@ impl Gateway {
                 conns: DashMap::new(),
                 api_id: "local".into(),
                 throttled: AtomicU64::new(0),
+                metrics: metrics::GatewayMetrics::default(),
                 heap_meter,
                 live: std::sync::atomic::AtomicUsize::new(0),
                 all_ended: Notify::new(),
@@ -223,6 +226,12 @@ impl Gateway {
     /// How many WebSocket connections are open.
     pub fn connection_count(&self) -> usize {
         self.inner.conns.len()
+    }
+
+    /// The gateway's metrics in Prometheus' text format.
+    pub fn metrics_text(&self) -> String {
+        let heap = self.inner.heap_meter.as_ref().map(|meter| meter());
+        self.inner.metrics.encode(self.inner.conns.len(), heap)
     }
 
     /// The HTTP router: WebSocket upgrades and the Management API.

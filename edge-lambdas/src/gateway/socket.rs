@@ -75,6 +75,8 @@ pub(super) async fn upgrade(
         && !connects.try_take()
     {
         gateway.inner.throttled.fetch_add(1, Ordering::Relaxed);
+        gateway.inner.metrics.throttled.inc();
+        connect_outcome(&gateway, "throttled");
         return aws_error(
             StatusCode::TOO_MANY_REQUESTS,
             "LimitExceededException",
@@ -121,6 +123,7 @@ pub(super) async fn upgrade(
     let response = gateway.invoke(event).await;
     let status = u16::try_from(response.status_code).unwrap_or(500);
     if !(200..300).contains(&status) {
+        connect_outcome(&gateway, "refused");
         // As API Gateway does: the handler's status (and body) goes back to
         // the client and no WebSocket is opened.
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -131,6 +134,7 @@ pub(super) async fn upgrade(
         return reply;
     }
 
+    connect_outcome(&gateway, "accepted");
     // Registered before the 101 goes out, so a PostToConnection racing the
     // upgrade is queued rather than answered 410.
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
@@ -178,6 +182,15 @@ pub(super) async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .on_failed_upgrade(on_failed)
         .on_upgrade(move |socket| run(gateway, connection_id, host, conn, rx, socket))
+}
+
+fn connect_outcome(gateway: &Gateway, outcome: &'static str) {
+    gateway
+        .inner
+        .metrics
+        .connects
+        .get_or_create(&super::metrics::OutcomeLabel { outcome })
+        .inc();
 }
 
 /// What a read error means as RFC 6455 closes it: a frame or message over

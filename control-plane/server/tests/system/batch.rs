@@ -280,3 +280,105 @@ async fn a_gateway_stopped_by_sigterm_sends_its_clients_elsewhere_and_disconnect
     })
     .await;
 }
+
+/// One series' value in a Prometheus text exposition.
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateways_own_metrics_count_connects_calls_and_frames_on_their_own_port() {
+    let serve = Serve::start(&[]).await;
+    let (_gateway, ready) = streamer_test_kit::fleet::gateway_ready(
+        &format!("http://{}", serve.grpc),
+        "127.0.0.1:0".parse().expect("addr"),
+        &[("STREAMER_GATEWAY_METRICS_ADDR", "127.0.0.1:0")],
+    )
+    .await;
+    let ws = format!(
+        "ws://{}/{}",
+        ready["gateway"].as_str().expect("gateway"),
+        ready["stage"].as_str().expect("stage")
+    );
+    let metrics = format!(
+        "http://{}/metrics",
+        ready["metrics"].as_str().expect("metrics")
+    );
+    let mut clients = Vec::new();
+    for user in ["m1", "m2"] {
+        let (mut client, _) =
+            tokio_tungstenite::connect_async(format!("{ws}?token={}", token(user, "watched", &[])))
+                .await
+                .expect("connect");
+        whoami(&mut client).await;
+        clients.push(client);
+    }
+    assert!(
+        tokio_tungstenite::connect_async(format!("{ws}?token=not-a-token"))
+            .await
+            .is_err(),
+        "a bad token is refused"
+    );
+    let report = tenant_send(&serve, "watched").await;
+    assert_eq!(report.delivered, 2);
+    for client in &mut clients {
+        let _: Value = recv(client).await;
+    }
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let response = client
+        .get(metrics.parse().expect("uri"))
+        .await
+        .expect("scrape");
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec(),
+    )
+    .expect("utf-8");
+    assert_eq!(series(&text, "streamer_gateway_connections"), 2.0);
+    assert_eq!(
+        series(
+            &text,
+            r#"streamer_gateway_connects_total{outcome="accepted"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        series(
+            &text,
+            r#"streamer_gateway_connects_total{outcome="refused"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        series(
+            &text,
+            r#"streamer_gateway_management_calls_total{call="batch"}"#
+        ),
+        1.0
+    );
+    // Two broadcast frames plus the whoami replies, which are the
+    // `$default` route's own answers, not Management API calls.
+    assert_eq!(series(&text, "streamer_gateway_frames_total"), 2.0);
+    assert!(series(&text, "streamer_gateway_heap_bytes") > 0.0);
+    // The public listener does not serve them.
+    let public = client
+        .get(
+            format!(
+                "http://{}/metrics",
+                ready["gateway"].as_str().expect("gateway")
+            )
+            .parse()
+            .expect("uri"),
+        )
+        .await
+        .expect("public");
+    assert_ne!(public.status().as_u16(), 200);
+}
