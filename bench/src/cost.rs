@@ -17,7 +17,6 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 use streamer_client::token::generate_rsa_key_pair;
@@ -28,6 +27,7 @@ use streamer_proto::{
 
 use crate::{
     ADMIN_TOKEN, Args,
+    keys::Listeners,
     processes::{Processes, cpu_ns},
     report::percentiles,
     scenarios, token,
@@ -432,12 +432,7 @@ async fn measure_stack(
     // Broadcast recipients.
     let recipients = 1000usize;
     let tenant = format!("cost-broadcast-{batched}");
-    let url = format!("{ws}?token={}", token(private_pem, "u", &tenant)?);
-    let (sockets, _, _) = scenarios::connect_here(&url, recipients, 64).await?;
-    let readers: Vec<_> = sockets
-        .into_iter()
-        .map(|mut ws| tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }))
-        .collect();
+    let listeners = Listeners::connect(procs, private_pem, &tenant, recipients).await?;
     let mut client = BroadcastServiceClient::with_interceptor(
         procs.channel().await?,
         BearerToken::new(ADMIN_TOKEN)?,
@@ -466,8 +461,6 @@ async fn measure_stack(
     } else {
         m.recipient_post_us = per_recipient;
     }
-    for reader in readers {
-        reader.abort();
-    }
+    drop(listeners);
     Ok(())
 }

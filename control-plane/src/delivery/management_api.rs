@@ -299,6 +299,14 @@ impl ManagementApi {
     }
 }
 
+/// AWS's error type of an answer (`x-amzn-errortype`, before any `:`).
+fn error_type(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(':').next().unwrap_or(v).to_owned())
+}
+
 /// The outcome of a `PostToConnection` answer.
 fn classify(status: u16, error_type: Option<&str>) -> Attempt {
     match (status, error_type) {
@@ -332,11 +340,7 @@ impl Delivery for ManagementApi {
         match self.http.request(request).await {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let error_type = response
-                    .headers()
-                    .get("x-amzn-errortype")
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| v.split(':').next().unwrap_or(v).to_owned());
+                let error_type = error_type(response.headers());
                 // Read the (small) body so the connection goes back to the pool.
                 let _ = response.into_body().collect().await;
                 let attempt = classify(status, error_type.as_deref());
@@ -412,11 +416,7 @@ impl Delivery for ManagementApi {
             Err(_) => return BatchAttempt::Whole(Attempt::Retryable),
         };
         let status = response.status().as_u16();
-        let error_type = response
-            .headers()
-            .get("x-amzn-errortype")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(':').next().unwrap_or(v).to_owned());
+        let error_type = error_type(response.headers());
         let Ok(body) = response.into_body().collect().await.map(|b| b.to_bytes()) else {
             return BatchAttempt::Whole(Attempt::Retryable);
         };

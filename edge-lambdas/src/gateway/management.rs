@@ -297,13 +297,10 @@ pub(super) async fn post_batch(
         );
     }
     // One buffer shared by every socket's queue.
-    let message = if std::str::from_utf8(&frame).is_ok() {
-        match Utf8Bytes::try_from(frame) {
-            Ok(text) => Message::Text(text),
-            Err(_) => return StatusCode::BAD_REQUEST.into_response(),
-        }
-    } else {
-        Message::Binary(frame)
+    // Validated once; the bytes stay shared either way.
+    let message = match Utf8Bytes::try_from(frame.clone()) {
+        Ok(text) => Message::Text(text),
+        Err(_) => Message::Binary(frame),
     };
     let now = now_ms();
     let mut gone: Vec<&str> = Vec::new();
