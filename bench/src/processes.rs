@@ -22,6 +22,14 @@ use crate::{ADMIN_TOKEN, Args, DEADLINE, EDGE_TOKEN};
 /// open files here is 20,000 per process.
 pub const PER_PROCESS: usize = 12_000;
 
+/// Every client of a bench comes from 127.0.0.1: `streamer-gateway`'s
+/// per-address limits (which an internet-facing gateway keeps) are off.
+pub const ONE_ADDRESS: [(&str, &str); 3] = [
+    ("STREAMER_GATEWAY_MAX_CONNECTIONS_PER_IP", "0"),
+    ("STREAMER_GATEWAY_CONNECTS_PER_IP_PER_SECOND", "0"),
+    ("STREAMER_GATEWAY_MAX_CONNECTIONS", "0"),
+];
+
 /// A binary built next to this one.
 pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -211,6 +219,7 @@ impl Processes {
                 .env("STREAMER_GATEWAY_CONNECTS_PER_SECOND", "0")
                 .env("STREAMER_GATEWAY_MANAGEMENT_RPS", "0")
                 .env("STREAMER_GATEWAY_VERIFY_SIGNATURES", "false")
+                .envs(ONE_ADDRESS)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)

@@ -358,6 +358,7 @@ impl SloFleet {
             // is injected on purpose.
             .env("STREAMER_GATEWAY_CONNECTS_PER_SECOND", "0")
             .env("STREAMER_GATEWAY_MANAGEMENT_RPS", "0")
+            .envs(crate::processes::ONE_ADDRESS)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(log_file(&fleet.logs.join("gateway.log"))?)

@@ -1,7 +1,6 @@
-//! Every HTTP listener of Streamer (the web console, `/metrics`, the
-//! gateway's WebSocket and Management API port) is served by [`serve`],
-//! so each one has the same defences and the next listener cannot forget
-//! one:
+//! Every request/response HTTP listener of Streamer (the web console,
+//! `/metrics`) is served by [`serve`], so each one has the same defences
+//! and the next listener cannot forget one:
 //!
 //! - a cap on connections at once, and a lower one per client address, so
 //!   one address cannot take every slot;
@@ -15,7 +14,10 @@
 //!   deadline and certificates re-read when their files change.
 //!
 //! The gRPC port has its own transport (tonic's), with the same rules
-//! (`control-plane/src/api/transport.rs`).
+//! (`control-plane/src/api/transport.rs`). The gateway's listeners have
+//! their own accept loop (`streamer_edge::gateway`: an upgraded WebSocket
+//! outlives its HTTP connection, and its limits are per socket), with this
+//! crate's [`tls`] and the same head deadline.
 
 #![forbid(unsafe_code)]
 

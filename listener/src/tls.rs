@@ -124,6 +124,25 @@ pub fn read_roots(path: &Path, setting: &str) -> Result<RootCertStore, TlsError>
     Ok(roots)
 }
 
+/// Roots from a setting that is a PEM file's path or the PEM text itself
+/// (as ECS puts a Secrets Manager secret into the environment).
+pub fn roots_from_setting(value: &str, setting: &str) -> Result<RootCertStore, TlsError> {
+    if !value.trim_start().starts_with("-----BEGIN") {
+        return read_roots(Path::new(value), setting);
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(value.as_bytes()) {
+        let cert = cert.map_err(|e| TlsError(format!("{setting}: not PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError(format!("{setting}: not a CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError(format!("{setting}: holds no PEM certificate")));
+    }
+    Ok(roots)
+}
+
 /// How often a server looks at its certificate files.
 const RECHECK: Duration = if cfg!(test) {
     Duration::ZERO

@@ -236,6 +236,10 @@ pub async fn gateway_ready(
         .env("STREAMER_GATEWAY_ADDR", addr.to_string())
         .env("STREAMER_CONSOLE_ADDR", "127.0.0.1:0")
         .env("STREAMER_GATEWAY_CONNECTS_PER_SECOND", "0")
+        // Every test client is 127.0.0.1: the per-address limits are off
+        // unless a test sets them.
+        .env("STREAMER_GATEWAY_MAX_CONNECTIONS_PER_IP", "0")
+        .env("STREAMER_GATEWAY_CONNECTS_PER_IP_PER_SECOND", "0")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .kill_on_drop(true)

@@ -161,6 +161,8 @@ pub fn gateway_options(config: &Config) -> GatewayOptions {
         batch: gateway.batch,
         credentials: LocalCredentials::default(),
         verify_signatures: true,
+        // API Gateway has no per-address limits of its own: `dev` emulates it.
+        ..GatewayOptions::default()
     }
 }
 

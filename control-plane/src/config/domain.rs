@@ -135,6 +135,9 @@ pub struct DeliveryConfig {
     /// What calls to Streamer's own gateways are signed with (else the
     /// AWS credential chain).
     pub gateway_signing: Option<GatewaySigning>,
+    /// CAs trusted beside the platform's roots for `https://` endpoints
+    /// (Streamer's own gateways' private CA).
+    pub gateway_ca: Option<rustls::RootCertStore>,
     /// The Management API endpoints this deployment may call.
     pub endpoints: ManagementEndpoints,
     /// How long a Send's idempotency key is remembered.
@@ -256,6 +259,7 @@ impl Default for DeliveryConfig {
             max_frame_bytes: 128_000,
             batch_size: 1000,
             gateway_signing: None,
+            gateway_ca: None,
             endpoints: ManagementEndpoints::Unset,
             idempotency_window: Duration::from_secs(300),
             token_expiry_warning: Duration::from_secs(60),
@@ -281,6 +285,15 @@ impl DeliveryConfig {
             max_frame_bytes: src.at_least(&s::DELIVERY_MAX_FRAME_BYTES, 512),
             batch_size: src.get(&s::DELIVERY_BATCH_SIZE),
             gateway_signing: GatewaySigning::resolve(src),
+            gateway_ca: src.opt::<String>(&s::GATEWAY_CA).and_then(|value| {
+                match streamer_listener::tls::roots_from_setting(&value, "STREAMER_GATEWAY_CA") {
+                    Ok(roots) => Some(roots),
+                    Err(err) => {
+                        src.problem(&s::GATEWAY_CA, err);
+                        None
+                    }
+                }
+            }),
             endpoints: ManagementEndpoints::resolve(src),
             idempotency_window: secs(src.at_least(&s::IDEMPOTENCY_WINDOW_SECS, 1)),
             token_expiry_warning: secs(src.get(&s::TOKEN_EXPIRY_WARNING_SECS)),

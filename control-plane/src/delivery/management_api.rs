@@ -79,22 +79,43 @@ impl std::fmt::Debug for ManagementApi {
 
 /// An HTTP/1.1 connector for `https://` (platform roots) and `http://`.
 pub(crate) fn connector() -> Connector {
+    connector_trusting(None)
+}
+
+/// [`connector`] trusting `extra` CAs beside the platform's roots.
+pub(crate) fn connector_trusting(extra: Option<&rustls::RootCertStore>) -> Connector {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = match builder.with_native_roots() {
-        Ok(builder) => builder,
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for err in &native.errors {
+        tracing::warn!(error = %err, "a platform root certificate could not be read");
+    }
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    if added == 0 && extra.is_none() {
+        tracing::warn!("no platform root certificates; https endpoints will fail");
+    }
+    if let Some(extra) = extra {
+        roots.extend(extra.roots.iter().cloned());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = match rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+    {
+        Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
         Err(err) => {
-            tracing::warn!(error = %err, "no native root certificates; https endpoints will fail");
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                rustls::ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-            )
+            tracing::error!(error = %err, "no TLS versions; https endpoints will fail");
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
         }
     };
-    builder.https_or_http().enable_http1().wrap_connector(http)
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
 }
 
 impl ManagementApi {
@@ -110,7 +131,7 @@ impl ManagementApi {
             .map_or_else(|| "us-east-1".to_owned(), |r| r.to_string());
         let http = HttpClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.concurrency.max(1))
-            .build(connector());
+            .build(connector_trusting(config.gateway_ca.as_ref()));
         let gateway_signer = config.gateway_signing.as_ref().map(|pair| {
             Signer::new(
                 aws_credential_types::provider::SharedCredentialsProvider::new(

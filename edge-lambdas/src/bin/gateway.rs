@@ -26,12 +26,33 @@
 //! own: connects by outcome, calls, frames, throttles, open connections,
 //! heap). It counts its heap allocations and reports them on
 //! `/{stage}/@local/stats`, so memory per connection is measured exactly.
+//!
+//! On the internet: `STREAMER_GATEWAY_TLS_CERT` / `_KEY` (TLS on the
+//! clients' listener; each a PEM file's path or the PEM itself, as ECS
+//! injects a secret), `STREAMER_GATEWAY_PROXY_PROTOCOL=true` (every
+//! connection starts with the PROXY v2 header a Network Load Balancer
+//! sends; its client address is the one events report and limits count),
+//! `STREAMER_GATEWAY_MANAGEMENT_ADDR` (the Management API and batch call on
+//! a listener of their own, with `STREAMER_GATEWAY_MANAGEMENT_TLS_CERT` /
+//! `_KEY`; the public listener then serves upgrades only),
+//! `{ecs_task_id}` in `STREAMER_GATEWAY_PUBLIC_ENDPOINT` (this task's id,
+//! its name under ECS service discovery), and the admission limits:
+//! `STREAMER_GATEWAY_MAX_CONNECTIONS` (default 100,000 per process),
+//! `_MAX_CONNECTIONS_PER_IP` (1,000), `_CONNECTS_PER_IP_PER_SECOND` (20)
+//! with `_CONNECTS_PER_IP_BURST` (100); 0 turns each off, and past each an
+//! upgrade is answered 429 before any event reaches the control plane.
+//! `STREAMER_GATEWAY_PING_SECS` (240; 0: never) pings every client, under a
+//! load balancer's idle limit; `STREAMER_GATEWAY_EMF_NAMESPACE` (with
+//! `_EMF_SERVICE`, `_EMF_INTERVAL_SECS`, default 60) writes the open
+//! connections as a CloudWatch embedded-metric line to stdout, to scale on.
 
 use std::{process::ExitCode, time::Duration};
 
+use std::os::unix::fs::OpenOptionsExt;
+
 use streamer_edge::{
     client::{CALL_TIMEOUT, edge_client_with},
-    gateway::{Gateway, GatewayOptions},
+    gateway::{Gateway, GatewayOptions, Handshake, Listeners},
     handler::EdgeHandler,
 };
 
@@ -87,6 +108,17 @@ fn options(var: &dyn Fn(&str) -> Option<String>, stage: &str) -> anyhow::Result<
             defaults.management_burst,
         )?,
         verify_signatures: var("STREAMER_GATEWAY_VERIFY_SIGNATURES").as_deref() != Some("false"),
+        // On the internet: a cap per process and what one address may do
+        // (0 turns each off; a benchmark's clients all share 127.0.0.1).
+        max_connections: size("STREAMER_GATEWAY_MAX_CONNECTIONS", 100_000)?,
+        max_connections_per_ip: size("STREAMER_GATEWAY_MAX_CONNECTIONS_PER_IP", 1_000)?,
+        connects_per_ip_per_second: rate("STREAMER_GATEWAY_CONNECTS_PER_IP_PER_SECOND", 20)?,
+        connects_per_ip_burst: rate("STREAMER_GATEWAY_CONNECTS_PER_IP_BURST", 100)?,
+        // Under a Network Load Balancer's 350 s idle limit.
+        ping_interval: Some(Duration::from_secs(number(
+            "STREAMER_GATEWAY_PING_SECS",
+            240,
+        )?)),
         // Streamer's own gateway serves its batch call unless told not to.
         batch: var("STREAMER_GATEWAY_BATCH").as_deref() != Some("false"),
         ..defaults
@@ -122,6 +154,38 @@ async fn run() -> anyhow::Result<()> {
     let stage = var("STREAMER_STAGE").unwrap_or_else(|| "local".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     let local = listener.local_addr()?;
+    let public_handshake = Handshake {
+        tls: server_tls(
+            &var,
+            "STREAMER_GATEWAY_TLS_CERT",
+            "STREAMER_GATEWAY_TLS_KEY",
+        )?,
+        proxy_protocol: flag(&var, "STREAMER_GATEWAY_PROXY_PROTOCOL")?,
+    };
+    // The Management API on a listener of its own (inside the VPC), so the
+    // public one serves upgrades only.
+    let management = match var("STREAMER_GATEWAY_MANAGEMENT_ADDR") {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(&addr).await?;
+            let tls = server_tls(
+                &var,
+                "STREAMER_GATEWAY_MANAGEMENT_TLS_CERT",
+                "STREAMER_GATEWAY_MANAGEMENT_TLS_KEY",
+            )?;
+            Some((
+                listener,
+                Handshake {
+                    tls,
+                    proxy_protocol: false,
+                },
+            ))
+        }
+        None => None,
+    };
+    let (api_addr, api_tls) = match &management {
+        Some((listener, handshake)) => (listener.local_addr()?, handshake.tls.is_some()),
+        None => (local, public_handshake.tls.is_some()),
+    };
     // A comma list spreads events over several replicas, as Lambda
     // instances behind one API would.
     let clients = url
@@ -138,14 +202,24 @@ async fn run() -> anyhow::Result<()> {
     // fault-injecting proxy in front of it).
     let endpoint = match var("STREAMER_GATEWAY_PUBLIC_ENDPOINT") {
         Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            // `{ecs_task_id}`: this task's id, its name in the service's
+            // private DNS zone (ECS service discovery with SRV records).
+            let url = if url.contains(TASK_ID) {
+                url.replace(TASK_ID, &ecs_task_id(&var).await?)
+            } else {
+                url
+            };
             url.trim_end_matches('/').to_owned()
         }
         Some(url) => anyhow::bail!(
             "STREAMER_GATEWAY_PUBLIC_ENDPOINT must be an http:// or https:// URL with the stage, not {url:?}"
         ),
-        None => format!("http://{local}/{stage}"),
+        None => {
+            let scheme = if api_tls { "https" } else { "http" };
+            format!("{scheme}://{api_addr}/{stage}")
+        }
     };
-    let handler = EdgeHandler::spread(clients, Some(endpoint));
+    let handler = EdgeHandler::spread(clients, Some(endpoint.clone()));
     let mut options = options(&var, &stage)?;
     // What Management API and batch calls must be signed with: the pair
     // the control plane holds (STREAMER_GATEWAY_SIGNING_*). The emulator's
@@ -166,9 +240,9 @@ async fn run() -> anyhow::Result<()> {
                     .unwrap_or_else(|| "us-east-1".into()),
             };
         }
-        (None, None) if local.ip().is_loopback() => {}
+        (None, None) if api_addr.ip().is_loopback() => {}
         (None, None) => anyhow::bail!(
-            "listening on {local}, not loopback: set STREAMER_GATEWAY_ACCESS_KEY_ID and STREAMER_GATEWAY_SECRET_ACCESS_KEY (the pair the control plane signs with, STREAMER_GATEWAY_SIGNING_*), or anyone reaching this port could post to every connection"
+            "the Management API listens on {api_addr}, not loopback: set STREAMER_GATEWAY_ACCESS_KEY_ID and STREAMER_GATEWAY_SECRET_ACCESS_KEY (the pair the control plane signs with, STREAMER_GATEWAY_SIGNING_*), or anyone reaching this port could post to every connection"
         ),
         _ => anyhow::bail!(
             "set both STREAMER_GATEWAY_ACCESS_KEY_ID and STREAMER_GATEWAY_SECRET_ACCESS_KEY"
@@ -205,9 +279,46 @@ async fn run() -> anyhow::Result<()> {
             }
         });
     }
-    println!(
-        "STREAMER_GATEWAY_READY {{\"gateway\":\"{local}\",\"stage\":\"{stage}\",\"metrics\":\"{metrics_at}\"}}"
-    );
+    // For scaling on CloudWatch: the open connections as an embedded
+    // metric format line on stdout every interval (the awslogs driver
+    // sends it; CloudWatch makes it the metric `Connections` of the
+    // namespace, dimension `Service`, which the service scales on).
+    if let Some(namespace) = var("STREAMER_GATEWAY_EMF_NAMESPACE") {
+        let service =
+            var("STREAMER_GATEWAY_EMF_SERVICE").unwrap_or_else(|| "streamer-gateway".into());
+        let every = Duration::from_secs(
+            var("STREAMER_GATEWAY_EMF_INTERVAL_SECS")
+                .map(|v| v.parse::<u64>())
+                .transpose()
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "STREAMER_GATEWAY_EMF_INTERVAL_SECS must be a number of seconds"
+                    )
+                })?
+                .unwrap_or(60)
+                .max(1),
+        );
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                // A closed stdout must not end the task (println! would panic).
+                use std::io::Write;
+                let line = emf_line(&namespace, &service, gateway.connection_count());
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
+            }
+        });
+    }
+    let ready = serde_json::json!({
+        "gateway": local.to_string(),
+        "management": api_addr.to_string(),
+        "endpoint": endpoint,
+        "stage": stage,
+        "metrics": metrics_at,
+    });
+    println!("STREAMER_GATEWAY_READY {ready}");
     // SIGTERM (ECS stopping the task, a deploy) or Ctrl-C: stop accepting,
     // close every socket with 1001 "Going away" (clients reconnect, through
     // the load balancer, to another gateway) and let each `$disconnect` run.
@@ -218,6 +329,117 @@ async fn run() -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    gateway.serve(listener, shutdown).await?;
+    gateway
+        .serve_on(
+            Listeners {
+                public: listener,
+                public_handshake,
+                management,
+            },
+            shutdown,
+        )
+        .await?;
     Ok(())
+}
+
+/// One embedded-metric-format record: `Connections` now, in `namespace`,
+/// dimension `Service`.
+fn emf_line(namespace: &str, service: &str, connections: usize) -> String {
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": chrono::Utc::now().timestamp_millis(),
+            "CloudWatchMetrics": [{
+                "Namespace": namespace,
+                "Dimensions": [["Service"]],
+                "Metrics": [{ "Name": "Connections", "Unit": "Count" }],
+            }],
+        },
+        "Service": service,
+        "Connections": connections,
+    })
+    .to_string()
+}
+
+/// The placeholder for this ECS task's id in the public endpoint.
+const TASK_ID: &str = "{ecs_task_id}";
+
+/// `true` / `false` (unset: false).
+fn flag(var: &dyn Fn(&str) -> Option<String>, name: &str) -> anyhow::Result<bool> {
+    match var(name).as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => anyhow::bail!("{name} must be true or false, not {other:?}"),
+    }
+}
+
+/// A listener's TLS from a certificate and key setting, each a PEM file's
+/// path or the PEM itself (as ECS puts a Secrets Manager secret into the
+/// environment); the files are re-read when they change.
+fn server_tls(
+    var: &dyn Fn(&str) -> Option<String>,
+    cert: &'static str,
+    key: &'static str,
+) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let (cert_value, key_value) = match (var(cert), var(key)) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (c, k),
+        _ => anyhow::bail!("set both {cert} and {key}, or neither"),
+    };
+    let files = streamer_listener::tls::ServerFiles {
+        cert: pem_file(cert, &cert_value)?,
+        key: pem_file(key, &key_value)?,
+        client_ca: None,
+        settings: (cert, key, ""),
+    };
+    let tls = streamer_listener::tls::ServerTls::load(&files, &[b"http/1.1"])?;
+    Ok(Some(tls.acceptor()))
+}
+
+/// A setting that is a path, or PEM text written to a file only this user
+/// can read.
+fn pem_file(name: &str, value: &str) -> anyhow::Result<std::path::PathBuf> {
+    if !value.trim_start().starts_with("-----BEGIN") {
+        return Ok(value.into());
+    }
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("streamer-gateway-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(name.to_ascii_lowercase());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all(value.as_bytes())?;
+    Ok(path)
+}
+
+/// This ECS task's id, from the task metadata endpoint ECS gives every
+/// container (`ECS_CONTAINER_METADATA_URI_V4`): the last part of its ARN.
+async fn ecs_task_id(var: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<String> {
+    use http_body_util::BodyExt;
+    let base = var("ECS_CONTAINER_METADATA_URI_V4").ok_or_else(|| {
+        anyhow::anyhow!("STREAMER_GATEWAY_PUBLIC_ENDPOINT names {TASK_ID}, but ECS_CONTAINER_METADATA_URI_V4 is not set (not an ECS task?)")
+    })?;
+    let uri: hyper::Uri = format!("{base}/task").parse()?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let response = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
+        .await
+        .map_err(|_| anyhow::anyhow!("the ECS task metadata endpoint did not answer in 5 s"))??;
+    if !response.status().is_success() {
+        anyhow::bail!(
+            "the ECS task metadata endpoint answered {}",
+            response.status()
+        );
+    }
+    let body = response.into_body().collect().await?.to_bytes();
+    let task: serde_json::Value = serde_json::from_slice(&body)?;
+    let id = task["TaskARN"]
+        .as_str()
+        .and_then(|arn| arn.rsplit('/').next())
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .ok_or_else(|| anyhow::anyhow!("the ECS task metadata names no usable TaskARN"))?;
+    Ok(id.to_owned())
 }

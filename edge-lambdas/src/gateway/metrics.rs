@@ -11,7 +11,9 @@ use prometheus_client::{
 /// `outcome` of a WebSocket upgrade.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    /// `accepted`, `refused` (by `$connect`) or `throttled`.
+    /// `accepted`, `refused` (by `$connect`), `throttled` (a connects/s
+    /// limit, the gateway's or the address's) or `over_capacity` (the
+    /// gateway's cap or the address's share of open sockets).
     pub outcome: &'static str,
 }
 
@@ -37,6 +39,8 @@ pub struct GatewayMetrics {
     pub connections: Gauge,
     /// Heap bytes in use, when the binary counts them (read when scraped).
     pub heap_bytes: Gauge,
+    /// Client addresses with per-address state (read when scraped).
+    pub addresses: Gauge,
     registry: Registry,
 }
 
@@ -49,6 +53,7 @@ impl Default for GatewayMetrics {
             throttled: Counter::default(),
             connections: Gauge::default(),
             heap_bytes: Gauge::default(),
+            addresses: Gauge::default(),
             registry: Registry::default(),
         };
         let registry = &mut m.registry;
@@ -82,13 +87,20 @@ impl Default for GatewayMetrics {
             "Heap bytes in use (0 when the binary does not count them)",
             m.heap_bytes.clone(),
         );
+        registry.register(
+            "streamer_gateway_tracked_addresses",
+            "Client addresses the per-address limits hold state for",
+            m.addresses.clone(),
+        );
         m
     }
 }
 
 impl GatewayMetrics {
     /// The text exposition, with the sampled gauges set first.
-    pub fn encode(&self, connections: usize, heap_bytes: Option<u64>) -> String {
+    pub fn encode(&self, connections: usize, heap_bytes: Option<u64>, addresses: usize) -> String {
+        self.addresses
+            .set(i64::try_from(addresses).unwrap_or(i64::MAX));
         self.connections
             .set(i64::try_from(connections).unwrap_or(i64::MAX));
         self.heap_bytes

@@ -12,6 +12,7 @@
 //! Management API requests per second (429). `docs/emulator.md` lists each
 //! behaviour with the test that shows it.
 
+pub mod accept;
 mod limits;
 mod management;
 pub mod metrics;
@@ -49,8 +50,12 @@ use tokio::{
 };
 use tower::ServiceExt;
 
+pub use self::accept::Handshake;
 pub use self::sigv4::LocalCredentials;
-use self::{limits::Throttle, socket::Outbound};
+use self::{
+    limits::{PerIp, Throttle},
+    socket::Outbound,
+};
 use crate::handler::EdgeHandler;
 
 /// API Gateway's message payload limit (128 KB).
@@ -86,6 +91,20 @@ pub struct GatewayOptions {
     /// Whether Management API signatures are checked (only the benchmark's
     /// unsigned floor turns this off).
     pub verify_signatures: bool,
+    /// WebSocket connections open at once (0: no cap); past it an upgrade
+    /// is answered 429.
+    pub max_connections: usize,
+    /// Sockets one client address may hold open at once (0: no cap).
+    pub max_connections_per_ip: usize,
+    /// Upgrades per second from one client address (0: no limit), with
+    /// `connects_per_ip_burst` saved up; over it an upgrade is answered 429
+    /// before any event reaches the control plane.
+    pub connects_per_ip_per_second: u32,
+    /// The burst of `connects_per_ip_per_second`.
+    pub connects_per_ip_burst: u32,
+    /// Send a WebSocket ping to every client this often (`None`: never, as
+    /// API Gateway); pongs do not count as activity.
+    pub ping_interval: Option<Duration>,
     /// Serve Streamer's batch call (`POST /{stage}/@batch`) and announce it
     /// at `GET /{stage}/@capabilities`; off (API Gateway's way) both
     /// answer 404.
@@ -106,6 +125,11 @@ impl Default for GatewayOptions {
             management_burst: 5_000,
             credentials: LocalCredentials::default(),
             verify_signatures: true,
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            connects_per_ip_per_second: 0,
+            connects_per_ip_burst: 0,
+            ping_interval: None,
             batch: false,
         }
     }
@@ -126,6 +150,7 @@ struct Inner {
     conns: DashMap<String, Arc<Conn>>,
     api_id: String,
     connects: Option<Throttle>,
+    per_ip: PerIp,
     management: Option<Throttle>,
     throttled: AtomicU64,
     metrics: metrics::GatewayMetrics,
@@ -134,6 +159,18 @@ struct Inner {
     live: std::sync::atomic::AtomicUsize,
     /// Told when the last one ends.
     all_ended: Notify,
+}
+
+/// What a gateway listens on.
+pub struct Listeners {
+    /// Clients' WebSocket upgrades (and the Management API too when it has
+    /// no listener of its own, as API Gateway serves both on one address).
+    pub public: TcpListener,
+    /// How the public listener takes connections (PROXY header, TLS).
+    pub public_handshake: Handshake,
+    /// The Management API on a listener of its own: then the public one
+    /// serves upgrades only and the internet cannot reach the API at all.
+    pub management: Option<(TcpListener, Handshake)>,
 }
 
 /// Reads the heap bytes in use (a binary that counts its allocations
@@ -210,6 +247,11 @@ impl Gateway {
             inner: Arc::new(Inner {
                 handler,
                 connects: Throttle::new(options.connects_per_second, options.connects_per_second),
+                per_ip: PerIp::new(
+                    options.connects_per_ip_per_second,
+                    options.connects_per_ip_burst,
+                    options.max_connections_per_ip,
+                ),
                 management: Throttle::new(options.management_rps, options.management_burst),
                 options,
                 conns: DashMap::new(),
@@ -231,13 +273,29 @@ impl Gateway {
     /// The gateway's metrics in Prometheus' text format.
     pub fn metrics_text(&self) -> String {
         let heap = self.inner.heap_meter.as_ref().map(|meter| meter());
-        self.inner.metrics.encode(self.inner.conns.len(), heap)
+        let (rate, open) = self.inner.per_ip.tracked();
+        self.inner
+            .metrics
+            .encode(self.inner.conns.len(), heap, rate.max(open))
     }
 
-    /// The HTTP router: WebSocket upgrades and the Management API.
+    /// The HTTP router: WebSocket upgrades and the Management API, on one
+    /// address as API Gateway has them.
     pub fn router(&self) -> Router {
+        self.socket_router().merge(self.management_router())
+    }
+
+    /// WebSocket upgrades only (the public listener when the Management
+    /// API has a listener of its own).
+    pub fn socket_router(&self) -> Router {
         Router::new()
             .route("/{stage}", get(socket::upgrade))
+            .with_state(self.clone())
+    }
+
+    /// The Management API, the batch call and the emulator's own calls.
+    pub fn management_router(&self) -> Router {
+        Router::new()
             .route(
                 "/{stage}/@local/broadcast",
                 post(management::local_broadcast),
@@ -254,61 +312,95 @@ impl Gateway {
             .with_state(self.clone())
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then closes every open
-    /// connection with 1001 (their `$disconnect` events still run). A client
-    /// that has not sent its request head within the header timeout is
-    /// dropped.
+    /// Serves upgrades and the Management API on `listener` (plain TCP)
+    /// until `shutdown` resolves; see [`Gateway::serve_on`].
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        tracing::info!(addr = %listener.local_addr()?, stage = %self.inner.options.stage, "api gateway emulator listening");
-        let router = self.router();
+        self.serve_on(
+            Listeners {
+                public: listener,
+                public_handshake: Handshake::default(),
+                management: None,
+            },
+            shutdown,
+        )
+        .await
+    }
+
+    /// Serves `listeners` until `shutdown` resolves, then closes every open
+    /// connection with 1001 (their `$disconnect` events still run) and
+    /// waits for each, 10 s at most. A client that has not finished its
+    /// PROXY header, TLS handshake and request head within the header
+    /// timeout is dropped.
+    pub async fn serve_on(
+        self,
+        listeners: Listeners,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::info!(
+            addr = %listeners.public.local_addr()?,
+            stage = %self.inner.options.stage,
+            tls = listeners.public_handshake.tls.is_some(),
+            proxy_protocol = listeners.public_handshake.proxy_protocol,
+            "gateway listening"
+        );
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.inner.options.header_timeout)
             .keep_alive(true);
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                },
-                () = shutdown.as_mut() => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let router = router.clone();
-            let service =
-                hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    let router = router.clone();
-                    async move {
-                        let response = router
-                            .oneshot(request.map(axum::body::Body::new))
-                            .await
-                            .unwrap_or_else(|never: Infallible| match never {});
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let watched = graceful.watch(connection);
+        let builder = Arc::new(builder);
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let open = tokio_util::task::TaskTracker::new();
+        // Per-address rate state of addresses not seen for a while is
+        // dropped, so scanning addresses cannot grow it without bound.
+        let forget = {
+            let gateway = self.clone();
             tokio::spawn(async move {
-                let _ = watched.await;
-            });
+                let mut every = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    every.tick().await;
+                    gateway.inner.per_ip.forget_idle();
+                }
+            })
+        };
+        let (public_router, management) = match listeners.management {
+            Some((listener, handshake)) => {
+                tracing::info!(addr = %listener.local_addr()?, tls = handshake.tls.is_some(), "management api listening");
+                (
+                    self.socket_router(),
+                    Some((listener, handshake, self.management_router())),
+                )
+            }
+            None => (self.router(), None),
+        };
+        let public = self.accept_loop(
+            listeners.public,
+            public_router,
+            listeners.public_handshake,
+            (&builder, &open, &stopping),
+        );
+        let management = async {
+            match management {
+                Some((listener, handshake, router)) => {
+                    self.accept_loop(listener, router, handshake, (&builder, &open, &stopping))
+                        .await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = async { tokio::join!(public, management); } => {}
+            () = shutdown => {}
         }
-        let open: Vec<Arc<Conn>> = self.inner.conns.iter().map(|c| c.value().clone()).collect();
-        for conn in open {
+        forget.abort();
+        let _ = stop.send(true);
+        let conns: Vec<Arc<Conn>> = self.inner.conns.iter().map(|c| c.value().clone()).collect();
+        for conn in conns {
             let _ = conn.tx.try_send(Outbound::Close(1001, "Going away"));
             conn.closing.notify_one();
         }
@@ -323,12 +415,69 @@ impl Gateway {
                 ended.await;
             }
         };
+        open.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            graceful.shutdown().await;
+            open.wait().await;
             live.await;
         })
         .await;
         Ok(())
+    }
+
+    /// Accepts on `listener` until the server stops: each connection's
+    /// handshake and HTTP run in a task of their own.
+    async fn accept_loop(
+        &self,
+        listener: TcpListener,
+        router: Router,
+        handshake: Handshake,
+        (builder, open, stopping): (
+            &Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
+            &tokio_util::task::TaskTracker,
+            &tokio::sync::watch::Receiver<bool>,
+        ),
+    ) {
+        let deadline = self.inner.options.header_timeout;
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (router, handshake, builder) = (router.clone(), handshake.clone(), builder.clone());
+            let mut stopping = stopping.clone();
+            open.spawn(async move {
+                let Some((io, client)) = handshake.run(stream, peer, deadline).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |mut request: Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(ConnectInfo(client));
+                        let router = router.clone();
+                        async move {
+                            let response = router
+                                .oneshot(request.map(axum::body::Body::new))
+                                .await
+                                .unwrap_or_else(|never: Infallible| match never {});
+                            Ok::<_, Infallible>(response)
+                        }
+                    },
+                );
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    () = async { drop(stopping.wait_for(|stop| *stop).await); } => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
+            });
+        }
     }
 
     fn base_context(

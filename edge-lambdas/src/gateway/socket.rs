@@ -27,7 +27,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use tokio::sync::{Notify, mpsc};
 
-use super::{Conn, Gateway, aws_error, forbidden, new_id, now_ms, query_maps};
+use super::{Conn, Gateway, aws_error, forbidden, limits::Refusal, new_id, now_ms, query_maps};
 
 /// Frames waiting for one slow client before `PostToConnection` waits.
 const OUTBOUND_QUEUE: usize = 256;
@@ -70,6 +70,26 @@ pub(super) async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
+    // Streamer's own gateway on the internet: the process's cap, then what
+    // one address may open (its rate and its share), before anything
+    // reaches the control plane.
+    let options = &gateway.inner.options;
+    if options.max_connections > 0 && gateway.inner.conns.len() >= options.max_connections {
+        connect_outcome(&gateway, "over_capacity");
+        return too_many("This gateway holds all the connections it may");
+    }
+    let slot = match gateway.inner.per_ip.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(Refusal::Rate) => {
+            gateway.inner.metrics.throttled.inc();
+            connect_outcome(&gateway, "throttled");
+            return too_many("Rate exceeded");
+        }
+        Err(Refusal::Open) => {
+            connect_outcome(&gateway, "over_capacity");
+            return too_many("Too many connections from this address");
+        }
+    };
     // API Gateway's account-level limit on new connections per second.
     if let Some(connects) = &gateway.inner.connects
         && !connects.try_take()
@@ -77,11 +97,7 @@ pub(super) async fn upgrade(
         gateway.inner.throttled.fetch_add(1, Ordering::Relaxed);
         gateway.inner.metrics.throttled.inc();
         connect_outcome(&gateway, "throttled");
-        return aws_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "LimitExceededException",
-            Some("Rate exceeded"),
-        );
+        return too_many("Rate exceeded");
     }
     let connection_id = new_id();
     let connected_at = now_ms();
@@ -150,7 +166,6 @@ pub(super) async fn upgrade(
         .inner
         .conns
         .insert(connection_id.clone(), conn.clone());
-    let options = &gateway.inner.options;
     let (max_message, max_frame) = (options.max_message_bytes, options.max_frame_bytes);
     let on_failed = {
         let gateway = gateway.clone();
@@ -181,7 +196,20 @@ pub(super) async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .on_failed_upgrade(on_failed)
-        .on_upgrade(move |socket| run(gateway, connection_id, host, conn, rx, socket))
+        .on_upgrade(move |socket| async move {
+            // The address's place is held until the socket ends.
+            let _slot = slot;
+            run(gateway, connection_id, host, conn, rx, socket).await;
+        })
+}
+
+/// API Gateway's answer to a connect over a limit (clients back off on it).
+fn too_many(message: &str) -> Response {
+    aws_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "LimitExceededException",
+        Some(message),
+    )
 }
 
 fn connect_outcome(gateway: &Gateway, outcome: &'static str) {
@@ -245,6 +273,11 @@ async fn run(
     let options = gateway.inner.options.clone();
     let started = tokio::time::Instant::now();
     let max_deadline = started + options.max_duration;
+    // Pings from the gateway keep a load balancer's idle limit away (an
+    // NLB's TLS listener drops a flow idle for 350 s); the client's pongs
+    // do not count as activity, as API Gateway's idle timeout has it.
+    let ping_every = options.ping_interval.filter(|every| !every.is_zero());
+    let mut next_ping = started + ping_every.unwrap_or(options.max_duration);
     let (code, reason): (u16, &'static str) = loop {
         let idle_for = Duration::from_millis(
             u64::try_from(now_ms() - conn.last_active_ms.load(Ordering::Relaxed)).unwrap_or(0),
@@ -304,6 +337,11 @@ async fn run(
             _ = tokio::time::sleep_until(max_deadline) => {
                 let _ = conn.tx.send(Outbound::Close(1001, "Going away")).await;
                 break (1001, "Maximum connection duration reached");
+            }
+            () = tokio::time::sleep_until(next_ping), if ping_every.is_some() => {
+                // A full queue already carries traffic: no ping needed.
+                let _ = conn.tx.try_send(Outbound::Frame(Message::Ping(Default::default())));
+                next_ping += ping_every.unwrap_or(options.max_duration);
             }
         }
     };

@@ -148,9 +148,9 @@ async fn api_forged(endpoint: &Endpoint, ids: &[Arc<str>]) -> BatchAttempt {
         .await
 }
 
-const PAIR_SECRET: &str = "gateway-secret-0123456789abcdef-0123";
+pub(crate) const PAIR_SECRET: &str = "gateway-secret-0123456789abcdef-0123";
 
-async fn tenant_send(serve: &Serve, tenant: &str) -> streamer_proto::v1::DeliveryReport {
+pub(crate) async fn tenant_send(serve: &Serve, tenant: &str) -> streamer_proto::v1::DeliveryReport {
     broadcast(channel(serve.grpc), ADMIN_TOKEN)
         .send(streamer_proto::v1::SendRequest {
             target: Some(streamer_proto::v1::send_request::Target::TenantId(

@@ -26,6 +26,7 @@ mod listeners;
 mod migration;
 mod observability;
 mod operators;
+mod own_gateway;
 mod readme;
 mod requests;
 mod sends;
