@@ -15,7 +15,7 @@ use crate::{
     Args,
     fleet::Fleet,
     processes::{PER_PROCESS, Processes},
-    report::{BroadcastResult, Percentiles},
+    report::{BroadcastResult, MemoryResult, Percentiles},
     scenarios, token,
 };
 
@@ -26,6 +26,9 @@ pub struct PathResult {
     pub path: &'static str,
     /// The broadcast's figures, with both floors measured in the same stack.
     pub result: BroadcastResult,
+    /// Heap per idle connection once the fleet was connected, in the
+    /// control plane and across the gateways.
+    pub memory: MemoryResult,
 }
 
 /// Runs both stacks and prints the table.
@@ -67,6 +70,7 @@ async fn measure(
     let mut rows = Vec::new();
     for &n in &args.broadcast_sizes {
         let tenant = format!("bench-gw-{n}");
+        let before = scenarios::heap_before(procs).await?;
         let mut fleet = Fleet::open(
             &urls,
             &token(private_pem, "u", &tenant)?,
@@ -74,12 +78,14 @@ async fn measure(
             args.connect_concurrency,
         )
         .await?;
+        let memory = scenarios::heap_after(procs, &before, n).await?;
         let result = scenarios::broadcast(args, procs, &mut fleet, &tenant, &mut seq).await;
         fleet.close().await;
         scenarios::until_gone(procs, &tenant).await?;
         rows.push(PathResult {
             path,
             result: result?,
+            memory,
         });
     }
     Ok(rows)
@@ -124,6 +130,21 @@ fn print(args: &Args, rows: &[PathResult]) {
             ratio(&r.streamer.last_frame, &r.baseline_http.last_frame),
             ratio(&r.streamer.last_frame, &r.baseline_websocket.last_frame),
             r.control_plane_cpu_us_per_recipient,
+        );
+    }
+    println!();
+    println!("heap per idle connection, bytes (the processes' own allocators)");
+    println!(
+        "{:>8} {:<9} {:>14} {:>14}",
+        "size", "path", "control plane", "gateways"
+    );
+    for row in rows {
+        println!(
+            "{:>8} {:<9} {:>14.0} {:>14.0}",
+            row.memory.connections,
+            row.path,
+            row.memory.control_plane_bytes_per_connection,
+            row.memory.gateway_bytes_per_connection,
         );
     }
 }

@@ -727,15 +727,27 @@ impl Fanout {
         if attempts.iter().any(|(_, a)| *a == Attempt::Throttled) {
             self.limit.on_throttle();
         }
+        // One backoff per call: the recipients of a refused batch come due
+        // together, so their retry goes out as one batch again (a backoff
+        // each would spread them into single calls under exactly the load
+        // batching is for).
+        let tries = attempts
+            .iter()
+            .map(|&(i, _)| slots[i].attempts)
+            .max()
+            .unwrap_or(1);
+        let retry_at = Instant::now() + self.backoff(tries);
         for (i, attempt) in attempts {
-            self.settle_one(i, attempt, slots, retries, sent, deadline);
+            self.settle_one(i, attempt, retry_at, slots, retries, sent, deadline);
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn settle_one(
         &self,
         i: usize,
         attempt: Attempt,
+        at: Instant,
         slots: &mut [Slot],
         retries: &mut BinaryHeap<Reverse<(Instant, usize)>>,
         sent: &mut Sent,
@@ -749,7 +761,6 @@ impl Fanout {
             }
             Attempt::Throttled => {
                 slot.throttled_last = true;
-                let at = Instant::now() + self.backoff(slot.attempts);
                 if at < deadline {
                     retries.push(Reverse((at, i)));
                 } else {
@@ -759,7 +770,6 @@ impl Fanout {
             }
             Attempt::Retryable => {
                 slot.throttled_last = false;
-                let at = Instant::now() + self.backoff(slot.attempts);
                 if slot.attempts < self.config.max_attempts && at < deadline {
                     retries.push(Reverse((at, i)));
                 } else {
@@ -863,6 +873,34 @@ mod tests {
         for i in 0..250 {
             assert_eq!(gateway.received(&format!("c{i}")).len(), 1, "c{i} once");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_batchs_recipients_are_retried_as_a_batch_not_one_by_one() {
+        let (gateway, to) = gateway(100);
+        let fanout = Arc::new(Fanout::new(gateway.clone(), DeliveryConfig::default()));
+        gateway.answer_all_with(Some(Attempt::Throttled));
+        let sending = tokio::spawn({
+            let fanout = fanout.clone();
+            async move { fanout.send(to, &PreparedFrame::new("hello")).await }
+        });
+        // The three batches are refused once each, then taken.
+        while gateway.calls() < 3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        gateway.answer_all_with(None);
+        let sent = sending.await.expect("send");
+        assert_eq!((sent.delivered, sent.gone.len()), (250, 5));
+        let batches = gateway.batches();
+        assert_eq!(
+            gateway.calls(),
+            batches.len(),
+            "no recipient retried alone: {batches:?}"
+        );
+        assert!(
+            batches.len() <= 9,
+            "255 recipients in at most three retries of three batches: {batches:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

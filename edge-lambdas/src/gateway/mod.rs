@@ -159,7 +159,12 @@ struct Inner {
     live: std::sync::atomic::AtomicUsize,
     /// Told when the last one ends.
     all_ended: Notify,
+    /// `$disconnect` calls in flight at once.
+    disconnects: tokio::sync::Semaphore,
 }
+
+/// `$disconnect` calls a gateway has in flight at once.
+const DISCONNECTS_IN_FLIGHT: usize = 64;
 
 /// What a gateway listens on.
 pub struct Listeners {
@@ -261,6 +266,7 @@ impl Gateway {
                 heap_meter,
                 live: std::sync::atomic::AtomicUsize::new(0),
                 all_ended: Notify::new(),
+                disconnects: tokio::sync::Semaphore::new(DISCONNECTS_IN_FLIGHT),
             }),
         }
     }

@@ -423,5 +423,10 @@ async fn finish(
         "requestContext": context,
         "isBase64Encoded": false,
     });
+    // A slot first: when thousands of sockets end at once (a client fleet
+    // gone, a drain), their `$disconnect` calls go out a bounded number at
+    // a time, each within its own timeout, instead of all at once and
+    // half of them timing out at a saturated control plane.
+    let _slot = gateway.inner.disconnects.acquire().await.ok();
     gateway.invoke(event).await;
 }
