@@ -559,3 +559,259 @@ async fn an_own_gateway_pings_idle_clients_under_a_load_balancers_idle_limit() {
     }
     whoami(&mut ws).await;
 }
+
+/// A round-robin TCP load balancer on one loopback port in front of
+/// `targets`: each connection goes to the next target that accepts it (a
+/// stopped one is skipped, as a load balancer's health check would), its
+/// bytes copied both ways.
+async fn load_balancer(targets: Vec<SocketAddr>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let start = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let targets = targets.clone();
+            tokio::spawn(async move {
+                for k in 0..targets.len() {
+                    let target = targets[(start + k) % targets.len()];
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn user_target(tenant: &str, user: &str, data: &Value) -> streamer_proto::v1::SendRequest {
+    streamer_proto::v1::SendRequest {
+        target: Some(streamer_proto::v1::send_request::Target::User(
+            streamer_proto::v1::UserTarget {
+                tenant_id: tenant.into(),
+                user_id: user.into(),
+            },
+        )),
+        payload: Some(streamer_proto::v1::send_request::Payload::DataJson(
+            data.to_string(),
+        )),
+        ..Default::default()
+    }
+}
+
+/// The `data` of the next `message` frame (a chunked one joined).
+async fn next_data(ws: &mut streamer_test_kit::ws::Ws) -> Value {
+    loop {
+        let frame = recv(ws).await;
+        match frame["type"].as_str() {
+            Some("message") => return frame["data"].clone(),
+            Some("chunk") => {
+                let count = frame["count"].as_u64().expect("count");
+                let mut text = frame["data"].as_str().expect("piece").to_owned();
+                for _ in 1..count {
+                    let piece = recv_type(ws, "chunk").await;
+                    text.push_str(piece["data"].as_str().expect("piece"));
+                }
+                let joined: Value = serde_json::from_str(&text).expect("a joined message");
+                assert_eq!(joined["type"], "message", "{joined}");
+                return joined["data"].clone();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Joins `room` (recovering after `since` when given): the answer's data.
+async fn join(ws: &mut streamer_test_kit::ws::Ws, room: &str, since: Option<(u64, &str)>) -> Value {
+    let mut payload = serde_json::json!({ "group": room });
+    if let Some((offset, epoch)) = since {
+        payload["since"] = offset.into();
+        payload["epoch"] = epoch.into();
+    }
+    send_json(
+        ws,
+        &serde_json::json!({"id":"j","action":"join","payload":payload}),
+    )
+    .await;
+    let answer = recv_type(ws, "response").await;
+    assert_eq!(answer["success"], true, "{answer}");
+    answer["data"].clone()
+}
+
+/// An echo through `ws`: answered (frames before the answer are skipped),
+/// or how the socket ended (its close code; `None` for a socket that died
+/// without one).
+async fn probe(ws: &mut streamer_test_kit::ws::Ws) -> Result<(), Option<u16>> {
+    let _ = ws
+        .send(Message::Text(r#"{"id":"probe","action":"echo"}"#.into()))
+        .await;
+    loop {
+        match tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("an answer or an end in time")
+        {
+            Some(Ok(Message::Text(text))) => {
+                let frame: Value = serde_json::from_str(&text).expect("json");
+                if frame["request_id"] == "probe" {
+                    return Ok(());
+                }
+            }
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => return Err(None),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_own_gateways_behind_one_address_carry_every_kind_of_send_through_a_drain_and_a_kill()
+ {
+    const TENANT: &str = "own-fleet";
+    let mut env = SIGNING.to_vec();
+    env.push(super::history::HISTORY);
+    let serve = Serve::start(&env).await;
+    let grpc = format!("http://{}", serve.grpc);
+    let mut gateways = Vec::new();
+    let mut targets = Vec::new();
+    for _ in 0..3 {
+        let (child, ready) =
+            gateway_ready(&grpc, "127.0.0.1:0".parse().expect("addr"), &PAIR).await;
+        targets.push(addr(&ready, "gateway"));
+        gateways.push(child);
+    }
+    let lb = load_balancer(targets).await;
+    let url = |user: &str| {
+        format!(
+            "ws://{lb}/local?token={}",
+            token(user, TENANT, &["group:join:room-*"])
+        )
+    };
+    let sender = broadcast(channel(serve.grpc), ADMIN_TOKEN);
+    // One client on each gateway (the balancer takes turns).
+    let mut clients = Vec::new();
+    for user in ["ann", "ben", "cat"] {
+        let mut ws = streamer_test_kit::ws::connect(&url(user)).await;
+        whoami(&mut ws).await;
+        clients.push(ws);
+    }
+    let [ann, ben, cat] = &mut clients[..] else {
+        unreachable!()
+    };
+    let at = join(ann, "room-1", None).await;
+    join(ben, "room-1", None).await;
+
+    // Tenant, user and group sends, each through every gateway it needs
+    // (batched: the gateways announce the batch call).
+    let report = sender
+        .clone()
+        .send(tenant_target(TENANT, serde_json::json!("to all")))
+        .await
+        .reported();
+    assert_eq!((report.delivered, report.failed), (3, 0), "{report:?}");
+    for ws in [&mut *ann, &mut *ben, &mut *cat] {
+        assert_eq!(next_data(ws).await, "to all");
+    }
+    let report = sender
+        .clone()
+        .send(user_target(TENANT, "ben", &serde_json::json!("to ben")))
+        .await
+        .reported();
+    assert_eq!(report.delivered, 1, "{report:?}");
+    assert_eq!(next_data(ben).await, "to ben");
+    let report = sender
+        .clone()
+        .send(group_target(
+            TENANT,
+            "room-1",
+            &serde_json::json!("to room-1"),
+        ))
+        .await
+        .reported();
+    assert_eq!(report.delivered, 2, "{report:?}");
+    assert_eq!(next_data(ann).await, "to room-1");
+    assert_eq!(next_data(ben).await, "to room-1");
+    // A frame past 128 KB goes as chunks, each piece batched.
+    let large = serde_json::json!("z".repeat(200_000));
+    let report = sender
+        .clone()
+        .send(user_target(TENANT, "cat", &large))
+        .await
+        .reported();
+    assert_eq!(report.delivered, 1, "{report:?}");
+    assert_eq!(next_data(cat).await, large);
+    nothing_pending(ann).await;
+    nothing_pending(cat).await;
+
+    // Ann leaves; the room hears two more; she comes back (through
+    // whichever gateway the balancer picks) and recovers both.
+    let epoch = at["epoch"].as_str().expect("epoch").to_owned();
+    let seen = 1u64;
+    drop(clients.remove(0));
+    for text in ["missed 1", "missed 2"] {
+        sender
+            .clone()
+            .send(group_target(TENANT, "room-1", &serde_json::json!(text)))
+            .await
+            .reported();
+    }
+    let mut ann = streamer_test_kit::ws::connect(&url("ann")).await;
+    let back = join(&mut ann, "room-1", Some((seen, &epoch))).await;
+    assert_eq!(back["recovered"], true, "{back}");
+    let missed: Vec<&Value> = back["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| &m["data"])
+        .collect();
+    assert_eq!(missed, ["missed 1", "missed 2"], "{back}");
+
+    // Gateway 0 drained (SIGTERM): its clients are told to go (1001) and
+    // come back through the balancer to the others.
+    streamer_test_kit::dev::sigterm(&gateways[0]);
+    let status = gateways[0].wait().await.expect("drained");
+    assert!(status.success(), "a drain ends cleanly: {status:?}");
+    // It has sent its close frames and run each `$disconnect` by now: a
+    // probe finds its clients told to go (1001), the others answered.
+    let mut survivors = vec![ann];
+    survivors.append(&mut clients);
+    let users = ["ann", "ben", "cat"];
+    let mut moved = 0;
+    for (i, ws) in survivors.iter_mut().enumerate() {
+        match probe(ws).await {
+            Ok(()) => {}
+            Err(code) => {
+                assert_eq!(code, Some(1001), "going away");
+                *ws = streamer_test_kit::ws::connect(&url(users[i])).await;
+                whoami(ws).await;
+                moved += 1;
+            }
+        }
+    }
+    assert!(moved > 0, "the drained gateway held a client");
+    // Gateway 1 killed outright: its clients' sockets die with no close
+    // frame; they reconnect. Its rows are the control plane's to write off.
+    gateways[1].start_kill().expect("kill");
+    let _ = gateways[1].wait().await;
+    for (i, ws) in survivors.iter_mut().enumerate() {
+        if probe(ws).await.is_err() {
+            *ws = streamer_test_kit::ws::connect(&url(users[i])).await;
+            whoami(ws).await;
+        }
+    }
+    // Everyone is on gateway 2 now; a tenant send reaches each once (the
+    // killed gateway's leftover rows count failed or gone, never delivered).
+    let report = sender
+        .clone()
+        .send(tenant_target(TENANT, serde_json::json!("after")))
+        .await
+        .reported();
+    assert_eq!(report.delivered, 3, "{report:?}");
+    for ws in &mut survivors {
+        assert_eq!(next_data(ws).await, "after");
+        nothing_pending(ws).await;
+    }
+}
