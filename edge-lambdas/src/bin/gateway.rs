@@ -21,7 +21,9 @@
 //! batch calls must be signed with, `STREAMER_GATEWAY_ACCESS_KEY_ID` /
 //! `STREAMER_GATEWAY_SECRET_ACCESS_KEY` (the control plane's
 //! `STREAMER_GATEWAY_SIGNING_*`; required off loopback, where the
-//! emulator's well-known local pair would let anyone post), and
+//! emulator's well-known local pair would let anyone post), during a
+//! rotation the pair before it as `STREAMER_GATEWAY_PREVIOUS_ACCESS_KEY_ID`
+//! / `_PREVIOUS_SECRET_ACCESS_KEY` (accepted too), and
 //! `STREAMER_GATEWAY_METRICS_ADDR` (Prometheus `/metrics` on a port of its
 //! own: connects by outcome, calls, frames, throttles, open connections,
 //! heap). It counts its heap allocations and reports them on
@@ -246,6 +248,27 @@ async fn run() -> anyhow::Result<()> {
         ),
         _ => anyhow::bail!(
             "set both STREAMER_GATEWAY_ACCESS_KEY_ID and STREAMER_GATEWAY_SECRET_ACCESS_KEY"
+        ),
+    }
+    // A rotation's overlap: the pair before the current one, accepted too
+    // until every control plane signs with the new one.
+    match (
+        var("STREAMER_GATEWAY_PREVIOUS_ACCESS_KEY_ID"),
+        var("STREAMER_GATEWAY_PREVIOUS_SECRET_ACCESS_KEY"),
+    ) {
+        (None, None) => {}
+        (Some(access_key), Some(secret_key)) if secret_key.len() >= 32 => {
+            options.previous_credentials = Some(streamer_edge::gateway::LocalCredentials {
+                access_key,
+                secret_key,
+                region: options.credentials.region.clone(),
+            });
+        }
+        (Some(_), Some(_)) => {
+            anyhow::bail!("STREAMER_GATEWAY_PREVIOUS_SECRET_ACCESS_KEY: use at least 32 characters")
+        }
+        _ => anyhow::bail!(
+            "set both STREAMER_GATEWAY_PREVIOUS_ACCESS_KEY_ID and STREAMER_GATEWAY_PREVIOUS_SECRET_ACCESS_KEY, or neither"
         ),
     }
     let gateway = Gateway::with_heap_meter(

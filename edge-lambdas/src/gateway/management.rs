@@ -34,15 +34,17 @@ fn refuse(
     if stage != gateway.inner.options.stage {
         return Some(forbidden());
     }
-    if gateway.inner.options.verify_signatures
-        && let Err(refusal) = sigv4::verify(
-            &gateway.inner.options.credentials,
-            method,
-            uri,
-            headers,
-            body,
-            SystemTime::now(),
-        )
+    let options = &gateway.inner.options;
+    let check =
+        |credentials| sigv4::verify(credentials, method, uri, headers, body, SystemTime::now());
+    if options.verify_signatures
+        && let Err(refusal) = check(&options.credentials)
+        // During a rotation the pair before it signs too, until every
+        // signer has moved to the new one.
+        && options
+            .previous_credentials
+            .as_ref()
+            .is_none_or(|previous| check(previous).is_err())
     {
         return Some(aws_error(
             StatusCode::FORBIDDEN,

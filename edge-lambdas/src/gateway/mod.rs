@@ -88,6 +88,8 @@ pub struct GatewayOptions {
     pub management_burst: u32,
     /// The credentials and region Management API calls must be signed with.
     pub credentials: LocalCredentials,
+    /// Also accepted while a rotation moves the signer to `credentials`.
+    pub previous_credentials: Option<LocalCredentials>,
     /// Whether Management API signatures are checked (only the benchmark's
     /// unsigned floor turns this off).
     pub verify_signatures: bool,
@@ -124,6 +126,7 @@ impl Default for GatewayOptions {
             management_rps: 10_000,
             management_burst: 5_000,
             credentials: LocalCredentials::default(),
+            previous_credentials: None,
             verify_signatures: true,
             max_connections: 0,
             max_connections_per_ip: 0,

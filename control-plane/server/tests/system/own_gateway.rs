@@ -815,3 +815,49 @@ async fn several_own_gateways_behind_one_address_carry_every_kind_of_send_throug
         nothing_pending(ws).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_mid_rotation_takes_the_new_pair_and_the_previous_one_and_nothing_else() {
+    const NEW: &str = "new-gateway-secret-0123456789abcdef-0123";
+    const OLD: &str = "old-gateway-secret-0123456789abcdef-0123";
+    let signer = |id: &'static str, secret: &'static str| {
+        [
+            ("STREAMER_GATEWAY_SIGNING_ACCESS_KEY_ID", id),
+            ("STREAMER_GATEWAY_SIGNING_SECRET_ACCESS_KEY", secret),
+        ]
+    };
+    // Control planes before the rotation, after it, and a stranger.
+    let before = Serve::start(&signer("gateways-1", OLD)).await;
+    let after = Serve::start(&signer("gateways-2", NEW)).await;
+    let stranger = Serve::start(&signer("gateways-2", PAIR_SECRET)).await;
+    for (serve, delivered) in [(&before, 1), (&after, 1), (&stranger, 0)] {
+        let (_gateway, ready) = gateway_ready(
+            &format!("http://{}", serve.grpc),
+            "127.0.0.1:0".parse().expect("addr"),
+            &[
+                ("STREAMER_GATEWAY_ACCESS_KEY_ID", "gateways-2"),
+                ("STREAMER_GATEWAY_SECRET_ACCESS_KEY", NEW),
+                ("STREAMER_GATEWAY_PREVIOUS_ACCESS_KEY_ID", "gateways-1"),
+                ("STREAMER_GATEWAY_PREVIOUS_SECRET_ACCESS_KEY", OLD),
+            ],
+        )
+        .await;
+        let mut ws = streamer_test_kit::ws::connect(&format!(
+            "ws://{}/local?token={}",
+            addr(&ready, "gateway"),
+            token("r", "rotation", &[])
+        ))
+        .await;
+        whoami(&mut ws).await;
+        let report = tenant_send(serve, "rotation").await;
+        assert_eq!(
+            (report.delivered, report.failed),
+            (delivered, 1 - delivered),
+            "{report:?}"
+        );
+        if delivered == 1 {
+            assert_eq!(recv_type(&mut ws, "message").await["data"]["to"], "all");
+        }
+        nothing_pending(&mut ws).await;
+    }
+}
