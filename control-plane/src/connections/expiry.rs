@@ -12,10 +12,12 @@
 //! frame ([`ControlPlane::close_ended`], the frame answered `UNAUTHORIZED`)
 //! or the reconcile pass, for an idle one.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use serde_json::json;
 use streamer_proto::client;
+use tokio::sync::mpsc;
+use tokio_util::time::{DelayQueue, delay_queue};
 
 use super::ControlPlane;
 use crate::{
@@ -67,6 +69,109 @@ async fn at_end(registry: &dyn Registry, delivery: &dyn Delivery, id: &str, end:
     }
 }
 
+/// Every token end this replica watches, in one timer queue driven by one
+/// task: a connection costs a queue entry (about 100 B), not a task of its
+/// own (about 450 B, which put an idle connection over 1 KiB of heap).
+#[derive(Default)]
+pub(super) struct Watches {
+    tx: std::sync::OnceLock<mpsc::UnboundedSender<Watch>>,
+}
+
+enum Watch {
+    /// Watch `id`'s token, ending at `end` (replacing any watch before).
+    Start { id: Arc<str>, end: i64 },
+    /// The connection went: stop watching it.
+    Stop(Arc<str>),
+}
+
+/// What a queue entry is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The warning before the end.
+    Warning,
+    /// The end.
+    End,
+}
+
+impl Watches {
+    /// Stops watching `id` (its connection went).
+    pub(super) fn stop(&self, id: &Arc<str>) {
+        if let Some(tx) = self.tx.get() {
+            let _ = tx.send(Watch::Stop(id.clone()));
+        }
+    }
+}
+
+/// What the watching task acts with.
+struct Watcher {
+    registry: Arc<dyn Registry>,
+    fanout: Arc<Fanout>,
+    delivery: Arc<dyn Delivery>,
+    clock: crate::clock::Clock,
+    warning: i64,
+}
+
+impl Watcher {
+    fn until(&self, at_ms: i64) -> Duration {
+        Duration::from_millis(u64::try_from(at_ms - self.clock.now_ms()).unwrap_or(0))
+    }
+
+    /// The queue: starts and stops from the replica, the warning and the
+    /// end of each token as they come due (their work in tasks of their
+    /// own, so a slow delete holds up no other end).
+    async fn run(self, mut commands: mpsc::UnboundedReceiver<Watch>) {
+        let mut queue: DelayQueue<(Arc<str>, i64, Phase)> = DelayQueue::new();
+        let mut keys: HashMap<Arc<str>, delay_queue::Key> = HashMap::new();
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    None => return,
+                    Some(Watch::Start { id, end }) => {
+                        if let Some(key) = keys.remove(&id) {
+                            queue.remove(&key);
+                        }
+                        let warn_at = end - self.warning;
+                        let (phase, at) = if warn_at > self.clock.now_ms() {
+                            (Phase::Warning, warn_at)
+                        } else {
+                            (Phase::End, end)
+                        };
+                        let key = queue.insert((id.clone(), end, phase), self.until(at));
+                        keys.insert(id, key);
+                    }
+                    Some(Watch::Stop(id)) => {
+                        if let Some(key) = keys.remove(&id) {
+                            queue.remove(&key);
+                        }
+                    }
+                },
+                Some(due) = std::future::poll_fn(|cx| queue.poll_expired(cx)) => {
+                    let (id, end, phase) = due.into_inner();
+                    match phase {
+                        Phase::Warning => {
+                            let (registry, fanout, id2) = (self.registry.clone(), self.fanout.clone(), id.clone());
+                            tokio::spawn(async move { at_warning(&*registry, &fanout, &id2, end).await });
+                            let key = queue.insert((id.clone(), end, Phase::End), self.until(end));
+                            keys.insert(id, key);
+                        }
+                        Phase::End => {
+                            keys.remove(&id);
+                            let (registry, delivery) = (self.registry.clone(), self.delivery.clone());
+                            tokio::spawn(async move { at_end(&*registry, &*delivery, &id, end).await });
+                        }
+                    }
+                }
+            }
+            // Space the map and the queue no longer need, given back after
+            // a wave of connections has gone.
+            if keys.capacity() > 1024 && keys.len() < keys.capacity() / 4 {
+                keys.shrink_to_fit();
+                queue.shrink_to_fit();
+            }
+        }
+    }
+}
+
 impl ControlPlane {
     /// Watches `connection`'s token end (nothing when it has none).
     pub(super) fn watch_token(&self, connection: &Connection) {
@@ -74,33 +179,22 @@ impl ControlPlane {
         if end <= 0 {
             return;
         }
-        let (registry, fanout, delivery, clock) = (
-            self.registry.clone(),
-            self.fanout.clone(),
-            self.delivery.clone(),
-            self.clock,
-        );
-        let warning = crate::clock::ms(self.token_warning);
-        let id = connection.connection_id.clone();
-        let key = id.clone();
-        let until = move |at_ms: i64| {
-            let left = at_ms - clock.now_ms();
-            tokio::time::sleep(Duration::from_millis(u64::try_from(left).unwrap_or(0)))
-        };
-        // The task waits for hours holding only its captures and a timer:
-        // what it does at the warning and at the end is boxed, so those
-        // futures' state is not part of every idle connection's task (it
-        // made a connection cost ~2.3 KB of control-plane heap, not ~0.5).
-        let task = tokio::spawn(async move {
-            until(end - warning).await;
-            Box::pin(at_warning(&*registry, &fanout, &id, end)).await;
-            until(end).await;
-            Box::pin(at_end(&*registry, &*delivery, &id, end)).await;
+        let tx = self.watches.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let watcher = Watcher {
+                registry: self.registry.clone(),
+                fanout: self.fanout.clone(),
+                delivery: self.delivery.clone(),
+                clock: self.clock,
+                warning: crate::clock::ms(self.token_warning),
+            };
+            tokio::spawn(watcher.run(rx));
+            tx
         });
-        // One watcher per connection: a renewal replaces the one before.
-        if let Some(previous) = self.watchers.insert(key, task.abort_handle()) {
-            previous.abort();
-        }
+        let _ = tx.send(Watch::Start {
+            id: connection.connection_id.clone(),
+            end,
+        });
     }
 
     /// Closes `connection`, whose token ended with no watcher closing it
@@ -125,11 +219,5 @@ impl ControlPlane {
                 }
             }
         });
-    }
-
-    /// Forgets the watchers whose tasks have ended (the app calls it with
-    /// the rest of its upkeep).
-    pub fn forget_finished_watchers(&self) {
-        self.watchers.retain(|_, watcher| !watcher.is_finished());
     }
 }

@@ -54,9 +54,9 @@ pub struct ControlPlane {
     touch_interval_ms: i64,
     endpoints: crate::config::ManagementEndpoints,
     token_warning: Duration,
-    /// The token-end watcher of each connection this replica accepted or
-    /// renewed, stopped when the connection goes.
-    watchers: dashmap::DashMap<Arc<str>, tokio::task::AbortHandle>,
+    /// The token end of each connection this replica accepted or renewed,
+    /// forgotten when the connection goes.
+    watches: expiry::Watches,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -124,7 +124,7 @@ impl ControlPlane {
             touch_interval_ms: crate::clock::ms(parts.touch_interval),
             endpoints: parts.endpoints,
             token_warning: parts.token_warning,
-            watchers: dashmap::DashMap::new(),
+            watches: expiry::Watches::default(),
         }
     }
 
@@ -139,9 +139,7 @@ impl ControlPlane {
 
     /// `$disconnect`: forget the connection; `true` when it was registered.
     pub async fn disconnect(&self, connection_id: &str) -> Result<bool, RegistryError> {
-        if let Some((_, watcher)) = self.watchers.remove(connection_id) {
-            watcher.abort();
-        }
+        self.watches.stop(&Arc::from(connection_id));
         let removed = self.registry.remove(connection_id).await?;
         self.chunks.disconnected(connection_id).await;
         if let Some(connection) = &removed {
@@ -199,10 +197,9 @@ impl ControlPlane {
         });
     }
 
-    /// Periodic upkeep of the limiters and the token-end watchers.
+    /// Periodic upkeep of the limiters.
     pub fn housekeeping(&self) {
         self.limiter.housekeeping();
-        self.forget_finished_watchers();
     }
 }
 
