@@ -111,6 +111,9 @@ summary() {
     fi
 }
 trap 'summary $?' EXIT
+# Stopped from outside (a CI time limit, ^C): the verdict says so, never PASSED.
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
 command -v python3 >/dev/null || die "python3 is needed for the test tools (moto, cfn-lint, grpcurl, cargo-nextest)"

@@ -130,13 +130,9 @@ impl Watcher {
                         if let Some(key) = keys.remove(&id) {
                             queue.remove(&key);
                         }
-                        let warn_at = end - self.warning;
-                        let (phase, at) = if warn_at > self.clock.now_ms() {
-                            (Phase::Warning, warn_at)
-                        } else {
-                            (Phase::End, end)
-                        };
-                        let key = queue.insert((id.clone(), end, phase), self.until(at));
+                        // A token that ends inside the warning window is
+                        // warned at once (`until` is zero for a time past).
+                        let key = queue.insert((id.clone(), end, Phase::Warning), self.until(end - self.warning));
                         keys.insert(id, key);
                     }
                     Some(Watch::Stop(id)) => {

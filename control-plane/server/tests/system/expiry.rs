@@ -54,6 +54,18 @@ async fn a_connection_is_warned_then_closed_at_its_tokens_end_unless_refreshed()
         started.elapsed()
     );
 
+    // A token that ends inside the warning window is warned at once, then
+    // closed at its end.
+    let started = Instant::now();
+    let mut short = dev.connect(&ending_in("carol", 2, &[])).await;
+    recv_type(&mut short, "token_expiring").await;
+    closed(&mut short).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed at its end ({:?})",
+        started.elapsed()
+    );
+
     // Refreshed: open past the old end, with the new token's permissions.
     let started = Instant::now();
     let mut kept = dev.connect(&ending_in("bob", 6, &[])).await;
